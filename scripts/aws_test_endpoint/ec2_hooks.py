@@ -1,0 +1,89 @@
+"""EC2 hooks: volumes appear in sandboxes, power-off kills the instance's processes.
+
+moto's behaviour is kept; these wrappers only add the local side effects:
+
+* AttachVolume  -> ``<sandbox>/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<hex>`` link
+  to a sparse ``<sandbox>/dev/nvme<N>n1`` of the volume's size (root volumes included: moto
+  attaches one per instance at launch, like the nvme0n1 of a Nitro instance);
+* DetachVolume  -> the link and device node go away (the volume's data stays). DetachVolume
+  with only a VolumeId (valid in AWS) made moto answer 500; it now detaches from the
+  instance the volume is attached to;
+* DeleteVolume  -> the volume's backing file goes away;
+* StopInstances / TerminateInstances / RebootInstances -> every process of the instance's
+  sandbox is SIGKILLed, including daemons that escaped with setsid (found through
+  /proc/*/environ), and its running SSM invocations end as Failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moto.ec2.exceptions import InvalidVolumeAttachmentError
+from moto.ec2.models.elastic_block_store import EBSBackend
+from moto.ec2.models.instances import Instance
+
+from . import runtime
+from .sandbox import log
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    if _installed:
+        return
+    _installed = True
+
+    orig_attach = EBSBackend.attach_volume
+    orig_detach = EBSBackend.detach_volume
+    orig_delete = EBSBackend.delete_volume
+
+    def attach_volume(self: Any, volume_id: str, instance_id: str, device_path: str,
+                      delete_on_termination: bool = False) -> Any:
+        attachment = orig_attach(self, volume_id, instance_id, device_path, delete_on_termination)
+        if attachment is not None:
+            try:
+                volume = self.get_volume(volume_id)
+                runtime.get().sandboxes.attach_volume(instance_id, volume_id, volume.size)
+            except Exception as e:  # never break the AWS call over a local side effect
+                log(f"attach {volume_id} to {instance_id}: sandbox link failed: {e}")
+        return attachment
+
+    def detach_volume(self: Any, volume_id: str, instance_id: str | None, device_path: str | None) -> Any:
+        if not instance_id:
+            volume = self.get_volume(volume_id)
+            if volume.attachment is None:
+                raise InvalidVolumeAttachmentError(volume_id, "")
+            instance_id = volume.attachment.instance.id
+        attachment = orig_detach(self, volume_id, instance_id, device_path)
+        try:
+            runtime.get().sandboxes.detach_volume(instance_id, volume_id)
+        except Exception as e:
+            log(f"detach {volume_id} from {instance_id}: sandbox cleanup failed: {e}")
+        return attachment
+
+    def delete_volume(self: Any, volume_id: str) -> Any:
+        volume = orig_delete(self, volume_id)
+        runtime.get().sandboxes.delete_volume(volume_id)
+        return volume
+
+    EBSBackend.attach_volume = attach_volume  # type: ignore[method-assign]
+    EBSBackend.detach_volume = detach_volume  # type: ignore[method-assign]
+    EBSBackend.delete_volume = delete_volume  # type: ignore[method-assign]
+
+    for name in ("stop", "terminate", "reboot"):
+        _wrap_power_off(name)
+
+
+def _wrap_power_off(name: str) -> None:
+    orig = getattr(Instance, name)
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            runtime.get().power_off(self.id)
+        except Exception as e:
+            log(f"{name} {self.id}: killing sandbox processes failed: {e}")
+        return orig(self, *args, **kwargs)
+
+    wrapper.__name__ = name
+    setattr(Instance, name, wrapper)

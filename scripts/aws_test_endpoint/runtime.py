@@ -1,0 +1,78 @@
+"""Process-wide state of the endpoint, shared by the moto patches and the WSGI middleware."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .faults import CallCounter, FaultRegistry
+from .sandbox import Sandboxes
+
+if TYPE_CHECKING:
+    from .ssm_exec import Invocation
+
+
+@dataclass
+class Runtime:
+    sandboxes: Sandboxes
+    url: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    require_instance_profile: bool = False
+    seed_profile: str | None = None
+    faults: FaultRegistry = field(default_factory=FaultRegistry)
+    calls: CallCounter = field(default_factory=CallCounter)
+    # every invocation ever sent (until reset), by (command id, instance id)
+    invocations: dict[tuple[str, str], "Invocation"] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    # bumped by /moto-api/reset: invocations of an older generation no longer touch moto state
+    generation: int = 0
+
+    def invocations_of(self, instance_id: str) -> list["Invocation"]:
+        with self.lock:
+            return [inv for (_, iid), inv in self.invocations.items() if iid == instance_id]
+
+    def power_off(self, instance_id: str) -> None:
+        """The instance stops/terminates/reboots: every process of it dies."""
+        for inv in self.invocations_of(instance_id):
+            inv.request_stop("shutdown")
+        self.sandboxes.kill_instance(instance_id)
+
+    def reset(self) -> None:
+        """/moto-api/reset: kill everything, forget invocations, faults and counters."""
+        with self.lock:
+            self.generation += 1
+            invs = list(self.invocations.values())
+            self.invocations.clear()
+        for inv in invs:
+            inv.request_stop("shutdown")
+        self.sandboxes.kill_all()
+        for inv in invs:
+            inv.join(5)
+        self.sandboxes.kill_all()
+        self.sandboxes.wipe()
+        self.faults.clear()
+        self.calls.reset()
+
+    def shutdown(self) -> None:
+        with self.lock:
+            invs = list(self.invocations.values())
+        for inv in invs:
+            inv.request_stop("shutdown")
+        self.sandboxes.kill_all()
+
+
+_RUNTIME: Runtime | None = None
+
+
+def init(sandbox_root: Path) -> Runtime:
+    global _RUNTIME
+    _RUNTIME = Runtime(sandboxes=Sandboxes(sandbox_root))
+    return _RUNTIME
+
+
+def get() -> Runtime:
+    if _RUNTIME is None:
+        raise RuntimeError("aws_test_endpoint runtime not initialised")
+    return _RUNTIME

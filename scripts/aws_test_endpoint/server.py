@@ -1,0 +1,146 @@
+"""WSGI assembly: moto's app behind a middleware that serves /_sortie/, counts calls,
+injects faults and extends /moto-api/reset."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from . import runtime
+from .faults import FaultSpecError, error_response, introspect
+from .sandbox import log
+
+StartResponse = Callable[..., Any]
+
+
+def _json(start_response: StartResponse, status: int, payload: Any) -> list[bytes]:
+    body = json.dumps(payload, indent=1).encode() + b"\n"
+    reasons = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+    start_response(
+        f"{status} {reasons.get(status, 'Status')}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+def _read_json(environ: dict[str, Any]) -> Any:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    raw = environ["wsgi.input"].read(length) if length > 0 else b""
+    if not raw.strip():
+        return None
+    return json.loads(raw)
+
+
+class SortieMiddleware:
+    def __init__(self, app: Callable[..., Iterable[bytes]], info: dict[str, Any]):
+        self.app = app
+        self.info = info
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or ""
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        rt = runtime.get()
+        if path == "/_sortie" or path.startswith("/_sortie/"):
+            return self.control(environ, start_response, path.rstrip("/"), method)
+        if path.rstrip("/") == "/moto-api/reset" and method == "POST":
+            rt.reset()
+            result = list(self.app(environ, start_response))
+            seed_profile(rt.seed_profile)
+            return result
+        if path.startswith("/moto-api") or path == "/favicon.ico":
+            return self.app(environ, start_response)
+        info = introspect(environ)
+        if info is not None:
+            rt.calls.add(info.name)
+            if rt.faults:
+                fault = rt.faults.take(info)
+                if fault is not None:
+                    log(f"fault {fault.id}: {info.name} -> {fault.status} {fault.code}")
+                    status, headers, body = error_response(info, fault.code, fault.message, fault.status, method)
+                    start_response(f"{status} Injected", headers)
+                    return [body]
+        return self.app(environ, start_response)
+
+    def control(self, environ: dict[str, Any], start_response: StartResponse, path: str, method: str) -> list[bytes]:
+        rt = runtime.get()
+        if path in ("/_sortie", "/_sortie/info"):
+            return _json(start_response, 200, self.info)
+        if path == "/_sortie/calls":
+            if method == "GET":
+                return _json(start_response, 200, rt.calls.snapshot())
+            if method == "DELETE":
+                rt.calls.reset()
+                return _json(start_response, 200, {})
+            return _json(start_response, 405, {"error": "GET or DELETE"})
+        if path == "/_sortie/faults":
+            if method == "GET":
+                return _json(start_response, 200, rt.faults.list())
+            if method == "DELETE":
+                rt.faults.clear()
+                return _json(start_response, 200, [])
+            if method == "POST":
+                try:
+                    spec = _read_json(environ)
+                    specs = spec if isinstance(spec, list) else [spec]
+                    added = [rt.faults.add(s).to_json() for s in specs]
+                except (ValueError, FaultSpecError) as e:
+                    return _json(start_response, 400, {"error": str(e)})
+                return _json(start_response, 201, added if isinstance(spec, list) else added[0])
+            return _json(start_response, 405, {"error": "GET, POST or DELETE"})
+        if path.startswith("/_sortie/faults/"):
+            if method != "DELETE":
+                return _json(start_response, 405, {"error": "DELETE"})
+            fault_id = path.rsplit("/", 1)[-1]
+            if rt.faults.remove(fault_id):
+                return _json(start_response, 200, {"deleted": fault_id})
+            return _json(start_response, 404, {"error": f"no fault {fault_id}"})
+        if path.startswith("/_sortie/sandbox/"):
+            instance_id = path.rsplit("/", 1)[-1]
+            try:
+                return _json(start_response, 200, {"path": str(rt.sandboxes.path(instance_id))})
+            except ValueError as e:
+                return _json(start_response, 400, {"error": str(e)})
+        return _json(start_response, 404, {"error": f"unknown control path {path}"})
+
+
+def seed_profile(name: str | None) -> None:
+    """Create IAM role + instance profile NAME (with AmazonSSMManagedInstanceCore attached)
+    in moto's default account, as --seed-profile asks."""
+    if not name:
+        return
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    trust = json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+    })
+    try:
+        iam.get_role(name)
+    except Exception:
+        iam.create_role(name, trust, "/", None, "sortie test endpoint seed", [], None)
+    try:
+        iam.attach_role_policy("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", name)
+    except Exception as e:
+        log(f"seed profile {name}: could not attach AmazonSSMManagedInstanceCore ({e})")
+    try:
+        iam.get_instance_profile(name)
+    except Exception:
+        iam.create_instance_profile(name, "/", [name])
+    log(f"seeded IAM instance profile {name}")
+
+
+def build_server(host: str, port: int, info: dict[str, Any]) -> BaseWSGIServer:
+    app = SortieMiddleware(DomainDispatcherApplication(create_backend_app), info)
+    return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)

@@ -1,0 +1,21 @@
+//! sortie: a YAML plan becomes a DAG of steps that provision, run and tear down a training run.
+//!
+//! See docs/ARCHITECTURE.md for the map of modules.
+
+pub mod cli;
+pub mod compiler;
+pub mod dag;
+pub mod diagnostic;
+pub mod error;
+pub mod loader;
+pub mod plan;
+pub mod plan_file;
+pub mod source;
+pub mod template;
+pub mod variables;
+pub mod yaml;
+
+/// Runs the `plan` command line and returns the process exit code.
+pub fn run() -> i32 {
+    cli::main()
+}

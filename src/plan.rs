@@ -1,0 +1,165 @@
+//! The validated plan: typed steps with parsed durations and sizes, and the DAG between them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde_json::Value as Json;
+
+use crate::dag::Dag;
+use crate::plan_file::{KindName, Market, When};
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub name: String,
+    pub description: Option<String>,
+    /// The plan file, as given.
+    pub file: PathBuf,
+    /// The directory relative paths in the plan are resolved against.
+    pub dir: PathBuf,
+    pub vars: IndexMap<String, Json>,
+    pub target: Target,
+    pub state: StateLocation,
+    pub steps: Vec<Step>,
+    pub dag: Dag,
+}
+
+impl Plan {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id == id)
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Local {
+        /// Directory holding host sandboxes.
+        root: PathBuf,
+    },
+    Aws {
+        region: Option<String>,
+        endpoint_url: Option<String>,
+        profile: Option<String>,
+    },
+}
+
+impl Target {
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Target::Local { .. } => "local",
+            Target::Aws { .. } => "aws",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    Dir(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl std::fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::Dir(dir) => write!(f, "{}", dir.display()),
+            StateLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub description: Option<String>,
+    /// Every step this one depends on (from `needs`, `on`, `attach_to` and template references), deduplicated.
+    pub needs: Vec<String>,
+    pub when: When,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    pub backoff: Duration,
+    /// Environment for the script; values are templates rendered at run time.
+    pub env: IndexMap<String, String>,
+    pub kind: StepKind,
+    /// What the step would do, canonicalised; its digest decides whether a succeeded step reruns.
+    pub definition: Json,
+}
+
+impl Step {
+    pub fn kind_name(&self) -> KindName {
+        match self.kind {
+            StepKind::Instance(_) => KindName::Instance,
+            StepKind::Volume(_) => KindName::Volume,
+            StepKind::Run(_) => KindName::Run,
+            StepKind::Teardown(_) => KindName::Teardown,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Instance(InstanceSpec),
+    Volume(VolumeSpec),
+    Run(RunSpec),
+    Teardown(TeardownSpec),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceSpec {
+    pub instance_types: Vec<String>,
+    pub image: Option<String>,
+    pub profile: Option<String>,
+    pub market: Market,
+    pub max_lifetime: Option<Duration>,
+    pub subnet: Option<String>,
+    pub security_groups: Vec<String>,
+    pub availability_zones: Vec<String>,
+    pub root_size_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VolumeSpec {
+    pub attach_to: String,
+    pub size_bytes: u64,
+    pub volume_type: String,
+    pub iops: Option<u32>,
+    pub throughput: Option<u32>,
+    pub mount: String,
+    pub keep: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub on: String,
+    pub script: Script,
+    pub detach: bool,
+    pub lock: Option<String>,
+    pub heartbeat: HeartbeatSpec,
+}
+
+/// A run step's script: a template file or inline text. Both are rendered at run time.
+#[derive(Debug, Clone)]
+pub struct Script {
+    /// The template name (a path relative to the plan, or `steps.<id>#run` for inline scripts).
+    pub name: String,
+    /// The file it came from, if any.
+    pub path: Option<PathBuf>,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeartbeatSpec {
+    pub stale_after: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub progress: Option<String>,
+    pub metrics: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TeardownSpec {
+    /// Resource steps (instance, volume) this teardown destroys.
+    pub destroys: Vec<String>,
+}
