@@ -60,9 +60,6 @@ pub fn compile(path: &Path, overrides: &Overrides) -> Result<Compiled, Invalid> 
         spans: yaml::SpanIndex::default(),
         env: template::environment(),
     };
-    if c.dir.as_os_str().is_empty() {
-        c.dir = PathBuf::from(".");
-    }
     match c.run(overrides) {
         Some(plan) if c.problems.is_empty() => Ok(Compiled {
             plan,
@@ -292,7 +289,16 @@ impl Compiler {
                     format!("`{full}`")
                 };
                 if inner.starts_with("missing field") {
-                    self.error(self.key_at(&full), format!("{inner} in {shown}"));
+                    let location = if full.is_empty() {
+                        Location::Span(Span {
+                            line: 1,
+                            column: 1,
+                            len: 1,
+                        })
+                    } else {
+                        self.key_at(&full)
+                    };
+                    self.error(location, format!("{inner} in {shown}"));
                 } else {
                     self.error(
                         self.at(&full),
@@ -317,14 +323,16 @@ impl Compiler {
             ("", None, _) => plan_file::TOP_FIELDS,
             ("", Some("target"), 1) => plan_file::TARGET_FIELDS,
             ("", Some("defaults"), 1) => plan_file::DEFAULTS_FIELDS,
-            (b, None, _) if b.starts_with("steps.") => plan_file::STEP_FIELDS,
+            // A step's own keys are checked in `read_steps`, which knows its kind.
+            (b, None, _) if b.starts_with("steps.") => return,
             (b, Some("heartbeat"), 1) if b.starts_with("steps.") => plan_file::HEARTBEAT_FIELDS,
             _ => &[],
         };
-        let message = format!(
-            "unknown key `{key}` in `{}`",
-            if parent.is_empty() { "." } else { &parent }
-        );
+        let message = if parent.is_empty() {
+            format!("unknown key `{key}` at the top of the plan")
+        } else {
+            format!("unknown key `{key}` in `{parent}`")
+        };
         let location = self.key_at(&full);
         match did_you_mean(key, candidates.iter().copied()) {
             Some(s) => self.error_help(location, message, format!("did you mean `{s}`?")),
@@ -499,6 +507,25 @@ impl Compiler {
             let allowed = plan_file::kind_fields(kind);
             for key in &keys {
                 let known = plan_file::STEP_FIELDS.contains(&key.as_str());
+                if !known {
+                    let location = self.key_at(&yaml::join_key(&path, key));
+                    let message = format!("unknown key `{key}` in `{path}`");
+                    let help = match did_you_mean(key, plan_file::STEP_FIELDS.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!(
+                            "{} `{}` step takes: {}, {}",
+                            if kind == KindName::Instance {
+                                "an"
+                            } else {
+                                "a"
+                            },
+                            kind.as_str(),
+                            plan_file::COMMON_FIELDS.join(", "),
+                            allowed.join(", ")
+                        ),
+                    };
+                    self.error_help(location, message, help);
+                }
                 if known
                     && !plan_file::COMMON_FIELDS.contains(&key.as_str())
                     && !allowed.contains(&key.as_str())
@@ -785,9 +812,11 @@ impl Compiler {
                         deps.push((other.to_string(), origin.to_string()));
                     } else {
                         let message = format!("step `{me}` refers to unknown step `{other}` in `{}`", r.0);
-                        let help = match did_you_mean(other, ctx.ids.iter().map(String::as_str)) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => format!("the steps are: {}", ctx.ids.join(", ")),
+                        let dashed = ctx.ids.iter().find(|i| i.starts_with(&format!("{other}-")));
+                        let help = match (dashed, did_you_mean(other, ctx.ids.iter().map(String::as_str))) {
+                            (Some(id), _) => dash_help(id),
+                            (None, Some(s)) => format!("did you mean `{s}`?"),
+                            (None, None) => format!("the steps are: {}", ctx.ids.join(", ")),
                         };
                         self.problems.push(Diagnostic::new(&diag_file, location, message).with_help(help));
                     }
@@ -798,9 +827,11 @@ impl Compiler {
                 ),
                 ("run", _) | ("host", _) => {}
                 (root, _) => {
-                    let help = match did_you_mean(root, template::CONTEXT_ROOTS.iter().copied()) {
-                        Some(s) => format!("did you mean `{s}`?"),
-                        None => "templates see `vars`, `run`, `steps.<id>.outputs` and `host`".to_string(),
+                    let dashed = ctx.ids.iter().find(|i| i.ends_with(&format!("-{root}")));
+                    let help = match (dashed, did_you_mean(root, template::CONTEXT_ROOTS.iter().copied())) {
+                        (Some(id), _) => dash_help(id),
+                        (None, Some(s)) => format!("did you mean `{s}`?"),
+                        (None, None) => "templates see `vars`, `run`, `steps.<id>.outputs` and `host`".to_string(),
                     };
                     self.problems
                         .push(Diagnostic::new(&diag_file, location, format!("undefined variable `{}`", r.0)).with_help(help));
@@ -1211,6 +1242,13 @@ pub fn valid_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with('.')
+}
+
+fn dash_help(id: &str) -> String {
+    format!(
+        "in a template `steps.{id}` reads as a subtraction; write `steps.{}`",
+        template::step_alias(id)
+    )
 }
 
 fn valid_env_name(name: &str) -> bool {

@@ -123,6 +123,30 @@ impl Dag {
         self.order.iter().copied().filter(|&i| marked[i]).collect()
     }
 
+    /// Direct dependencies of `step` that are not also reachable through another dependency: what a
+    /// reader needs to see (the transitive reduction), e.g. teardown's implicit edges collapse to one.
+    pub fn essential_dependencies(&self, step: usize) -> Vec<usize> {
+        let deps = self.dependencies(step);
+        deps.iter()
+            .copied()
+            .filter(|&d| {
+                !deps
+                    .iter()
+                    .any(|&other| other != d && self.reaches(d, other))
+            })
+            .collect()
+    }
+
+    /// Whether `to` depends on `from`, directly or not.
+    fn reaches(&self, from: usize, to: usize) -> bool {
+        petgraph::algo::has_path_connecting(
+            &self.graph,
+            NodeIndex::new(from),
+            NodeIndex::new(to),
+            None,
+        )
+    }
+
     /// Edges as (dependency, dependent), sorted.
     pub fn edges(&self) -> Vec<(usize, usize)> {
         let mut e: Vec<(usize, usize)> = self
@@ -213,7 +237,11 @@ pub fn render(
                     level = dag.level(i);
                     let _ = writeln!(out, "level {level}");
                 }
-                let deps: Vec<&str> = dag.dependencies(i).into_iter().map(|d| names[d]).collect();
+                let deps: Vec<&str> = dag
+                    .essential_dependencies(i)
+                    .into_iter()
+                    .map(|d| names[d])
+                    .collect();
                 let _ = write!(out, "  {} ({})", names[i], kinds[i]);
                 if !deps.is_empty() {
                     let _ = write!(out, " <- {}", deps.join(", "));
@@ -255,7 +283,7 @@ pub fn render(
     out
 }
 
-/// Edges in topological order of their source, then of their target: stable across runs.
+/// Essential edges in topological order of their source, then of their target: stable across runs.
 fn sorted_edges(dag: &Dag) -> Vec<(usize, usize)> {
     let rank: Vec<usize> = {
         let mut r = vec![0; dag.order().len()];
@@ -264,7 +292,15 @@ fn sorted_edges(dag: &Dag) -> Vec<(usize, usize)> {
         }
         r
     };
-    let mut edges = dag.edges();
+    let mut edges: Vec<(usize, usize)> = dag
+        .order()
+        .iter()
+        .flat_map(|&b| {
+            dag.essential_dependencies(b)
+                .into_iter()
+                .map(move |a| (a, b))
+        })
+        .collect();
     edges.sort_by_key(|&(a, b)| (rank[a], rank[b]));
     edges
 }

@@ -95,8 +95,14 @@ pub fn parse(source: &str) -> Result<Document, YamlError> {
     let mut parser = Parser::new_from_str(source);
     if let Err(e) = parser.load(&mut builder, true) {
         let m = e.marker();
+        // yaml-rust2 has its own recursion limit; say what it means for a plan.
+        let message = if e.info().contains("recursion limit") {
+            format!("YAML is nested deeper than {MAX_DEPTH} levels")
+        } else {
+            format!("invalid YAML: {}", e.info())
+        };
         return Err(YamlError {
-            message: format!("invalid YAML: {}", e.info()),
+            message,
             span: Some(span_at(m, 1)),
             help: None,
         });

@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     thread.start()
     log(f"moto {moto_version}; sandbox root {root}")
     print(f"listening on http://{args.host}:{port}", flush=True)
+    # that was the only line for stdout: anything printed later (moto prints some notices)
+    # goes to stderr, and a reader that closed our stdout cannot break the server
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     while not stop.wait(0.5):
         if not thread.is_alive():

@@ -9,6 +9,8 @@ moto's behaviour is kept; these wrappers only add the local side effects:
   with only a VolumeId (valid in AWS) made moto answer 500; it now detaches from the
   instance the volume is attached to;
 * DeleteVolume  -> the volume's backing file goes away;
+* RunInstances with IamInstanceProfile and a count > 1 -> every instance gets the profile
+  association (moto associated only the first one);
 * StopInstances / TerminateInstances / RebootInstances -> every process of the instance's
   sandbox is SIGKILLed, including daemons that escaped with setsid (found through
   /proc/*/environ), and its running SSM invocations end as Failed.
@@ -21,6 +23,7 @@ from typing import Any
 from moto.ec2.exceptions import InvalidVolumeAttachmentError
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.models.instances import Instance
+from moto.ec2.responses.instances import InstanceResponse
 
 from . import runtime
 from .sandbox import log
@@ -73,6 +76,22 @@ def install() -> None:
 
     for name in ("stop", "terminate", "reboot"):
         _wrap_power_off(name)
+
+    orig_run = InstanceResponse.run_instances
+
+    def run_instances(self: Any) -> Any:
+        result = orig_run(self)
+        name = self._get_param("IamInstanceProfile.Name")
+        arn = self._get_param("IamInstanceProfile.Arn")
+        if name or arn:
+            for inst in getattr(result.result, "instances", [])[1:]:
+                if not self.ec2_backend.iam_instance_profile_associations.get(inst.id):
+                    self.ec2_backend.associate_iam_instance_profile(
+                        instance_id=inst.id, iam_instance_profile_name=name, iam_instance_profile_arn=arn
+                    )
+        return result
+
+    InstanceResponse.run_instances = run_instances  # type: ignore[method-assign]
 
 
 def _wrap_power_off(name: str) -> None:

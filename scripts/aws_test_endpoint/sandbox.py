@@ -31,7 +31,10 @@ VOLUMES_DIR = "_volumes"
 
 
 def log(msg: str) -> None:
-    print(f"aws-test-endpoint: {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"aws-test-endpoint: {msg}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed by whoever started us: keep serving
+        pass
 
 
 def by_id_name(volume_id: str) -> str:

@@ -4,6 +4,7 @@ injects faults and extends /moto-api/reset."""
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
 from moto.moto_server.werkzeug_app import (
@@ -20,11 +21,17 @@ from .sandbox import log
 StartResponse = Callable[..., Any]
 
 
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def _json(start_response: StartResponse, status: int, payload: Any) -> list[bytes]:
     body = json.dumps(payload, indent=1).encode() + b"\n"
-    reasons = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
     start_response(
-        f"{status} {reasons.get(status, 'Status')}",
+        f"{status} {_reason(status)}",
         [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
     )
     return [body]
@@ -67,7 +74,7 @@ class SortieMiddleware:
                 if fault is not None:
                     log(f"fault {fault.id}: {info.name} -> {fault.status} {fault.code}")
                     status, headers, body = error_response(info, fault.code, fault.message, fault.status, method)
-                    start_response(f"{status} Injected", headers)
+                    start_response(f"{status} {_reason(status)}", headers)
                     return [body]
         return self.app(environ, start_response)
 

@@ -499,7 +499,8 @@ class Invocation:
 class SortieCommand:
     """A SendCommand request: replaces moto's Command (which targets every instance)."""
 
-    def __init__(self, *, account_id: str, region: str, instance_ids: list[str], request: dict[str, Any]):
+    def __init__(self, *, account_id: str, region: str, instance_ids: list[str],
+                 resolved: list[str], request: dict[str, Any]):
         self.command_id = str(uuid.uuid4())
         self.account_id = account_id
         self.region = region
@@ -528,7 +529,8 @@ class SortieCommand:
         }
         self.commands: list[str] = list(self.parameters.get("commands") or [])
         self.execution_timeout = _exec_timeout(self.parameters)
-        self.invocations: list[Invocation] = [Invocation(self, iid) for iid in instance_ids]
+        # one invocation per resolved target (InstanceIds plus whatever Targets selected)
+        self.invocations: list[Invocation] = [Invocation(self, iid) for iid in resolved]
 
     def _aggregate(self) -> tuple[str, str]:
         statuses = [inv.status for inv in self.invocations]
@@ -713,11 +715,9 @@ def send_command(self: SimpleSystemManagerResponse) -> ActionResult:
         raise SSMError("ValidationException", "Either InstanceIds or Targets must be specified")
     account_id, region = self.current_account, self.region
     resolved = _resolve_targets(account_id, region, instance_ids, targets)
-    command = SortieCommand(account_id=account_id, region=region, instance_ids=list(instance_ids), request=request)
-    if not instance_ids:
-        command.instance_ids = []
-    # invocations for the resolved instances (InstanceIds + Targets)
-    command.invocations = [Invocation(command, iid) for iid in resolved]
+    command = SortieCommand(
+        account_id=account_id, region=region, instance_ids=list(instance_ids), resolved=resolved, request=request
+    )
     backend: SimpleSystemManagerBackend = self.ssm_backend
     with rt.lock:
         backend._commands.append(command)  # type: ignore[arg-type]

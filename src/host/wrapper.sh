@@ -193,7 +193,7 @@ cmd_supervise() {
 	child=$!
 	tick 8>&- &
 	ticker=$!
-	wait "$child"; rc=$?
+	wait "$child" 2>/dev/null; rc=$? # (dash would log "Terminated")
 	# A firing timeout finishes its TERM/KILL sequence; otherwise the ticker is only sleeping.
 	if [ -f "$D/timed_out" ]; then wait "$ticker"; else kill "$ticker" 2>/dev/null; wait "$ticker" 2>/dev/null; fi
 	[ ! -f "$D/timed_out" ] || rc=124

@@ -171,11 +171,16 @@ test_int_wrapper_lock_contention_fails_75_naming_holder() {
 test_int_wrapper_lock_released_after_holder_ends() {
 	local s1 s2 a=$T/run/steps/a b=$T/run/steps/b c=$T/run/steps/c
 	# The holder exits at once but leaves a background child: the lock lasts until that child is gone too.
-	s1=$(script holder.sh <<<"sleep 1.5 >/dev/null 2>&1 & echo \$! >'$T/child.bgpid'")
+	s1=$(script holder.sh <<-EOF
+		( i=0; while [ ! -f '$T/release' ] && [ \$i -lt 200 ]; do sleep 0.1; i=\$((i + 1)); done ) >/dev/null 2>&1 &
+		echo \$! >'$T/child.bgpid'
+	EOF
+	)
 	s2=$(script next.sh <<<'echo ran')
 	SORTIE_LOCK=train W run "$a" 1 "$s1" >/dev/null || fail "holder run"
 	SORTIE_LOCK=train W run "$b" 1 "$s2" >/dev/null
 	expect_eq "$(field "$b" exit_code)" 75 "while the holder's child lives"
+	touch "$T/release"
 	until_ok 5 gone "$(cat "$T/child.bgpid")"
 	SORTIE_LOCK=train W run "$c" 1 "$s2" >/dev/null || fail "run after release exited $?"
 	expect_eq "$(field "$c" state)" succeeded "state after release"

@@ -63,12 +63,10 @@ class Endpoint:
             return json.loads(resp.read() or b"null")
 
 
-@pytest.fixture(scope="session")
-def endpoint(tmp_path_factory: pytest.TempPathFactory):
-    sandbox = tmp_path_factory.mktemp("sandboxes")
-    port = _free_port()
+def _start(args: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start the launcher; return it and its first stdout line (bounded wait)."""
     proc = subprocess.Popen(
-        [str(LAUNCHER), "--port", str(port), "--sandbox", str(sandbox), "--seed-profile", "sortie-ssm"],
+        [str(LAUNCHER), *args],
         stdout=subprocess.PIPE,
         stderr=None,  # the server log goes to pytest's stderr capture
         stdin=subprocess.DEVNULL,
@@ -84,15 +82,29 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory):
             line += chunk
         if proc.poll() is not None:
             break
-    assert line.decode() == f"listening on http://127.0.0.1:{port}\n", f"bad ready line {line!r}"
-    ep = Endpoint(proc, f"http://127.0.0.1:{port}", sandbox)
-    yield ep
+    return proc, line.decode()
+
+
+def _stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=15)
+        return proc.wait(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+        raise AssertionError("endpoint did not stop on SIGTERM")
+
+
+@pytest.fixture(scope="session")
+def endpoint(tmp_path_factory: pytest.TempPathFactory):
+    sandbox = tmp_path_factory.mktemp("sandboxes")
+    port = _free_port()
+    proc, line = _start(["--port", str(port), "--sandbox", str(sandbox), "--seed-profile", "sortie-ssm"])
+    try:
+        assert line == f"listening on http://127.0.0.1:{port}\n", f"bad ready line {line!r}"
+        yield Endpoint(proc, f"http://127.0.0.1:{port}", sandbox)
+    finally:
+        assert _stop(proc) == 0
     # nothing started for any sandbox survives the server
     assert _pids_with_env_prefix(f"SORTIE_HOST_ROOT={sandbox}/") == []
 
@@ -548,3 +560,32 @@ def test_int_reset_kills_processes_and_clears_state(endpoint, ec2, ssm):
     assert ec2.describe_instances()["Reservations"] == []
     # the seeded profile is back after the reset
     assert endpoint.client("iam").get_instance_profile(InstanceProfileName="sortie-ssm")
+
+
+def test_int_second_endpoint_port_zero_env_and_required_profile(tmp_path):
+    """--port 0 picks a free port; --env reaches commands; with --require-instance-profile an
+    instance without an IAM instance profile is not managed by SSM (as in AWS)."""
+    proc, line = _start(["--port", "0", "--sandbox", str(tmp_path), "--require-instance-profile",
+                         "--env", "SORTIE_TEST_FLAG=on"])
+    try:
+        assert line.startswith("listening on http://127.0.0.1:") and line.endswith("\n")
+        ep = Endpoint(proc, line.split()[-1], tmp_path)
+        ec2, ssm, iam = ep.client("ec2"), ep.client("ssm"), ep.client("iam")
+        iam.create_role(RoleName="p", AssumeRolePolicyDocument="{}")
+        iam.create_instance_profile(InstanceProfileName="p")
+        iam.add_role_to_instance_profile(InstanceProfileName="p", RoleName="p")
+        (bare,) = _launch(ec2, ssm)
+        with_profile = _launch(ec2, ssm, 2, IamInstanceProfile={"Name": "p"})
+        listed = ssm.describe_instance_information()["InstanceInformationList"]
+        assert sorted(i["InstanceId"] for i in listed) == sorted(with_profile)
+        with pytest.raises(ClientError) as e:
+            _send(ssm, [bare], ["true"])
+        assert _error(e) == ("InvalidInstanceId", 400)
+        cid = _send(ssm, with_profile, ['echo "$SORTIE_TEST_FLAG"', "sleep 120 &"])
+        for iid in with_profile:
+            assert _wait(ssm, cid, iid)["StandardOutputContent"] == "on\n"
+        leftovers = _pids_with_env_prefix(f"SORTIE_HOST_ROOT={tmp_path}/")
+        assert len(leftovers) == 2
+    finally:
+        assert _stop(proc) == 0
+    _wait_dead(leftovers)  # the server killed them on its way out
