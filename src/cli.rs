@@ -9,6 +9,8 @@ use crate::compiler::{self, Compiled};
 use crate::dag::{self, GraphFormat};
 use crate::error::{exit, Error, Result};
 use crate::plan_file;
+use crate::reporter::OutputFormat;
+use crate::session::{self, ApplyOptions, RunSelector};
 use crate::variables::{self, Overrides};
 
 #[derive(Debug, Parser)]
@@ -34,6 +36,69 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: GraphFormat,
     },
+    /// Run the plan: start a new run, or continue the latest unfinished one.
+    Apply {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Rerun this step and everything that depends on it.
+        #[arg(long, value_name = "STEP")]
+        from: Option<String>,
+        /// Steps that may run at once.
+        #[arg(long, default_value_t = 10)]
+        parallelism: usize,
+        /// Do not wait for detached steps: leave them running and exit 4.
+        #[arg(long)]
+        no_wait: bool,
+        /// Do not ask for confirmation (apply never asks on the local target).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// Show what apply would do for each step, and why. Changes nothing.
+    Preview {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        #[arg(long, value_name = "STEP")]
+        from: Option<String>,
+    },
+    /// Show the steps of a run.
+    Status {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        run: Option<String>,
+        /// Keep the table updating.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
+    /// Print a step's log.
+    Logs {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// The step.
+        step: String,
+        #[arg(long)]
+        run: Option<String>,
+        /// Keep printing until the step finishes.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// List the plan's runs.
+    Runs(PlanArgs),
+    /// Remove every resource a run owns. Idempotent.
+    Destroy {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// Print the JSON Schema of the plan format.
     Schema,
     /// Print a shell completion script.
@@ -41,6 +106,26 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// Which run to act on.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Start a new run even if the latest one is unfinished.
+    #[arg(long, conflicts_with = "run")]
+    pub new: bool,
+    /// Act on this run.
+    #[arg(long)]
+    pub run: Option<String>,
+}
+
+impl RunArgs {
+    fn selector(&self) -> RunSelector {
+        RunSelector {
+            run: self.run.clone(),
+            new: self.new,
+        }
+    }
 }
 
 /// A plan file and its variable overrides.
@@ -119,6 +204,79 @@ fn dispatch(command: Command) -> Result<i32> {
             write(
                 &mut out,
                 &dag::render(&p.dag, &p.name, &names, &kinds, format),
+            )?;
+        }
+        Command::Apply {
+            plan,
+            run,
+            from,
+            parallelism,
+            no_wait,
+            yes: _,
+            output,
+        } => {
+            let compiled = plan.compile()?;
+            let opts = ApplyOptions {
+                selector: run.selector(),
+                from,
+                parallelism,
+                no_wait,
+                output,
+            };
+            return session::apply(&compiled.plan, opts);
+        }
+        Command::Preview { plan, run, from } => {
+            let compiled = plan.compile()?;
+            write(
+                &mut out,
+                &session::preview(&compiled.plan, &run.selector(), from.as_deref())?,
+            )?;
+        }
+        Command::Status {
+            plan,
+            run,
+            watch,
+            output,
+        } => {
+            let compiled = plan.compile()?;
+            let sel = RunSelector { run, new: false };
+            loop {
+                let text = session::status(&compiled.plan, &sel, output)?;
+                if watch {
+                    write(&mut out, "\x1b[2J\x1b[H")?;
+                }
+                write(&mut out, &text)?;
+                out.flush()
+                    .map_err(|e| Error::io("cannot write to stdout", e))?;
+                if !watch {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+        }
+        Command::Logs {
+            plan,
+            step,
+            run,
+            follow,
+        } => {
+            let compiled = plan.compile()?;
+            return session::logs(
+                &compiled.plan,
+                &RunSelector { run, new: false },
+                &step,
+                follow,
+            );
+        }
+        Command::Runs(plan) => {
+            let compiled = plan.compile()?;
+            write(&mut out, &session::runs(&compiled.plan)?)?;
+        }
+        Command::Destroy { plan, run } => {
+            let compiled = plan.compile()?;
+            write(
+                &mut out,
+                &session::destroy(&compiled.plan, &RunSelector { run, new: false })?,
             )?;
         }
         Command::Schema => {

@@ -192,6 +192,13 @@ impl Compiler {
             );
         }
         let ids: Vec<String> = pending.iter().map(|p| p.id.clone()).collect();
+        let mut index: HashMap<String, usize> = HashMap::with_capacity(ids.len() * 2);
+        for (i, id) in ids.iter().enumerate() {
+            index.insert(template::step_alias(id), i);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            index.insert(id.clone(), i);
+        }
         let instances: Vec<&str> = pending
             .iter()
             .filter(|p| p.kind == KindName::Instance)
@@ -206,9 +213,10 @@ impl Compiler {
 
         let mut steps = Vec::with_capacity(pending.len());
         let mut edges: Vec<(usize, usize, String)> = Vec::new();
-        for (index, p) in pending.iter().enumerate() {
+        for (position, p) in pending.iter().enumerate() {
             let ctx = StepCtx {
                 ids: &ids,
+                index: &index,
                 instances: &instances,
                 resources: &resources,
                 vars: &vars,
@@ -220,8 +228,8 @@ impl Compiler {
             };
             if let Some((step, deps)) = self.step(p, &ctx) {
                 for (dep, origin) in deps {
-                    if let Some(d) = ids.iter().position(|i| *i == dep) {
-                        edges.push((d, index, origin));
+                    if let Some(&d) = index.get(&dep) {
+                        edges.push((d, position, origin));
                     }
                 }
                 steps.push(step);
@@ -478,6 +486,7 @@ impl Compiler {
 
     fn read_steps(&mut self, steps: IndexMap<String, yaml::Value>) -> Vec<Pending> {
         let mut out = Vec::new();
+        let mut aliases: HashMap<String, String> = HashMap::new();
         for (id, value) in steps {
             let path = yaml::join_key("steps", &id);
             if !valid_name(&id) {
@@ -546,20 +555,15 @@ impl Compiler {
                     );
                 }
             }
-            if let Some(clash) = out
-                .iter()
-                .find(|p: &&Pending| template::step_alias(&p.id) == template::step_alias(&id))
-            {
+            if let Some(clash) = aliases.get(&template::step_alias(&id)) {
                 self.error_help(
                     self.key_at(&path),
-                    format!(
-                        "step ids `{}` and `{id}` are the same in templates",
-                        clash.id
-                    ),
+                    format!("step ids `{clash}` and `{id}` are the same in templates"),
                     "templates write dashes as underscores (`steps.prep_data`); rename one of them",
                 );
                 continue;
             }
+            aliases.insert(template::step_alias(&id), id.clone());
             out.push(Pending {
                 id,
                 raw,
@@ -620,7 +624,7 @@ impl Compiler {
         let mut deps: Vec<(String, String)> = Vec::new();
         for (i, need) in raw.needs.iter().enumerate() {
             let origin = format!("{path}.needs[{i}]");
-            if self.step_ref(&p.id, need, &origin, ctx.ids, "needs") {
+            if self.step_ref(&p.id, need, &origin, ctx, "needs") {
                 deps.push((need.clone(), origin));
             }
         }
@@ -697,9 +701,10 @@ impl Compiler {
         me: &str,
         other: &str,
         origin: &str,
-        ids: &[String],
+        ctx: &StepCtx<'_>,
         field: &str,
     ) -> bool {
+        let ids = ctx.ids;
         if other == me {
             self.error_help(
                 self.at(origin),
@@ -708,7 +713,7 @@ impl Compiler {
             );
             return false;
         }
-        if ids.iter().any(|i| i == other) {
+        if ctx.index.get(other).is_some_and(|&i| ids[i] == other) {
             return true;
         }
         let message = format!("step `{me}` refers to unknown step `{other}` in `{field}`");
@@ -797,18 +802,13 @@ impl Compiler {
                 ("vars", None) => used_vars.extend(ctx.vars.keys().cloned()),
                 ("steps", Some(alias)) => {
                     // Jinja reads `prep-data` as a subtraction, so dashed ids are written with underscores.
-                    let other = ctx
-                        .ids
-                        .iter()
-                        .find(|i| *i == alias)
-                        .or_else(|| ctx.ids.iter().find(|i| template::step_alias(i) == alias))
-                        .map_or(alias, String::as_str);
+                    let other = ctx.index.get(alias).map_or(alias, |&i| ctx.ids[i].as_str());
                     if other == me {
                         self.problems.push(
                             Diagnostic::new(&diag_file, location, format!("step `{me}` refers to its own outputs"))
                                 .with_help("a step cannot depend on itself; remove the reference"),
                         );
-                    } else if ctx.ids.iter().any(|i| i == other) {
+                    } else if ctx.index.contains_key(other) {
                         deps.push((other.to_string(), origin.to_string()));
                     } else {
                         let message = format!("step `{me}` refers to unknown step `{other}` in `{}`", r.0);
@@ -894,7 +894,7 @@ impl Compiler {
         let origin = format!("{path}.{field}");
         match given {
             Some(host) => {
-                if !self.step_ref(me, host, &origin, ctx.ids, field) {
+                if !self.step_ref(me, host, &origin, ctx, field) {
                     return None;
                 }
                 if !ctx.instances.contains(host) {
@@ -1142,7 +1142,7 @@ impl Compiler {
             Some(list) => {
                 for (i, id) in list.iter().enumerate() {
                     let origin = format!("{path}.destroys[{i}]");
-                    if self.step_ref(me, id, &origin, ctx.ids, "destroys")
+                    if self.step_ref(me, id, &origin, ctx, "destroys")
                         && !ctx.resources.contains(id)
                     {
                         self.error(
@@ -1224,6 +1224,8 @@ impl Compiler {
 
 struct StepCtx<'a> {
     ids: &'a [String],
+    /// Step index by id and by template alias (`prep_data` for `prep-data`).
+    index: &'a HashMap<String, usize>,
     instances: &'a [String],
     resources: &'a [String],
     vars: &'a IndexMap<String, Json>,

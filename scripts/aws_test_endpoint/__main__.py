@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     server = build_server(args.host, args.port, info)
     port = server.server_port
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    rt.url = f"http://{url_host}:{port}"
+    rt.url = f"http://{_bracket(url_host)}:{port}"
     os.environ["MOTO_PORT"] = str(port)  # moto builds some self-referencing URLs from it
     info.update({
         "url": rt.url,
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     log(f"moto {moto_version}; sandbox root {root}")
-    print(f"listening on http://{args.host}:{port}", flush=True)
+    print(f"listening on http://{_bracket(args.host)}:{port}", flush=True)
     # that was the only line for stdout: anything printed later (moto prints some notices)
     # goes to stderr, and a reader that closed our stdout cannot break the server
     os.dup2(2, 1)

@@ -296,7 +296,7 @@ class Invocation:
                     proc = None
         if proc is None:
             with self._lock:
-                self._finish_locked(1, stdout_path.read_bytes(), stderr_path.read_bytes(), failed=True)
+                self._finish_locked(1, _head(stdout_path, MAX_STDOUT), _head(stderr_path, MAX_STDERR), failed=True)
             self._upload(stdout_path, stderr_path)
             return
 
@@ -314,8 +314,6 @@ class Invocation:
             _killpg(proc.pid)
             proc.wait()
         rc = proc.returncode
-        stdout = stdout_path.read_bytes()
-        stderr = stderr_path.read_bytes()
         with self._lock:
             reason = self.stop_reason
             if reason is not None and rc < 0:
@@ -328,12 +326,11 @@ class Invocation:
                     failure_note = f"failed to run commands: exit status {rc}"
                 elif rc < 0:
                     failure_note = f"failed to run commands: signal: {_signal_name(-rc)}"
-            if failure_note:
-                sep = b"\n" if stderr else b""
-                stderr = stderr + sep + failure_note.encode()
+            if failure_note:  # the agent's MarkAsFailed appends to stderr (and its S3 copy)
                 with open(stderr_path, "ab") as f:
+                    sep = b"\n" if f.tell() else b""
                     f.write(sep + failure_note.encode())
-            self._finish_locked(exit_code, stdout, stderr)
+            self._finish_locked(exit_code, _head(stdout_path, MAX_STDOUT), _head(stderr_path, MAX_STDERR))
         self._upload(stdout_path, stderr_path)
 
     def _finish_locked(self, exit_code: int | None, stdout: bytes, stderr: bytes, failed: bool = False) -> None:
@@ -585,6 +582,15 @@ class SortieCommand:
             "CloudWatchOutputConfig": self.cloudwatch_output_config,
             "TimeoutSeconds": self.timeout_seconds,
         }
+
+
+def _head(path: Path, limit: int) -> bytes:
+    """The first `limit` bytes of an output file (all that the API ever shows of it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
 
 
 def _killpg(pgid: int) -> None:

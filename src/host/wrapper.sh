@@ -145,10 +145,10 @@ cmd_launch() {
 		st=$(state)
 		[ "$st" = lost ] && [ "${SORTIE_RESTART_LOST:-0}" = 1 ] || { release_launch; cmd_status; return 0; }
 	elif [ -n "$cur" ]; then
+		[ "$cur" -lt "$A" ] || { release_launch; cmd_status; die 65 "attempt $A is older than recorded attempt $cur"; }
 		st=$(state)
 		case $st in starting | running) release_launch; cmd_status
 			die 75 "attempt $cur is still $st; cancel it before starting attempt $A" ;; esac
-		[ "$cur" -lt "$A" ] || { release_launch; cmd_status; die 65 "attempt $A is older than recorded attempt $cur"; }
 	fi
 	# Copied before archiving: SCRIPT_FILE or $0 may well be files of the attempt being archived.
 	cp "$3" "$D/.script.new" && cp "$0" "$D/.wrapper.new"

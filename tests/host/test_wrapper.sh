@@ -7,7 +7,8 @@ set -u
 
 SELF=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 WRAPPER=${WRAPPER:-$(cd "$(dirname "$0")/../../src/host" && pwd)/wrapper.sh}
-TEST_TIMEOUT=40 # seconds for one test, cleanup included
+TEST_TIMEOUT=${TEST_TIMEOUT:-20} # seconds for one test, cleanup included
+DEADLINE=55     # seconds for the whole file: a test started late gets only what is left
 JOBS=${JOBS:-10}
 
 # ---------------------------------------------------------------- helpers (run inside one test's process)
@@ -24,9 +25,14 @@ until_ok() {
 	until "$@"; do [ "$SECONDS" -lt "$end" ] || fail "timed out waiting for: $*"; sleep 0.1; done
 }
 state_is() { [ "$(field "$1" state)" = "$2" ]; }
+# procstat PID N: field N of /proc/PID/stat counted after "(comm)": 1 state, 2 ppid, 3 pgrp, 4 session.
+procstat() { local l; l=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; l=${l##*) }; cut -d ' ' -f "$2" <<<"$l"; }
 # Zombies count as gone: a PID 1 that does not reap (containers) keeps orphans as zombies for ever.
-gone() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null); [[ -z $s || $s == Z* ]]; }
-group_gone() { ! ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { n++ } END { exit !n }'; }
+gone() { local st; st=$(procstat "$1" 1) || return 0; [ "$st" = Z ]; }
+group_gone() {
+	local f
+	for f in /proc/[0-9]*; do [ "$(procstat "${f#/proc/}" 3)" != "$1" ] || gone "${f#/proc/}" || return 1; done
+}
 lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 script() { cat >"$T/$1"; echo "$T/$1"; }
 ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -253,6 +259,18 @@ test_int_wrapper_supervisor_kill9_is_lost() {
 	[ -f "$d/attempts/1/pid" ] || fail "lost attempt not archived"
 }
 
+test_int_wrapper_cancel_of_lost_attempt_records_cancelled() {
+	local s d=$T/st pg
+	s=$(script long.sh <<<'sleep 30')
+	W launch "$d" 1 "$s" >/dev/null || fail "launch"
+	pg=$(field "$d" pid)
+	kill -KILL "$(cat "$d/supervisor_pid")"; kill -KILL -- "-$pg"
+	until_ok 3 state_is "$d" lost
+	W cancel "$d" 1 >"$T/out" || fail "cancel exited $?"
+	expect_file_has "$T/out" "state=cancelled"
+	expect_eq "$(cat "$d/exit_code")" 143 "exit_code"
+}
+
 test_int_wrapper_launch_returns_promptly_through_pipe() {
 	local s d=$T/st t0 out elapsed
 	s=$(script long.sh <<<'sleep 30')
@@ -275,7 +293,7 @@ test_int_wrapper_detached_step_outlives_launching_shell() {
 	s=$(script slow.sh <<<'sleep 2; echo finished >"$SORTIE_STEP_DIR/marker"')
 	# The launching shell runs in its own group, which is then kill -9'd (as an orchestrator or SSM would be).
 	setsid bash -c '"$1" "$2" launch "$3" 1 "$4" >/dev/null; sleep 30' _ "$WRAPPER_SH" "$WRAPPER" "$d" "$s" &
-	echo $! >"$T/launcher.bgpid"
+	echo $! >"$T/launcher.bgpid"; disown
 	until_ok 5 test -f "$d/pid"
 	kill -KILL -- "-$(cat "$T/launcher.bgpid")"
 	sleep 0.5
@@ -340,13 +358,10 @@ test_int_wrapper_script_pid_is_its_session_id() {
 	s=$(script long.sh <<<'sleep 30')
 	W launch "$d" 1 "$s" >/dev/null || fail "launch"
 	pid=$(field "$d" pid)
-	sid=$(ps -o sid= -p "$pid" | tr -d ' ')
-	pgid=$(ps -o pgid= -p "$pid" | tr -d ' ')
-	expect_eq "$sid" "$pid" "session id"
-	expect_eq "$pgid" "$pid" "process group id"
-	# Field 6 of /proc/PID/stat (counted after the parenthesised command name) agrees.
-	expect_eq "$(sed 's/.*) //' "/proc/$pid/stat" | cut -d ' ' -f 4)" "$pid" "/proc stat session"
-	[ "$(ps -o sid= -p "$(cat "$d/supervisor_pid")" | tr -d ' ')" != "$pid" ] || fail "supervisor in the step's session"
+	# Fields 5 and 6 of /proc/PID/stat: process group and session.
+	expect_eq "$(procstat "$pid" 4)" "$pid" "session id"
+	expect_eq "$(procstat "$pid" 3)" "$pid" "process group id"
+	[ "$(procstat "$(cat "$d/supervisor_pid")" 4)" != "$pid" ] || fail "supervisor in the step's session"
 }
 
 test_int_wrapper_shebang_script_runs_directly() {
@@ -400,7 +415,7 @@ run_one() {
 }
 
 main() {
-	local filter=${1:-} interps=() tests=() t i n=0 passed=0 failed=0 R rc
+	local filter=${1:-} interps=() tests=() t i passed=0 failed=0 R rc budget
 	for i in dash bash; do
 		if command -v "$i" >/dev/null; then interps+=("$i"); else echo "note: $i not installed, skipped"; fi
 	done
@@ -409,7 +424,9 @@ main() {
 	for t in "${tests[@]}"; do
 		for i in "${interps[@]}"; do
 			while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-			(WRAPPER_SH=$i timeout -k 5 "$TEST_TIMEOUT" bash "$SELF" --one "$t" >"$R/$t.$i.log" 2>&1
+			budget=$((DEADLINE - SECONDS)); [ "$budget" -le "$TEST_TIMEOUT" ] || budget=$TEST_TIMEOUT
+			[ "$budget" -ge 1 ] || budget=1
+			(WRAPPER_SH=$i timeout -k 2 "$budget" bash "$SELF" --one "$t" >"$R/$t.$i.log" 2>&1
 				echo $? >"$R/$t.$i.rc") &
 		done
 	done

@@ -1,0 +1,277 @@
+//! The local target: a host is a sandbox directory with its own SORTIE_HOME; a volume is a directory in it,
+//! reachable at its mount path inside the sandbox; a `run` step is a process group under the host wrapper.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tokio::process::Command;
+
+use crate::error::{Error, Result};
+
+/// The host wrapper (docs/HOST_PROTOCOL.md), shipped inside the binary.
+pub const WRAPPER: &str = include_str!("host/wrapper.sh");
+
+/// One sandbox host.
+#[derive(Debug, Clone)]
+pub struct LocalHost {
+    pub home: PathBuf,
+}
+
+/// What the wrapper's `status` command reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStatus {
+    pub state: String,
+    pub attempt: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub progress: Option<String>,
+    pub error: Option<String>,
+    pub heartbeat_at: Option<u64>,
+}
+
+impl HostStatus {
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "timed_out" | "cancelled"
+        )
+    }
+}
+
+/// What a `run` step's launch needs besides the script.
+#[derive(Debug, Clone, Default)]
+pub struct LaunchSpec {
+    pub env: Vec<(String, String)>,
+    pub timeout: Option<Duration>,
+    pub lock: Option<String>,
+    pub progress: Option<String>,
+    pub metrics: Option<String>,
+    pub heartbeat_interval: Option<Duration>,
+}
+
+impl LocalHost {
+    /// The sandbox of `step` in `run`, under `root`.
+    pub fn at(root: &Path, run: &str, step: &str) -> LocalHost {
+        LocalHost {
+            home: absolute(&root.join(format!("{run}-{step}"))),
+        }
+    }
+
+    /// Creates the sandbox (idempotent: an existing one is adopted).
+    pub fn create(&self) -> Result<()> {
+        let dir = self.home.join(".sortie");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create host {}", self.home.display()), e))
+    }
+
+    pub fn exists(&self) -> bool {
+        self.home.join(".sortie").is_dir()
+    }
+
+    pub fn status_dir(&self, step: &str) -> PathBuf {
+        self.home.join(".sortie").join("steps").join(step)
+    }
+
+    pub fn log_path(&self, step: &str) -> PathBuf {
+        self.status_dir(step).join("output.log")
+    }
+
+    /// Writes the wrapper into the sandbox if it is not there yet (running supervisors use their own copy).
+    fn wrapper(&self) -> Result<PathBuf> {
+        let path = self.home.join(".sortie").join("wrapper.sh");
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(WRAPPER) {
+            crate::state_store::write_atomic(&path, WRAPPER.as_bytes())?;
+        }
+        Ok(path)
+    }
+
+    async fn wrapper_cmd(
+        &self,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<std::process::Output> {
+        let wrapper = self.wrapper()?;
+        let mut cmd = Command::new("sh");
+        cmd.arg(&wrapper)
+            .args(args)
+            .env("SORTIE_HOME", &self.home)
+            .current_dir(&self.home);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(std::process::Stdio::null());
+        cmd.output()
+            .await
+            .map_err(|e| Error::io("cannot run the host wrapper", e))
+    }
+
+    /// Starts attempt `attempt` of `step` (the wrapper refuses duplicates, so a repeat is harmless).
+    pub async fn launch(
+        &self,
+        step: &str,
+        attempt: u32,
+        script: &str,
+        spec: &LaunchSpec,
+    ) -> Result<HostStatus> {
+        let dir = self.status_dir(step);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let script_path = self
+            .home
+            .join(".sortie")
+            .join(format!("{step}.{attempt}.script"));
+        crate::state_store::write_atomic(&script_path, script.as_bytes())?;
+        let mut env = spec.env.clone();
+        if let Some(t) = spec.timeout {
+            env.push(("SORTIE_TIMEOUT".into(), t.as_secs().max(1).to_string()));
+        }
+        if let Some(lock) = &spec.lock {
+            env.push(("SORTIE_LOCK".into(), lock.clone()));
+        }
+        if let Some(p) = &spec.progress {
+            env.push(("SORTIE_PROGRESS".into(), p.clone()));
+        }
+        if let Some(m) = &spec.metrics {
+            env.push(("SORTIE_METRICS".into(), m.clone()));
+        }
+        let interval = spec.heartbeat_interval.map_or(5, |d| d.as_secs().max(1));
+        env.push(("SORTIE_HEARTBEAT_INTERVAL".into(), interval.to_string()));
+        env.push(("SORTIE_KILL_GRACE".into(), "5".into()));
+        let dir_s = dir.to_string_lossy().to_string();
+        let out = self
+            .wrapper_cmd(
+                &[
+                    "launch",
+                    &dir_s,
+                    &attempt.to_string(),
+                    &script_path.to_string_lossy(),
+                ],
+                &env,
+            )
+            .await?;
+        let status = parse_status(&String::from_utf8_lossy(&out.stdout));
+        match out.status.code() {
+            Some(0) => Ok(status),
+            code => Err(Error::Runtime(format!(
+                "the host wrapper refused to launch step `{step}` (exit {}): {}",
+                code.unwrap_or(-1),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+        }
+    }
+
+    pub async fn status(&self, step: &str) -> Result<HostStatus> {
+        let dir = self.status_dir(step).to_string_lossy().to_string();
+        let out = self.wrapper_cmd(&["status", &dir], &[]).await?;
+        Ok(parse_status(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub async fn cancel(&self, step: &str, grace: Duration) -> Result<HostStatus> {
+        let dir = self.status_dir(step).to_string_lossy().to_string();
+        let out = self
+            .wrapper_cmd(&["cancel", &dir, &grace.as_secs().to_string()], &[])
+            .await?;
+        Ok(parse_status(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The `key=value` lines the step wrote to `$SORTIE_OUTPUT`.
+    pub fn outputs(&self, step: &str) -> IndexMap<String, String> {
+        let text =
+            std::fs::read_to_string(self.status_dir(step).join("outputs")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+            .filter(|(k, _)| !k.is_empty())
+            .collect()
+    }
+
+    /// Cancels every step still running in the sandbox, then deletes it.
+    pub async fn destroy(&self) -> Result<()> {
+        if let Ok(entries) = std::fs::read_dir(self.home.join(".sortie").join("steps")) {
+            for e in entries.flatten() {
+                let step = e.file_name().to_string_lossy().to_string();
+                if let Ok(st) = self.status(&step).await {
+                    if matches!(st.state.as_str(), "running" | "starting") {
+                        self.cancel(&step, Duration::from_secs(2)).await?;
+                    }
+                }
+            }
+        }
+        match std::fs::remove_dir_all(&self.home) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("cannot delete host {}", self.home.display()),
+                e,
+            )),
+        }
+    }
+}
+
+/// A local volume: a directory in the host's sandbox, linked at its mount path inside the sandbox.
+pub struct LocalVolume {
+    pub dir: PathBuf,
+    pub mount_path: PathBuf,
+}
+
+impl LocalVolume {
+    pub fn at(host: &LocalHost, step: &str, mount: &str) -> LocalVolume {
+        LocalVolume {
+            dir: host.home.join("volumes").join(step),
+            mount_path: host.home.join(mount.trim_start_matches('/')),
+        }
+    }
+
+    pub fn create(&self) -> Result<()> {
+        let fail = |e| Error::io(format!("cannot create volume {}", self.dir.display()), e);
+        std::fs::create_dir_all(&self.dir).map_err(fail)?;
+        if let Some(parent) = self.mount_path.parent() {
+            std::fs::create_dir_all(parent).map_err(fail)?;
+        }
+        if std::fs::read_link(&self.mount_path).ok().as_deref() != Some(self.dir.as_path()) {
+            let _ = std::fs::remove_file(&self.mount_path);
+            std::os::unix::fs::symlink(&self.dir, &self.mount_path).map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    pub fn destroy(&self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.mount_path);
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("cannot delete volume {}", self.dir.display()),
+                e,
+            )),
+        }
+    }
+}
+
+fn parse_status(text: &str) -> HostStatus {
+    let mut s = HostStatus::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim();
+        match k {
+            "state" => s.state = v.to_string(),
+            "attempt" => s.attempt = v.parse().ok(),
+            "exit_code" => s.exit_code = v.parse().ok(),
+            "progress" if !v.is_empty() => s.progress = Some(v.to_string()),
+            "error" if !v.is_empty() => s.error = Some(v.to_string()),
+            "heartbeat_at" => s.heartbeat_at = v.parse().ok(),
+            _ => {}
+        }
+    }
+    s
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map_or_else(|_| path.to_path_buf(), |d| d.join(path))
+    }
+}

@@ -1,0 +1,510 @@
+//! The DAG walker: starts each step once its dependencies are done (up to `parallelism` at a time), skips the
+//! dependents of a failure, still runs `when: always` steps, retries with backoff and jitter, checkpoints every
+//! transition, and handles Ctrl-C (first: start nothing new; second: cancel attached steps).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{exit, Result};
+use crate::event::Event;
+use crate::plan::{Plan, StepKind};
+use crate::plan_file::When;
+use crate::reporter::Reporter;
+use crate::state::{self, RunState, RunStatus, StepStatus};
+use crate::state_store::DirStore;
+use crate::step_exec::{self, Job, Msg, Outcome};
+
+pub struct RunOptions {
+    pub parallelism: usize,
+    /// Wait for detached steps (default) or leave them running and exit 4.
+    pub wait_detached: bool,
+    pub poll: Duration,
+}
+
+/// What re-entry decided for a step before the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Run,
+    Skip,
+    Rerun(String),
+    Reconcile,
+}
+
+/// Decides, for every step, what this apply will do with it. `from` forces a step and its descendants.
+pub fn decide(plan: &Plan, state: &RunState, from: Option<usize>) -> Vec<(Decision, String)> {
+    let n = plan.steps.len();
+    let mut out = vec![(Decision::Run, String::new()); n];
+    let mut forced = vec![false; n];
+    if let Some(f) = from {
+        for d in plan.dag.descendants(f) {
+            forced[d] = true;
+        }
+    }
+    for &i in plan.dag.order() {
+        let step = &plan.steps[i];
+        let st = state.step(&step.id);
+        let digest = state::digest(&step.definition);
+        let upstream_rerun = plan
+            .dag
+            .dependencies(i)
+            .iter()
+            .any(|&d| matches!(out[d].0, Decision::Rerun(_)))
+            && !matches!(step.kind, StepKind::Teardown(_));
+        out[i] = if forced[i] {
+            (
+                Decision::Rerun(format!("--from {}", plan.steps[from.unwrap_or(i)].id)),
+                "forced".into(),
+            )
+        } else {
+            match st.status {
+                StepStatus::Succeeded if st.digest.as_deref() != Some(digest.as_str()) => (
+                    Decision::Rerun("its definition changed".into()),
+                    "changed".into(),
+                ),
+                StepStatus::Succeeded if upstream_rerun => (
+                    Decision::Rerun("a step it depends on runs again".into()),
+                    "upstream".into(),
+                ),
+                StepStatus::Succeeded => (Decision::Skip, "succeeded before, unchanged".into()),
+                StepStatus::Running => (
+                    Decision::Reconcile,
+                    "was running when the last apply stopped".into(),
+                ),
+                StepStatus::Pending => (Decision::Run, "not run yet".into()),
+                other => (Decision::Run, format!("{} last time", other.as_str())),
+            }
+        };
+    }
+    out
+}
+
+struct Walker<'a> {
+    plan: &'a Plan,
+    state: RunState,
+    store: &'a DirStore,
+    reporter: &'a Reporter,
+    opts: RunOptions,
+    /// Steps whose task is running, with the attempt.
+    running: HashMap<usize, u32>,
+    /// Steps waiting out a retry delay: index → when.
+    retry_at: HashMap<usize, tokio::time::Instant>,
+    reattach: Vec<bool>,
+    left_running: bool,
+    stopping: u8,
+}
+
+pub async fn walk(
+    plan: &Plan,
+    mut run: RunState,
+    store: &DirStore,
+    reporter: &Reporter,
+    opts: RunOptions,
+    from: Option<usize>,
+) -> Result<i32> {
+    let decisions = decide(plan, &run, from);
+    let mut reattach = vec![false; plan.steps.len()];
+    for (i, (decision, _)) in decisions.iter().enumerate() {
+        let st = run.step_mut(&plan.steps[i].id);
+        match decision {
+            Decision::Skip => {}
+            Decision::Reconcile => reattach[i] = true,
+            Decision::Run | Decision::Rerun(_) => {
+                st.status = StepStatus::Pending;
+                st.error = None;
+                st.progress = None;
+            }
+        }
+    }
+    run.status = RunStatus::Running;
+    run.finished_at = None;
+    store.save(&mut run)?;
+    let mut w = Walker {
+        plan,
+        state: run,
+        store,
+        reporter,
+        opts,
+        running: HashMap::new(),
+        retry_at: HashMap::new(),
+        reattach,
+        left_running: false,
+        stopping: 0,
+    };
+    w.run().await
+}
+
+impl Walker<'_> {
+    fn id(&self, i: usize) -> &str {
+        &self.plan.steps[i].id
+    }
+
+    fn status(&self, i: usize) -> StepStatus {
+        self.state.step(self.id(i)).status
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.store.save(&mut self.state)
+    }
+
+    fn run_failed(&self) -> bool {
+        self.plan
+            .steps
+            .iter()
+            .any(|s| self.state.step(&s.id).status == StepStatus::Failed)
+    }
+
+    async fn run(&mut self) -> Result<i32> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let root = step_exec::local_root(self.plan)?;
+        loop {
+            if self.stopping == 0 {
+                self.settle()?;
+                self.start_ready(&tx, &cancel_rx, &root)?;
+            }
+            if self.running.is_empty() && (self.stopping > 0 || self.retry_at.is_empty()) {
+                break;
+            }
+            let next_retry = self.retry_at.values().min().copied();
+            tokio::select! {
+                msg = rx.recv() => if let Some(msg) = msg { self.handle(msg)?; },
+                _ = tokio::signal::ctrl_c() => {
+                    self.stopping += 1;
+                    if self.stopping == 1 {
+                        self.retry_at.clear();
+                        self.reporter.emit(&Event::Notice { message: "interrupted: starting no new steps; waiting for attached steps (Ctrl-C again to cancel them)".into() });
+                    } else {
+                        let _ = cancel_tx.send(true);
+                    }
+                }
+                _ = sleep_until(next_retry) => {}
+            }
+        }
+        self.finish()
+    }
+
+    /// Marks steps that can never run (a dependency failed) as skipped, or runs `when` rules.
+    fn settle(&mut self) -> Result<()> {
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for &i in self.plan.dag.order() {
+                if self.status(i) != StepStatus::Pending
+                    || self.running.contains_key(&i)
+                    || self.retry_at.contains_key(&i)
+                {
+                    continue;
+                }
+                let deps = self.plan.dag.dependencies(i);
+                if !deps.iter().all(|&d| self.status(d).is_final()) {
+                    continue;
+                }
+                let bad = deps
+                    .iter()
+                    .find(|&&d| self.status(d) != StepStatus::Succeeded)
+                    .copied();
+                let skip_reason = match (self.plan.steps[i].when, bad) {
+                    (When::OnSuccess, Some(d)) => {
+                        Some(format!("`{}` {}", self.id(d), self.status(d).as_str()))
+                    }
+                    (When::OnFailure, _) if !self.run_failed() => {
+                        Some("nothing failed".to_string())
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = skip_reason {
+                    let id = self.id(i).to_string();
+                    let st = self.state.step_mut(&id);
+                    st.status = StepStatus::Skipped;
+                    st.error = Some(format!("skipped: {reason}"));
+                    self.reporter.emit(&Event::StepFinished {
+                        step: id,
+                        status: "skipped".into(),
+                        attempt: st.attempt,
+                        duration_secs: 0.0,
+                        error: Some(reason),
+                    });
+                    self.checkpoint()?;
+                    changed = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_ready(
+        &mut self,
+        tx: &mpsc::UnboundedSender<Msg>,
+        cancel: &watch::Receiver<bool>,
+        root: &std::path::Path,
+    ) -> Result<()> {
+        let now = tokio::time::Instant::now();
+        for &i in self.plan.dag.order() {
+            if self.running.len() >= self.opts.parallelism {
+                break;
+            }
+            let status = self.status(i);
+            let reattach = self.reattach[i] && status == StepStatus::Running;
+            if self.running.contains_key(&i) || !(status == StepStatus::Pending || reattach) {
+                continue;
+            }
+            if self.retry_at.get(&i).is_some_and(|t| *t > now) {
+                continue;
+            }
+            if !reattach
+                && !self
+                    .plan
+                    .dag
+                    .dependencies(i)
+                    .iter()
+                    .all(|&d| self.status(d).is_final())
+            {
+                continue;
+            }
+            self.retry_at.remove(&i);
+            self.reattach[i] = false;
+            let step = self.plan.steps[i].clone();
+            let run_id = self.state.run_id.clone();
+            let st = self.state.step_mut(&step.id);
+            if !reattach {
+                st.attempt += 1;
+                st.status = StepStatus::Running;
+                st.started_at = Some(state::now());
+                st.finished_at = None;
+                st.token = Some(format!("{run_id}-{}-{}", step.id, st.attempt));
+            }
+            let attempt = st.attempt;
+            st.digest = Some(state::digest(&step.definition));
+            self.checkpoint()?;
+            self.reporter.emit(&if reattach {
+                Event::StepReattached {
+                    step: step.id.clone(),
+                    attempt,
+                }
+            } else {
+                Event::StepStarted {
+                    step: step.id.clone(),
+                    attempt,
+                }
+            });
+            let outputs: IndexMap<String, IndexMap<String, String>> = self
+                .state
+                .steps
+                .iter()
+                .filter(|(_, s)| s.status == StepStatus::Succeeded)
+                .map(|(k, s)| (k.clone(), s.outputs.clone()))
+                .collect();
+            let resources = self
+                .state
+                .steps
+                .iter()
+                .map(|(k, s)| (k.clone(), s.resources.clone()))
+                .collect();
+            let job = Job {
+                index: i,
+                step,
+                attempt,
+                reattach,
+                run_id: self.state.run_id.clone(),
+                plan_name: self.plan.name.clone(),
+                root: root.to_path_buf(),
+                plan_dir: std::path::absolute(&self.plan.dir)
+                    .unwrap_or_else(|_| self.plan.dir.clone()),
+                vars: self.plan.vars.clone(),
+                outputs,
+                resources,
+                wait_detached: self.opts.wait_detached,
+                poll: self.opts.poll,
+                tx: tx.clone(),
+                cancel: cancel.clone(),
+            };
+            self.running.insert(i, attempt);
+            tokio::spawn(job.execute());
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Msg) -> Result<()> {
+        match msg {
+            Msg::Begin { step, handle, ack } => {
+                let id = self.id(step).to_string();
+                self.state.step_mut(&id).handle = handle;
+                self.checkpoint()?;
+                let _ = ack.send(());
+            }
+            Msg::Progress { step, progress } => {
+                let id = self.id(step).to_string();
+                self.state.step_mut(&id).progress = Some(progress.clone());
+                self.reporter
+                    .emit(&Event::StepProgress { step: id, progress });
+            }
+            Msg::Done { step, outcome } => self.done(step, outcome)?,
+        }
+        Ok(())
+    }
+
+    fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
+        self.running.remove(&i);
+        let step = self.plan.steps[i].clone();
+        let retries = step.retries;
+        let st = self.state.step_mut(&step.id);
+        let duration = st.started_at.map_or(0.0, |t| state::now() - t);
+        let attempt = st.attempt;
+        let mut events = Vec::new();
+        match outcome {
+            Outcome::Succeeded { outputs, resources } => {
+                st.status = StepStatus::Succeeded;
+                st.finished_at = Some(state::now());
+                st.error = None;
+                for (k, v) in &outputs {
+                    events.push(Event::StepOutput {
+                        step: step.id.clone(),
+                        key: k.clone(),
+                        value: v.clone(),
+                    });
+                }
+                st.outputs = outputs;
+                if !resources.is_empty() {
+                    st.resources = resources;
+                }
+                events.push(Event::StepFinished {
+                    step: step.id.clone(),
+                    status: "succeeded".into(),
+                    attempt,
+                    duration_secs: duration,
+                    error: None,
+                });
+            }
+            Outcome::Destroyed { steps } => {
+                st.status = StepStatus::Succeeded;
+                st.finished_at = Some(state::now());
+                events.push(Event::StepFinished {
+                    step: step.id.clone(),
+                    status: "succeeded".into(),
+                    attempt,
+                    duration_secs: duration,
+                    error: None,
+                });
+                for s in steps {
+                    for r in &mut self.state.step_mut(&s).resources {
+                        r.destroyed = true;
+                    }
+                }
+            }
+            Outcome::Failed { error } if attempt <= retries && self.stopping == 0 => {
+                // Exponential backoff with full jitter: base * 2^(attempt-1), scaled by a random factor in [0.5, 1).
+                let base = step.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 1);
+                let delay = (base * (0.5 + fastrand::f64() / 2.0)).min(600.0);
+                st.status = StepStatus::Pending;
+                st.error = Some(error.clone());
+                self.retry_at.insert(
+                    i,
+                    tokio::time::Instant::now() + Duration::from_secs_f64(delay),
+                );
+                events.push(Event::StepRetry {
+                    step: step.id.clone(),
+                    attempt: attempt + 1,
+                    delay_secs: delay,
+                    error,
+                });
+            }
+            Outcome::Failed { error } => {
+                st.status = StepStatus::Failed;
+                st.finished_at = Some(state::now());
+                st.error = Some(error.clone());
+                events.push(Event::StepFinished {
+                    step: step.id.clone(),
+                    status: "failed".into(),
+                    attempt,
+                    duration_secs: duration,
+                    error: Some(error),
+                });
+            }
+            Outcome::Cancelled => {
+                st.status = StepStatus::Cancelled;
+                st.finished_at = Some(state::now());
+                st.error = Some("cancelled".into());
+                events.push(Event::StepFinished {
+                    step: step.id.clone(),
+                    status: "cancelled".into(),
+                    attempt,
+                    duration_secs: duration,
+                    error: None,
+                });
+            }
+            Outcome::LeftRunning => {
+                self.left_running = true;
+                events.push(Event::Notice {
+                    message: format!("  detached {} keeps running on its host", step.id),
+                });
+            }
+        }
+        self.checkpoint()?;
+        for e in events {
+            self.reporter.emit(&e);
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<i32> {
+        let all_final = self
+            .plan
+            .steps
+            .iter()
+            .all(|s| self.state.step(&s.id).status.is_final());
+        let (status, code) = if !all_final || self.left_running || self.stopping > 0 {
+            (RunStatus::Interrupted, exit::RUNNING)
+        } else if self.run_failed() {
+            (RunStatus::Failed, exit::FAILED)
+        } else {
+            (RunStatus::Succeeded, exit::OK)
+        };
+        self.state.status = status;
+        if status.is_finished() {
+            self.state.finished_at = Some(state::now());
+        }
+        self.checkpoint()?;
+        if let Some(root) = self.root_cause() {
+            self.reporter.emit(&Event::Notice { message: root });
+        }
+        if code == exit::RUNNING {
+            self.reporter.emit(&Event::Notice {
+                message: format!(
+                    "the run is not finished; continue it with `plan apply {}` (status: `plan status {}`)",
+                    self.plan.file.display(),
+                    self.plan.file.display()
+                ),
+            });
+        }
+        self.reporter.emit(&Event::RunFinished {
+            run: self.state.run_id.clone(),
+            status: status.as_str().into(),
+            exit_code: code,
+        });
+        Ok(code)
+    }
+
+    /// The first failed step in topological order whose own dependencies all succeeded: the root cause.
+    fn root_cause(&self) -> Option<String> {
+        self.plan.dag.order().iter().find_map(|&i| {
+            let st = self.state.step(self.id(i));
+            (st.status == StepStatus::Failed).then(|| {
+                format!(
+                    "root cause: step `{}` failed: {}",
+                    self.id(i),
+                    st.error.clone().unwrap_or_default()
+                )
+            })
+        })
+    }
+}
+
+async fn sleep_until(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

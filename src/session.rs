@@ -1,0 +1,396 @@
+//! The commands that act on runs: apply, preview, status, logs, runs, destroy. They pick the run, hold its lock,
+//! and hand the DAG to the runner.
+
+use std::io::Write;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use crate::error::{exit, Error, Result};
+use crate::plan::{Plan, StateLocation};
+use crate::reporter::{OutputFormat, Reporter};
+use crate::runner::{self, Decision, RunOptions};
+use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
+use crate::state_store::DirStore;
+use crate::step_exec;
+
+/// Which run a command is about.
+#[derive(Debug, Clone, Default)]
+pub struct RunSelector {
+    pub run: Option<String>,
+    pub new: bool,
+}
+
+pub fn store(plan: &Plan) -> Result<DirStore> {
+    match &plan.state {
+        StateLocation::Dir(dir) => Ok(DirStore::new(dir.clone(), &plan.name)),
+        StateLocation::S3 { .. } => Err(Error::Runtime(
+            "the S3 state store is not implemented yet in this build; use a directory for `state`"
+                .into(),
+        )),
+    }
+}
+
+fn new_run_id() -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let stamp: String = now
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(14)
+        .collect();
+    format!(
+        "{}-{}-{:04x}",
+        &stamp[..8.min(stamp.len())],
+        &stamp[8.min(stamp.len())..],
+        fastrand::u16(..)
+    )
+}
+
+fn fresh_state(plan: &Plan, run_id: String) -> RunState {
+    RunState {
+        version: state::STATE_VERSION,
+        lineage: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+        serial: 0,
+        plan: plan.name.clone(),
+        run_id,
+        plan_digest: state::digest(&serde_json::json!(plan
+            .steps
+            .iter()
+            .map(|s| &s.definition)
+            .collect::<Vec<_>>())),
+        target: plan.target.provider().into(),
+        status: RunStatus::Running,
+        started_at: state::now(),
+        finished_at: None,
+        vars: state::redacted_vars(&plan.vars),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| (s.id.clone(), StepState::pending()))
+            .collect(),
+    }
+}
+
+/// The run to act on: the named one, else the latest (for apply: the latest unfinished one, else a new one).
+fn existing(store: &DirStore, sel: &RunSelector) -> Result<Option<RunState>> {
+    match &sel.run {
+        Some(id) => store.load(id),
+        None => match store.runs()?.last() {
+            Some(id) => store.load(id),
+            None => Ok(None),
+        },
+    }
+}
+
+fn require(store: &DirStore, plan: &Plan, sel: &RunSelector) -> Result<RunState> {
+    existing(store, sel)?.ok_or_else(|| {
+        Error::Usage(match &sel.run {
+            Some(id) => format!("plan `{}` has no run `{id}`", plan.name),
+            None => format!(
+                "plan `{}` has no runs yet; start one with `plan apply {}`",
+                plan.name,
+                plan.file.display()
+            ),
+        })
+    })
+}
+
+pub struct ApplyOptions {
+    pub selector: RunSelector,
+    pub from: Option<String>,
+    pub parallelism: usize,
+    pub no_wait: bool,
+    pub output: OutputFormat,
+}
+
+pub fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
+    let store = store(plan)?;
+    step_exec::local_root(plan)?;
+    let from = match &opts.from {
+        Some(id) => Some(plan.index_of(id).ok_or_else(|| {
+            Error::Usage(format!("--from: plan `{}` has no step `{id}`", plan.name))
+        })?),
+        None => None,
+    };
+    let previous = if opts.selector.new {
+        None
+    } else {
+        existing(&store, &opts.selector)?
+    };
+    let (run_id, resumed) = match (&previous, &opts.selector.run) {
+        (Some(p), _)
+            if !p.status.is_finished() || opts.selector.run.is_some() || from.is_some() =>
+        {
+            (p.run_id.clone(), true)
+        }
+        (None, Some(id)) => (id.clone(), false),
+        _ => (new_run_id(), false),
+    };
+    let _lock = store.lock(&run_id, &plan.file)?;
+    // Re-read under the lock: another apply may have written since.
+    let mut run = match store.load(&run_id)? {
+        Some(s) => s,
+        None => fresh_state(plan, run_id.clone()),
+    };
+    for s in &plan.steps {
+        run.steps
+            .entry(s.id.clone())
+            .or_insert_with(StepState::pending);
+    }
+    run.vars = state::redacted_vars(&plan.vars);
+    let reporter = Reporter::new(opts.output);
+    reporter.emit(&crate::event::Event::RunStarted {
+        run: run_id,
+        plan: plan.name.clone(),
+        steps: plan.steps.len(),
+        resumed,
+    });
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    let run_opts = RunOptions {
+        parallelism: opts.parallelism.max(1),
+        wait_detached: !opts.no_wait,
+        poll: Duration::from_millis(200),
+    };
+    runtime.block_on(runner::walk(plan, run, &store, &reporter, run_opts, from))
+}
+
+/// What apply would do, and why. Changes nothing.
+pub fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Result<String> {
+    let store = store(plan)?;
+    let previous = if sel.new {
+        None
+    } else {
+        existing(&store, sel)?
+    };
+    let from_index = match from {
+        Some(id) => Some(plan.index_of(id).ok_or_else(|| {
+            Error::Usage(format!("--from: plan `{}` has no step `{id}`", plan.name))
+        })?),
+        None => None,
+    };
+    let (header, run) = match previous {
+        Some(p) if !p.status.is_finished() || sel.run.is_some() || from.is_some() => {
+            (format!("continuing run {}", p.run_id), p)
+        }
+        _ => ("new run".to_string(), fresh_state(plan, "preview".into())),
+    };
+    let decisions = runner::decide(plan, &run, from_index);
+    let width = plan
+        .steps
+        .iter()
+        .map(|s| s.id.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!("plan {}: {header}\n", plan.name);
+    for &i in plan.dag.order() {
+        let (decision, why) = &decisions[i];
+        let (action, why) = match decision {
+            Decision::Run => ("run", why.clone()),
+            Decision::Skip => ("skip", why.clone()),
+            Decision::Rerun(reason) => ("rerun", reason.clone()),
+            Decision::Reconcile => ("reconcile", why.clone()),
+        };
+        out.push_str(&format!(
+            "  {:<width$}  {action:<9}  {why}\n",
+            plan.steps[i].id
+        ));
+    }
+    Ok(out)
+}
+
+pub fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
+    let store = store(plan)?;
+    let run = require(&store, plan, sel)?;
+    if output == OutputFormat::Json {
+        return serde_json::to_string_pretty(&run)
+            .map(|s| s + "\n")
+            .map_err(|e| Error::Runtime(e.to_string()));
+    }
+    let now = state::now();
+    let mut rows = vec![[
+        "STEP", "STATUS", "ATTEMPT", "STARTED", "DURATION", "PROGRESS", "ERROR",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for &i in plan.dag.order() {
+        let id = &plan.steps[i].id;
+        let st = run.step(id);
+        let started = st.started_at.map(fmt_time).unwrap_or_default();
+        let duration = match (st.started_at, st.finished_at) {
+            (Some(a), Some(b)) => fmt_secs(b - a),
+            (Some(a), None) if st.status == StepStatus::Running => fmt_secs(now - a),
+            _ => String::new(),
+        };
+        rows.push(vec![
+            id.clone(),
+            st.status.as_str().into(),
+            st.attempt.to_string(),
+            started,
+            duration,
+            st.progress.clone().unwrap_or_default(),
+            st.error.clone().unwrap_or_default(),
+        ]);
+    }
+    let mut out = format!(
+        "run {} of plan {}: {}\n",
+        run.run_id,
+        run.plan,
+        run.status.as_str()
+    );
+    out.push_str(&table(&rows));
+    Ok(out)
+}
+
+pub fn runs(plan: &Plan) -> Result<String> {
+    let store = store(plan)?;
+    let mut rows = vec![["RUN", "STATUS", "STARTED", "DURATION"]
+        .map(String::from)
+        .to_vec()];
+    for id in store.runs()? {
+        let Some(run) = store.load(&id)? else {
+            continue;
+        };
+        let duration = fmt_secs(run.finished_at.unwrap_or_else(state::now) - run.started_at);
+        rows.push(vec![
+            run.run_id,
+            run.status.as_str().into(),
+            fmt_time(run.started_at),
+            duration,
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+pub fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> Result<i32> {
+    let store = store(plan)?;
+    if plan.step(step).is_none() {
+        return Err(Error::Usage(format!(
+            "plan `{}` has no step `{step}`",
+            plan.name
+        )));
+    }
+    let mut run = require(&store, plan, sel)?;
+    let dir = run
+        .step(step)
+        .handle
+        .get("status_dir")
+        .cloned()
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "step `{step}` of run {} has no log (it has not run on a host)",
+                run.run_id
+            ))
+        })?;
+    let path = std::path::Path::new(&dir).join("output.log");
+    let mut offset = 0u64;
+    let mut out = std::io::stdout().lock();
+    loop {
+        if let Ok(bytes) = std::fs::read(&path) {
+            if (bytes.len() as u64) > offset {
+                let _ = out.write_all(&bytes[offset as usize..]);
+                let _ = out.flush();
+                offset = bytes.len() as u64;
+            }
+        }
+        if !follow {
+            break;
+        }
+        run = require(
+            &store,
+            plan,
+            &RunSelector {
+                run: Some(run.run_id.clone()),
+                new: false,
+            },
+        )?;
+        if run.step(step).status.is_final() {
+            drain(&mut offset, &path, &mut out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(exit::OK)
+}
+
+/// One last read once the step is final, so the tail is not lost.
+fn drain(offset: &mut u64, path: &std::path::Path, out: &mut std::io::StdoutLock<'_>) {
+    if let Ok(bytes) = std::fs::read(path) {
+        if (bytes.len() as u64) > *offset {
+            let _ = out.write_all(&bytes[*offset as usize..]);
+            *offset = bytes.len() as u64;
+        }
+    }
+}
+
+/// Removes every resource the run owns, dependents first. Idempotent.
+pub fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
+    let store = store(plan)?;
+    let found = require(&store, plan, sel)?;
+    let _lock = store.lock(&found.run_id, &plan.file)?;
+    let mut run = store.load(&found.run_id)?.unwrap_or(found);
+    let order: Vec<(String, Vec<state::Resource>)> = plan
+        .dag
+        .order()
+        .iter()
+        .rev()
+        .map(|&i| plan.steps[i].id.clone())
+        .chain(
+            run.steps
+                .keys()
+                .filter(|k| plan.step(k).is_none())
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .filter_map(|id| run.steps.get(&id).map(|s| (id, s.resources.clone())))
+        .filter(|(_, r)| r.iter().any(|r| !r.destroyed))
+        .collect();
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?;
+    let done = runtime.block_on(step_exec::destroy_resources(order))?;
+    let mut count = 0;
+    for id in &done {
+        for r in &mut run.step_mut(id).resources {
+            if !r.destroyed {
+                r.destroyed = true;
+                count += 1;
+            }
+        }
+    }
+    run.status = RunStatus::Destroyed;
+    run.finished_at.get_or_insert_with(state::now);
+    store.save(&mut run)?;
+    Ok(format!("run {}: destroyed {count} resources\n", run.run_id))
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(c, v)| format!("{v:<w$}", w = widths[c]))
+                .collect();
+            cells.join("  ").trim_end().to_string() + "\n"
+        })
+        .collect()
+}
+
+fn fmt_time(epoch: f64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(epoch.max(0.0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn fmt_secs(secs: f64) -> String {
+    humantime::format_duration(Duration::from_secs(secs.max(0.0).round() as u64)).to_string()
+}
+
+/// Outputs of a run's step, for tests and `status --output json` consumers.
+pub fn outputs(run: &RunState, step: &str) -> IndexMap<String, String> {
+    run.step(step).outputs.clone()
+}

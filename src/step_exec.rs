@@ -1,0 +1,405 @@
+//! How each step kind applies and destroys on the local target. The runner calls these from a task per attempt;
+//! `begin` checkpoints the attempt (and its handle) before anything is created or launched.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde_json::Value as Json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::local_host::{HostStatus, LaunchSpec, LocalHost, LocalVolume};
+use crate::plan::{Plan, Step, StepKind, Target};
+use crate::state::Resource;
+use crate::template;
+
+/// Messages from a step task to the runner, which owns the state.
+pub enum Msg {
+    /// Record this attempt's handle in state, checkpoint, then reply.
+    Begin {
+        step: usize,
+        handle: IndexMap<String, String>,
+        ack: oneshot::Sender<()>,
+    },
+    Progress {
+        step: usize,
+        progress: String,
+    },
+    Done {
+        step: usize,
+        outcome: Outcome,
+    },
+}
+
+/// How one attempt ended.
+pub enum Outcome {
+    Succeeded {
+        outputs: IndexMap<String, String>,
+        resources: Vec<Resource>,
+    },
+    Failed {
+        error: String,
+    },
+    /// Teardown and destroy: these resources are gone now.
+    Destroyed {
+        steps: Vec<String>,
+    },
+    /// A detached step left running on its host (`--no-wait`).
+    LeftRunning,
+    Cancelled,
+}
+
+/// What a step task needs to know.
+pub struct Job {
+    pub index: usize,
+    pub step: Step,
+    pub attempt: u32,
+    /// The attempt was already running when this apply started: attach instead of launching.
+    pub reattach: bool,
+    pub run_id: String,
+    pub plan_name: String,
+    pub root: std::path::PathBuf,
+    /// The plan's directory, absolute: where local uploads may land.
+    pub plan_dir: std::path::PathBuf,
+    pub vars: IndexMap<String, Json>,
+    /// Outputs of every succeeded step, by id.
+    pub outputs: IndexMap<String, IndexMap<String, String>>,
+    /// Resources per step, for teardown.
+    pub resources: IndexMap<String, Vec<Resource>>,
+    pub wait_detached: bool,
+    pub poll: Duration,
+    pub tx: mpsc::UnboundedSender<Msg>,
+    pub cancel: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The sandbox root of the local target.
+pub fn local_root(plan: &Plan) -> Result<std::path::PathBuf> {
+    match &plan.target {
+        Target::Local { root } => Ok(root.clone()),
+        Target::Aws { .. } => Err(Error::Runtime(
+            "the aws target is not implemented yet in this build; use `target: { provider: local }`".into(),
+        )),
+    }
+}
+
+impl Job {
+    async fn begin(&self, handle: IndexMap<String, String>) {
+        let (ack, wait) = oneshot::channel();
+        if self
+            .tx
+            .send(Msg::Begin {
+                step: self.index,
+                handle,
+                ack,
+            })
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+
+    fn host_of(&self, host_step: &str) -> LocalHost {
+        LocalHost::at(&self.root, &self.run_id, host_step)
+    }
+
+    pub async fn execute(self) {
+        let outcome = match self.step.kind.clone() {
+            StepKind::Instance(_) => self.instance().await,
+            StepKind::Volume(v) => self.volume(&v.attach_to, &v.mount).await,
+            StepKind::Run(_) => self.run().await,
+            StepKind::Teardown(t) => self.teardown(&t.destroys).await,
+        };
+        let outcome = outcome.unwrap_or_else(|e| Outcome::Failed {
+            error: e.to_string().trim_start_matches("error: ").to_string(),
+        });
+        let _ = self.tx.send(Msg::Done {
+            step: self.index,
+            outcome,
+        });
+    }
+
+    async fn instance(&self) -> Result<Outcome> {
+        let host = self.host_of(&self.step.id);
+        self.begin(IndexMap::from([(
+            "home".to_string(),
+            host.home.display().to_string(),
+        )]))
+        .await;
+        host.create()?;
+        let outputs = IndexMap::from([
+            (
+                "instance_id".to_string(),
+                format!("local-{}-{}", self.run_id, self.step.id),
+            ),
+            ("instance_type".to_string(), "local".to_string()),
+            ("availability_zone".to_string(), "local".to_string()),
+            ("private_ip".to_string(), "127.0.0.1".to_string()),
+            ("market".to_string(), "local".to_string()),
+            ("home".to_string(), host.home.display().to_string()),
+        ]);
+        let resources = vec![Resource {
+            kind: "local-sandbox".into(),
+            id: host.home.display().to_string(),
+            destroyed: false,
+        }];
+        Ok(Outcome::Succeeded { outputs, resources })
+    }
+
+    async fn volume(&self, attach_to: &str, mount: &str) -> Result<Outcome> {
+        let host = self.host_of(attach_to);
+        let mount = self.render_plain("mount", mount)?;
+        let volume = LocalVolume::at(&host, &self.step.id, &mount);
+        self.begin(IndexMap::from([(
+            "dir".to_string(),
+            volume.dir.display().to_string(),
+        )]))
+        .await;
+        if !host.exists() {
+            return Err(Error::Runtime(format!(
+                "host `{attach_to}` is gone ({})",
+                host.home.display()
+            )));
+        }
+        volume.create()?;
+        let outputs = IndexMap::from([
+            (
+                "volume_id".to_string(),
+                format!("local-{}-{}", self.run_id, self.step.id),
+            ),
+            ("device".to_string(), volume.dir.display().to_string()),
+            (
+                "mount_path".to_string(),
+                volume.mount_path.display().to_string(),
+            ),
+        ]);
+        let resources = vec![Resource {
+            kind: "local-volume".into(),
+            id: volume.dir.display().to_string(),
+            destroyed: false,
+        }];
+        Ok(Outcome::Succeeded { outputs, resources })
+    }
+
+    /// The data templates see at run time.
+    fn context(&self, host: Option<&LocalHost>) -> minijinja::Value {
+        let mut steps = serde_json::Map::new();
+        for (id, outputs) in &self.outputs {
+            let entry = serde_json::json!({ "outputs": outputs });
+            steps.insert(template::step_alias(id), entry.clone());
+            steps.insert(id.clone(), entry);
+        }
+        template::value(serde_json::json!({
+            "vars": self.vars,
+            "run": { "id": self.run_id, "plan": self.plan_name, "attempt": self.attempt, "plan_dir": self.plan_dir },
+            "steps": steps,
+            "host": host.map(|h| serde_json::json!({ "home": h.home, "name": h.home.file_name().map(|n| n.to_string_lossy().to_string()) })),
+        }))
+    }
+
+    fn render_plain(&self, field: &str, text: &str) -> Result<String> {
+        if !template::is_template(text) {
+            return Ok(text.to_string());
+        }
+        let env = template::environment();
+        template::render_str(
+            &env,
+            &format!("steps.{}.{field}", self.step.id),
+            text,
+            &self.context(None),
+        )
+        .map_err(|e| {
+            Error::Runtime(format!(
+                "cannot render `{field}`: {}",
+                template::error_message(&e)
+            ))
+        })
+    }
+
+    async fn run(&self) -> Result<Outcome> {
+        let StepKind::Run(spec) = &self.step.kind else {
+            return Err(Error::Runtime("not a run step".into()));
+        };
+        let host = self.host_of(&spec.on);
+        if !host.exists() {
+            return Err(Error::Runtime(format!(
+                "host `{}` is gone ({})",
+                spec.on,
+                host.home.display()
+            )));
+        }
+        let id = self.step.id.clone();
+        let mut status = if self.reattach {
+            host.status(&id).await?
+        } else {
+            HostStatus::default()
+        };
+        let already =
+            self.reattach && status.attempt == Some(self.attempt) && status.state != "absent";
+        if !already {
+            let env_tmpl = template::environment();
+            let ctx = self.context(Some(&host));
+            let script =
+                template::render_str(&env_tmpl, &spec.script.name, &spec.script.source, &ctx)
+                    .map_err(|e| {
+                        let at = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+                        Error::Runtime(format!(
+                            "cannot render {}{at}: {}",
+                            spec.script.name,
+                            template::error_message(&e)
+                        ))
+                    })?;
+            let mut env = vec![("SORTIE_HOME".to_string(), host.home.display().to_string())];
+            for (k, v) in &self.step.env {
+                env.push((k.clone(), self.render_plain(&format!("env.{k}"), v)?));
+            }
+            let launch = LaunchSpec {
+                env,
+                timeout: self.step.timeout,
+                lock: spec.lock.clone(),
+                progress: spec.heartbeat.progress.clone(),
+                metrics: spec.heartbeat.metrics.clone(),
+                heartbeat_interval: spec.heartbeat.interval,
+            };
+            self.begin(IndexMap::from([(
+                "status_dir".to_string(),
+                host.status_dir(&id).display().to_string(),
+            )]))
+            .await;
+            status = host.launch(&id, self.attempt, &script, &launch).await?;
+        }
+        if spec.detach && !self.wait_detached && !status.is_finished() {
+            return Ok(Outcome::LeftRunning);
+        }
+        let mut cancel = self.cancel.clone();
+        let mut last_progress = None;
+        loop {
+            if status.is_finished() || status.state == "lost" {
+                break;
+            }
+            if status.progress.is_some() && status.progress != last_progress {
+                last_progress = status.progress.clone();
+                let _ = self.tx.send(Msg::Progress {
+                    step: self.index,
+                    progress: last_progress.clone().unwrap_or_default(),
+                });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                changed = cancel.changed() => {
+                    if changed.is_ok() && *cancel.borrow() {
+                        host.cancel(&id, Duration::from_secs(5)).await?;
+                        return Ok(Outcome::Cancelled);
+                    }
+                }
+            }
+            status = host.status(&id).await?;
+        }
+        if status.progress.is_some() && status.progress != last_progress {
+            let _ = self.tx.send(Msg::Progress {
+                step: self.index,
+                progress: status.progress.clone().unwrap_or_default(),
+            });
+        }
+        match status.state.as_str() {
+            "succeeded" => Ok(Outcome::Succeeded {
+                outputs: host.outputs(&id),
+                resources: Vec::new(),
+            }),
+            "timed_out" => Ok(Outcome::Failed {
+                error: format!(
+                    "timed out after {}",
+                    self.step
+                        .timeout
+                        .map(|t| humantime::format_duration(t).to_string())
+                        .unwrap_or_default()
+                ),
+            }),
+            "cancelled" => Ok(Outcome::Cancelled),
+            "lost" => Ok(Outcome::Failed {
+                error: "the step's processes vanished without an exit code (host restarted?)"
+                    .into(),
+            }),
+            _ => {
+                let code = status
+                    .exit_code
+                    .map_or_else(|| "?".to_string(), |c| c.to_string());
+                let detail = status.error.map(|e| format!(": {e}")).unwrap_or_default();
+                let tail = last_line(&host.log_path(&id));
+                let tail = if detail.is_empty() && !tail.is_empty() {
+                    format!(": {tail}")
+                } else {
+                    String::new()
+                };
+                Ok(Outcome::Failed {
+                    error: format!("exit code {code}{detail}{tail}"),
+                })
+            }
+        }
+    }
+
+    async fn teardown(&self, destroys: &[String]) -> Result<Outcome> {
+        self.begin(IndexMap::new()).await;
+        destroy_resources(
+            destroys
+                .iter()
+                .rev()
+                .filter_map(|s| self.resources.get(s).map(|r| (s.clone(), r.clone())))
+                .collect(),
+        )
+        .await
+        .map(|steps| Outcome::Destroyed { steps })
+    }
+}
+
+/// Destroys resources in the order given (dependents first). Idempotent: missing things are fine.
+pub async fn destroy_resources(resources: Vec<(String, Vec<Resource>)>) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    // Volumes before the hosts that hold them.
+    let mut ordered = resources;
+    ordered.sort_by_key(|(_, rs)| rs.iter().any(|r| r.kind == "local-sandbox"));
+    for (step, rs) in ordered {
+        for r in rs.iter().filter(|r| !r.destroyed) {
+            match r.kind.as_str() {
+                "local-sandbox" => {
+                    LocalHost {
+                        home: r.id.clone().into(),
+                    }
+                    .destroy()
+                    .await?
+                }
+                "local-volume" => {
+                    let dir = std::path::PathBuf::from(&r.id);
+                    match std::fs::remove_dir_all(&dir) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            return Err(Error::io(
+                                format!("cannot delete volume {}", dir.display()),
+                                e,
+                            ))
+                        }
+                    }
+                }
+                other => {
+                    return Err(Error::Runtime(format!(
+                        "cannot destroy a `{other}` resource on this target"
+                    )))
+                }
+            }
+        }
+        done.push(step);
+    }
+    Ok(done)
+}
+
+fn last_line(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.chars().take(200).collect())
+        })
+        .unwrap_or_default()
+}
