@@ -99,6 +99,16 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// Break a run's lock whose holder died (S3 state).
+    Unlock {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        run: Option<String>,
+        /// Required: you are sure the holder is gone.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the JSON Schema of the plan format.
     Schema,
     /// Print a shell completion script.
@@ -146,6 +156,13 @@ impl PlanArgs {
         let overrides = Overrides::from_process(self.var_files.clone(), self.vars.clone());
         compiler::compile(&self.file, &overrides).map_err(Error::Invalid)
     }
+}
+
+/// Runs a future on a fresh multi-threaded runtime (commands are short-lived; one runtime per command).
+fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?
+        .block_on(future)
 }
 
 /// Parses arguments, runs the command, prints errors, and returns the exit code.
@@ -223,13 +240,17 @@ fn dispatch(command: Command) -> Result<i32> {
                 no_wait,
                 output,
             };
-            return session::apply(&compiled.plan, opts);
+            return block_on(session::apply(&compiled.plan, opts));
         }
         Command::Preview { plan, run, from } => {
             let compiled = plan.compile()?;
             write(
                 &mut out,
-                &session::preview(&compiled.plan, &run.selector(), from.as_deref())?,
+                &block_on(session::preview(
+                    &compiled.plan,
+                    &run.selector(),
+                    from.as_deref(),
+                ))?,
             )?;
         }
         Command::Status {
@@ -241,7 +262,7 @@ fn dispatch(command: Command) -> Result<i32> {
             let compiled = plan.compile()?;
             let sel = RunSelector { run, new: false };
             loop {
-                let text = session::status(&compiled.plan, &sel, output)?;
+                let text = block_on(session::status(&compiled.plan, &sel, output))?;
                 if watch {
                     write(&mut out, "\x1b[2J\x1b[H")?;
                 }
@@ -261,22 +282,40 @@ fn dispatch(command: Command) -> Result<i32> {
             follow,
         } => {
             let compiled = plan.compile()?;
-            return session::logs(
+            return block_on(session::logs(
                 &compiled.plan,
                 &RunSelector { run, new: false },
                 &step,
                 follow,
-            );
+            ));
         }
         Command::Runs(plan) => {
             let compiled = plan.compile()?;
-            write(&mut out, &session::runs(&compiled.plan)?)?;
+            write(&mut out, &block_on(session::runs(&compiled.plan))?)?;
         }
         Command::Destroy { plan, run } => {
             let compiled = plan.compile()?;
             write(
                 &mut out,
-                &session::destroy(&compiled.plan, &RunSelector { run, new: false })?,
+                &block_on(session::destroy(
+                    &compiled.plan,
+                    &RunSelector { run, new: false },
+                ))?,
+            )?;
+        }
+        Command::Unlock { plan, run, force } => {
+            if !force {
+                return Err(Error::Usage(
+                    "`plan unlock` breaks another process's lock; pass --force if its holder is gone".into(),
+                ));
+            }
+            let compiled = plan.compile()?;
+            write(
+                &mut out,
+                &block_on(session::unlock(
+                    &compiled.plan,
+                    &RunSelector { run, new: false },
+                ))?,
             )?;
         }
         Command::Schema => {

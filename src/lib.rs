@@ -2,10 +2,12 @@
 //!
 //! See docs/ARCHITECTURE.md for the map of modules.
 
+pub mod aws;
 pub mod cli;
 pub mod compiler;
 pub mod dag;
 pub mod diagnostic;
+pub mod dir_store;
 pub mod error;
 pub mod event;
 pub mod loader;
@@ -14,6 +16,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod reporter;
 pub mod runner;
+pub mod s3_store;
 pub mod session;
 pub mod source;
 pub mod state;

@@ -14,7 +14,7 @@ use crate::plan::{Plan, StepKind};
 use crate::plan_file::When;
 use crate::reporter::Reporter;
 use crate::state::{self, RunState, RunStatus, StepStatus};
-use crate::state_store::DirStore;
+use crate::state_store::Store;
 use crate::step_exec::{self, Job, Msg, Outcome};
 
 pub struct RunOptions {
@@ -84,7 +84,7 @@ pub fn decide(plan: &Plan, state: &RunState, from: Option<usize>) -> Vec<(Decisi
 struct Walker<'a> {
     plan: &'a Plan,
     state: RunState,
-    store: &'a DirStore,
+    store: &'a Store,
     reporter: &'a Reporter,
     opts: RunOptions,
     /// Steps whose task is running, with the attempt.
@@ -99,7 +99,7 @@ struct Walker<'a> {
 pub async fn walk(
     plan: &Plan,
     mut run: RunState,
-    store: &DirStore,
+    store: &Store,
     reporter: &Reporter,
     opts: RunOptions,
     from: Option<usize>,
@@ -120,7 +120,7 @@ pub async fn walk(
     }
     run.status = RunStatus::Running;
     run.finished_at = None;
-    store.save(&mut run)?;
+    store.save(&mut run).await?;
     let mut w = Walker {
         plan,
         state: run,
@@ -145,8 +145,8 @@ impl Walker<'_> {
         self.state.step(self.id(i)).status
     }
 
-    fn checkpoint(&mut self) -> Result<()> {
-        self.store.save(&mut self.state)
+    async fn checkpoint(&mut self) -> Result<()> {
+        self.store.save(&mut self.state).await
     }
 
     fn run_failed(&self) -> bool {
@@ -162,15 +162,15 @@ impl Walker<'_> {
         let root = step_exec::local_root(self.plan)?;
         loop {
             if self.stopping == 0 {
-                self.settle()?;
-                self.start_ready(&tx, &cancel_rx, &root)?;
+                self.settle().await?;
+                self.start_ready(&tx, &cancel_rx, &root).await?;
             }
             if self.running.is_empty() && (self.stopping > 0 || self.retry_at.is_empty()) {
                 break;
             }
             let next_retry = self.retry_at.values().min().copied();
             tokio::select! {
-                msg = rx.recv() => if let Some(msg) = msg { self.handle(msg)?; },
+                msg = rx.recv() => if let Some(msg) = msg { self.handle(msg).await?; },
                 _ = tokio::signal::ctrl_c() => {
                     self.stopping += 1;
                     if self.stopping == 1 {
@@ -183,11 +183,11 @@ impl Walker<'_> {
                 _ = sleep_until(next_retry) => {}
             }
         }
-        self.finish()
+        self.finish().await
     }
 
     /// Marks steps that can never run (a dependency failed) as skipped, or runs `when` rules.
-    fn settle(&mut self) -> Result<()> {
+    async fn settle(&mut self) -> Result<()> {
         let mut changed = true;
         while changed {
             changed = false;
@@ -227,7 +227,7 @@ impl Walker<'_> {
                         duration_secs: 0.0,
                         error: Some(reason),
                     });
-                    self.checkpoint()?;
+                    self.checkpoint().await?;
                     changed = true;
                 }
             }
@@ -235,7 +235,7 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn start_ready(
+    async fn start_ready(
         &mut self,
         tx: &mpsc::UnboundedSender<Msg>,
         cancel: &watch::Receiver<bool>,
@@ -278,7 +278,7 @@ impl Walker<'_> {
             }
             let attempt = st.attempt;
             st.digest = Some(state::digest(&step.definition));
-            self.checkpoint()?;
+            self.checkpoint().await?;
             self.reporter.emit(&if reattach {
                 Event::StepReattached {
                     step: step.id.clone(),
@@ -327,12 +327,12 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn handle(&mut self, msg: Msg) -> Result<()> {
+    async fn handle(&mut self, msg: Msg) -> Result<()> {
         match msg {
             Msg::Begin { step, handle, ack } => {
                 let id = self.id(step).to_string();
                 self.state.step_mut(&id).handle = handle;
-                self.checkpoint()?;
+                self.checkpoint().await?;
                 let _ = ack.send(());
             }
             Msg::Progress { step, progress } => {
@@ -341,12 +341,12 @@ impl Walker<'_> {
                 self.reporter
                     .emit(&Event::StepProgress { step: id, progress });
             }
-            Msg::Done { step, outcome } => self.done(step, outcome)?,
+            Msg::Done { step, outcome } => self.done(step, outcome).await?,
         }
         Ok(())
     }
 
-    fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
+    async fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
         self.running.remove(&i);
         let step = self.plan.steps[i].clone();
         let retries = step.retries;
@@ -442,14 +442,14 @@ impl Walker<'_> {
                 });
             }
         }
-        self.checkpoint()?;
+        self.checkpoint().await?;
         for e in events {
             self.reporter.emit(&e);
         }
         Ok(())
     }
 
-    fn finish(&mut self) -> Result<i32> {
+    async fn finish(&mut self) -> Result<i32> {
         let all_final = self
             .plan
             .steps
@@ -466,7 +466,7 @@ impl Walker<'_> {
         if status.is_finished() {
             self.state.finished_at = Some(state::now());
         }
-        self.checkpoint()?;
+        self.checkpoint().await?;
         if let Some(root) = self.root_cause() {
             self.reporter.emit(&Event::Notice { message: root });
         }

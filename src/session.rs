@@ -7,11 +7,11 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use crate::error::{exit, Error, Result};
-use crate::plan::{Plan, StateLocation};
+use crate::plan::Plan;
 use crate::reporter::{OutputFormat, Reporter};
 use crate::runner::{self, Decision, RunOptions};
 use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
-use crate::state_store::DirStore;
+use crate::state_store::Store;
 use crate::step_exec;
 
 /// Which run a command is about.
@@ -21,14 +21,8 @@ pub struct RunSelector {
     pub new: bool,
 }
 
-pub fn store(plan: &Plan) -> Result<DirStore> {
-    match &plan.state {
-        StateLocation::Dir(dir) => Ok(DirStore::new(dir.clone(), &plan.name)),
-        StateLocation::S3 { .. } => Err(Error::Runtime(
-            "the S3 state store is not implemented yet in this build; use a directory for `state`"
-                .into(),
-        )),
-    }
+async fn store(plan: &Plan) -> Result<Store> {
+    Store::open(plan).await
 }
 
 fn new_run_id() -> String {
@@ -72,18 +66,18 @@ fn fresh_state(plan: &Plan, run_id: String) -> RunState {
 }
 
 /// The run to act on: the named one, else the latest (for apply: the latest unfinished one, else a new one).
-fn existing(store: &DirStore, sel: &RunSelector) -> Result<Option<RunState>> {
+async fn existing(store: &Store, sel: &RunSelector) -> Result<Option<RunState>> {
     match &sel.run {
-        Some(id) => store.load(id),
-        None => match store.runs()?.last() {
-            Some(id) => store.load(id),
+        Some(id) => store.load(id).await,
+        None => match store.runs().await?.last() {
+            Some(id) => store.load(id).await,
             None => Ok(None),
         },
     }
 }
 
-fn require(store: &DirStore, plan: &Plan, sel: &RunSelector) -> Result<RunState> {
-    existing(store, sel)?.ok_or_else(|| {
+async fn require(store: &Store, plan: &Plan, sel: &RunSelector) -> Result<RunState> {
+    existing(store, sel).await?.ok_or_else(|| {
         Error::Usage(match &sel.run {
             Some(id) => format!("plan `{}` has no run `{id}`", plan.name),
             None => format!(
@@ -103,8 +97,8 @@ pub struct ApplyOptions {
     pub output: OutputFormat,
 }
 
-pub fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
-    let store = store(plan)?;
+pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
+    let store = store(plan).await?;
     step_exec::local_root(plan)?;
     let from = match &opts.from {
         Some(id) => Some(plan.index_of(id).ok_or_else(|| {
@@ -115,7 +109,7 @@ pub fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
     let previous = if opts.selector.new {
         None
     } else {
-        existing(&store, &opts.selector)?
+        existing(&store, &opts.selector).await?
     };
     let (run_id, resumed) = match (&previous, &opts.selector.run) {
         (Some(p), _)
@@ -126,9 +120,9 @@ pub fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         (None, Some(id)) => (id.clone(), false),
         _ => (new_run_id(), false),
     };
-    let _lock = store.lock(&run_id, &plan.file)?;
+    let lock = store.lock(&run_id, &plan.file).await?;
     // Re-read under the lock: another apply may have written since.
-    let mut run = match store.load(&run_id)? {
+    let mut run = match store.load(&run_id).await? {
         Some(s) => s,
         None => fresh_state(plan, run_id.clone()),
     };
@@ -145,23 +139,23 @@ pub fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         steps: plan.steps.len(),
         resumed,
     });
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Error::io("cannot start the async runtime", e))?;
     let run_opts = RunOptions {
         parallelism: opts.parallelism.max(1),
         wait_detached: !opts.no_wait,
         poll: Duration::from_millis(200),
     };
-    runtime.block_on(runner::walk(plan, run, &store, &reporter, run_opts, from))
+    let code = runner::walk(plan, run, &store, &reporter, run_opts, from).await;
+    lock.release().await?;
+    code
 }
 
 /// What apply would do, and why. Changes nothing.
-pub fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Result<String> {
-    let store = store(plan)?;
+pub async fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Result<String> {
+    let store = store(plan).await?;
     let previous = if sel.new {
         None
     } else {
-        existing(&store, sel)?
+        existing(&store, sel).await?
     };
     let from_index = match from {
         Some(id) => Some(plan.index_of(id).ok_or_else(|| {
@@ -200,9 +194,9 @@ pub fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Result<Str
     Ok(out)
 }
 
-pub fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
-    let store = store(plan)?;
-    let run = require(&store, plan, sel)?;
+pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
+    let store = store(plan).await?;
+    let run = require(&store, plan, sel).await?;
     if output == OutputFormat::Json {
         return serde_json::to_string_pretty(&run)
             .map(|s| s + "\n")
@@ -243,13 +237,13 @@ pub fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<St
     Ok(out)
 }
 
-pub fn runs(plan: &Plan) -> Result<String> {
-    let store = store(plan)?;
+pub async fn runs(plan: &Plan) -> Result<String> {
+    let store = store(plan).await?;
     let mut rows = vec![["RUN", "STATUS", "STARTED", "DURATION"]
         .map(String::from)
         .to_vec()];
-    for id in store.runs()? {
-        let Some(run) = store.load(&id)? else {
+    for id in store.runs().await? {
+        let Some(run) = store.load(&id).await? else {
             continue;
         };
         let duration = fmt_secs(run.finished_at.unwrap_or_else(state::now) - run.started_at);
@@ -263,15 +257,15 @@ pub fn runs(plan: &Plan) -> Result<String> {
     Ok(table(&rows))
 }
 
-pub fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> Result<i32> {
-    let store = store(plan)?;
+pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> Result<i32> {
+    let store = store(plan).await?;
     if plan.step(step).is_none() {
         return Err(Error::Usage(format!(
             "plan `{}` has no step `{step}`",
             plan.name
         )));
     }
-    let mut run = require(&store, plan, sel)?;
+    let mut run = require(&store, plan, sel).await?;
     let dir = run
         .step(step)
         .handle
@@ -304,12 +298,13 @@ pub fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> Result<
                 run: Some(run.run_id.clone()),
                 new: false,
             },
-        )?;
+        )
+        .await?;
         if run.step(step).status.is_final() {
             drain(&mut offset, &path, &mut out);
             break;
         }
-        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     Ok(exit::OK)
 }
@@ -324,12 +319,26 @@ fn drain(offset: &mut u64, path: &std::path::Path, out: &mut std::io::StdoutLock
     }
 }
 
+/// Breaks a run's lock: for a holder that died without releasing it (S3). Directory locks end with their process.
+pub async fn unlock(plan: &Plan, sel: &RunSelector) -> Result<String> {
+    let store = store(plan).await?;
+    let run = require(&store, plan, sel).await?;
+    Ok(if store.unlock(&run.run_id).await? {
+        format!("run {}: lock broken\n", run.run_id)
+    } else {
+        format!(
+            "run {}: no lock to break (a directory lock is released when its process ends)\n",
+            run.run_id
+        )
+    })
+}
+
 /// Removes every resource the run owns, dependents first. Idempotent.
-pub fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
-    let store = store(plan)?;
-    let found = require(&store, plan, sel)?;
-    let _lock = store.lock(&found.run_id, &plan.file)?;
-    let mut run = store.load(&found.run_id)?.unwrap_or(found);
+pub async fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
+    let store = store(plan).await?;
+    let found = require(&store, plan, sel).await?;
+    let lock = store.lock(&found.run_id, &plan.file).await?;
+    let mut run = store.load(&found.run_id).await?.unwrap_or(found);
     let order: Vec<(String, Vec<state::Resource>)> = plan
         .dag
         .order()
@@ -346,9 +355,7 @@ pub fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
         .filter_map(|id| run.steps.get(&id).map(|s| (id, s.resources.clone())))
         .filter(|(_, r)| r.iter().any(|r| !r.destroyed))
         .collect();
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Error::io("cannot start the async runtime", e))?;
-    let done = runtime.block_on(step_exec::destroy_resources(order))?;
+    let done = step_exec::destroy_resources(order).await?;
     let mut count = 0;
     for id in &done {
         for r in &mut run.step_mut(id).resources {
@@ -360,7 +367,8 @@ pub fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
     }
     run.status = RunStatus::Destroyed;
     run.finished_at.get_or_insert_with(state::now);
-    store.save(&mut run)?;
+    store.save(&mut run).await?;
+    lock.release().await?;
     Ok(format!("run {}: destroyed {count} resources\n", run.run_id))
 }
 

@@ -1,169 +1,91 @@
-//! Where run state lives. The directory store: `<dir>/<plan>/<run>/state.json`, written atomically (temp file,
-//! fsync, rename), guarded by a flock on `<dir>/<plan>/<run>/lock` whose holder is described in `lock.json`.
+//! Where run state lives: a directory (flock + atomic rename) or S3 (conditional writes). Both keep one
+//! document per run, refuse a second writer, and never overwrite an update they have not seen.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::fcntl::{Flock, FlockArg};
-
-use crate::error::{Error, Result};
+use crate::dir_store::{DirLock, DirStore};
+use crate::error::Result;
+use crate::plan::{Plan, StateLocation};
+use crate::s3_store::{S3Lock, S3Store};
 use crate::state::RunState;
 
-const STATE_FILE: &str = "state.json";
+pub use crate::dir_store::{hostname, write_atomic};
 
-pub struct DirStore {
-    root: PathBuf,
+pub enum Store {
+    Dir(DirStore),
+    S3(S3Store),
 }
 
-/// Held while an apply (or destroy) owns a run; released when dropped or when the process dies.
-pub struct RunLock {
-    _lock: Flock<File>,
+/// Proof that this process owns a run. Release it explicitly; a directory lock also ends with the process.
+pub enum RunLock {
+    Dir(DirLock),
+    S3(S3Lock),
 }
 
-impl DirStore {
-    pub fn new(root: PathBuf, plan: &str) -> DirStore {
-        DirStore {
-            root: root.join(plan),
+impl RunLock {
+    pub async fn release(self) -> Result<()> {
+        match self {
+            RunLock::Dir(lock) => {
+                drop(lock);
+                Ok(())
+            }
+            RunLock::S3(lock) => lock.release().await,
         }
     }
+}
 
-    fn run_dir(&self, run: &str) -> PathBuf {
-        self.root.join(run)
-    }
-
-    pub fn state_path(&self, run: &str) -> PathBuf {
-        self.run_dir(run).join(STATE_FILE)
-    }
-
-    /// Run ids, oldest first (ids sort by creation time).
-    pub fn runs(&self) -> Result<Vec<String>> {
-        let entries = match fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(Error::io(
-                    format!("cannot list runs in {}", self.root.display()),
-                    e,
-                ))
-            }
-        };
-        let mut runs: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join(STATE_FILE).exists())
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .collect();
-        runs.sort();
-        Ok(runs)
-    }
-
-    /// Reads a run's state. A file that is not valid state is an error that names it; it is never rewritten.
-    pub fn load(&self, run: &str) -> Result<Option<RunState>> {
-        let path = self.state_path(run);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::CorruptState {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
-    }
-
-    /// Takes the run's lock without waiting; a held lock names its holder.
-    pub fn lock(&self, run: &str, plan_file: &Path) -> Result<RunLock> {
-        let dir = self.run_dir(run);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        let path = dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => {
-                let holder = serde_json::json!({
-                    "pid": std::process::id(),
-                    "host": hostname(),
-                    "since": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                });
-                write_atomic(&dir.join("lock.json"), holder.to_string().as_bytes())?;
-                Ok(RunLock { _lock: lock })
-            }
-            Err((_, _)) => {
-                let holder = fs::read_to_string(dir.join("lock.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .map(|h| {
-                        format!(
-                            "pid {} on {} since {}",
-                            h["pid"],
-                            h["host"].as_str().unwrap_or("?"),
-                            h["since"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .unwrap_or_else(|| "an unknown process".into());
-                Err(Error::Locked {
-                    run: run.to_string(),
-                    holder,
-                    plan: plan_file.display().to_string(),
-                })
+impl Store {
+    /// The store a plan names.
+    pub async fn open(plan: &Plan) -> Result<Store> {
+        match &plan.state {
+            StateLocation::Dir(dir) => Ok(Store::Dir(DirStore::new(dir.clone(), &plan.name))),
+            StateLocation::S3 { bucket, prefix } => {
+                let config = crate::aws::sdk_config(&plan.target).await;
+                Ok(Store::S3(S3Store::new(
+                    crate::aws::s3_client(&config),
+                    bucket,
+                    prefix,
+                    &plan.name,
+                )))
             }
         }
     }
 
-    /// Writes state atomically. The caller holds the lock; the serial must follow the stored one.
-    pub fn save(&self, state: &mut RunState) -> Result<()> {
-        let path = self.state_path(&state.run_id);
-        if let Some(stored) = self.load(&state.run_id)? {
-            if stored.lineage != state.lineage || stored.serial != state.serial {
-                return Err(Error::Conflict {
-                    run: state.run_id.clone(),
-                    expected: state.serial,
-                });
-            }
+    /// Run ids, oldest first.
+    pub async fn runs(&self) -> Result<Vec<String>> {
+        match self {
+            Store::Dir(s) => s.runs(),
+            Store::S3(s) => s.runs().await,
         }
-        state.serial += 1;
-        let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| Error::Runtime(format!("cannot encode state: {e}")))?;
-        if let Err(e) = write_atomic(&path, &bytes) {
-            state.serial -= 1;
-            return Err(e);
+    }
+
+    pub async fn load(&self, run: &str) -> Result<Option<RunState>> {
+        match self {
+            Store::Dir(s) => s.load(run),
+            Store::S3(s) => s.load(run).await,
         }
-        Ok(())
     }
-}
 
-/// temp file in the same directory, fsync, rename, fsync the directory: a crash leaves old or new, never half.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let fail = |e| Error::io(format!("cannot write {}", path.display()), e);
-    {
-        let mut f = File::create(&tmp).map_err(fail)?;
-        f.write_all(bytes).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
+    pub async fn lock(&self, run: &str, plan_file: &Path) -> Result<RunLock> {
+        match self {
+            Store::Dir(s) => s.lock(run, plan_file).map(RunLock::Dir),
+            Store::S3(s) => s.lock(run, plan_file).await.map(RunLock::S3),
+        }
     }
-    fs::rename(&tmp, path).map_err(fail)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
 
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    /// Breaks a run's lock (S3: a dead holder's lock object). A directory lock dies with its process.
+    pub async fn unlock(&self, run: &str) -> Result<bool> {
+        match self {
+            Store::Dir(_) => Ok(false),
+            Store::S3(s) => s.unlock(run).await,
+        }
+    }
+
+    /// Writes state (serial + 1); a concurrent change is a conflict, never overwritten.
+    pub async fn save(&self, state: &mut RunState) -> Result<()> {
+        match self {
+            Store::Dir(s) => s.save(state),
+            Store::S3(s) => s.save(state).await,
+        }
+    }
 }
