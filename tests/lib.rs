@@ -1,10 +1,14 @@
 //! Integration and end-to-end tests: one test binary, one module per feature (as in casey/just).
 
+mod aws_endpoint;
 mod test_builder;
 
+mod apply;
 mod examples;
 mod graph;
 mod invalid_plans;
 mod properties;
+mod reentry;
 mod schema;
+mod store_suite;
 mod variables;
