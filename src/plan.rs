@@ -29,6 +29,16 @@ impl Plan {
         self.steps.iter().find(|s| s.id == id)
     }
 
+    /// The plan's directory as an absolute path (`dir` is empty for a plan in the current directory).
+    pub fn absolute_dir(&self) -> PathBuf {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        if self.dir.as_os_str().is_empty() {
+            cwd
+        } else {
+            cwd.join(&self.dir)
+        }
+    }
+
     pub fn index_of(&self, id: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.id == id)
     }

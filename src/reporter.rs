@@ -13,11 +13,60 @@ pub enum OutputFormat {
 
 pub struct Reporter {
     format: OutputFormat,
+    /// Live progress lines when stdout is a terminal: one spinner per running step.
+    live: Option<Live>,
+}
+
+struct Live {
+    multi: indicatif::MultiProgress,
+    bars: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Live {
+    /// Adds, updates and removes the running steps' lines.
+    fn update(&self, event: &Event) {
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        match event {
+            Event::StepStarted { step, .. } | Event::StepReattached { step, .. } => {
+                let style = indicatif::ProgressStyle::with_template(
+                    "  {spinner} {prefix:<14} {elapsed:>5}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+                let bar = self.multi.add(
+                    indicatif::ProgressBar::new_spinner()
+                        .with_style(style)
+                        .with_prefix(step.clone()),
+                );
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
+                bars.insert(step.clone(), bar);
+            }
+            Event::StepProgress { step, progress } => {
+                if let Some(bar) = bars.get(step) {
+                    bar.set_message(progress.clone());
+                }
+            }
+            Event::StepFinished { step, .. } | Event::StepRetry { step, .. } => {
+                if let Some(bar) = bars.remove(step) {
+                    bar.finish_and_clear();
+                    self.multi.remove(&bar);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Reporter {
     pub fn new(format: OutputFormat) -> Reporter {
-        Reporter { format }
+        use std::io::IsTerminal;
+        let live =
+            (format == OutputFormat::Human && std::io::stdout().is_terminal()).then(|| Live {
+                multi: indicatif::MultiProgress::new(),
+                bars: std::sync::Mutex::new(std::collections::HashMap::new()),
+            });
+        Reporter { format, live }
     }
 
     pub fn emit(&self, event: &Event) {
@@ -26,6 +75,19 @@ impl Reporter {
             if is_secret_name(key) {
                 *value = "<redacted>".into();
             }
+        }
+        if let Some(live) = &self.live {
+            live.update(&event);
+            // Progress lives on the step's line; everything else is printed above the live lines.
+            if !matches!(
+                event,
+                Event::StepProgress { .. }
+                    | Event::StepStarted { .. }
+                    | Event::StepReattached { .. }
+            ) {
+                let _ = live.multi.println(human(&event));
+            }
+            return;
         }
         let line = match self.format {
             OutputFormat::Json => serde_json::to_string(&event).unwrap_or_default(),
