@@ -311,8 +311,7 @@ impl Walker<'_> {
                 run_id: self.state.run_id.clone(),
                 plan_name: self.plan.name.clone(),
                 root: root.to_path_buf(),
-                plan_dir: std::path::absolute(&self.plan.dir)
-                    .unwrap_or_else(|_| self.plan.dir.clone()),
+                plan_dir: self.plan.absolute_dir(),
                 vars: self.plan.vars.clone(),
                 outputs,
                 resources,
