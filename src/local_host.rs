@@ -174,6 +174,46 @@ impl LocalHost {
         Ok(parse_status(&String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// The recorded result of `attempt`, read straight from the status directory (no process spawned): `None`
+    /// while it has not finished. `exit_code` is the last file the wrapper writes, so its presence is the end.
+    pub fn finished(&self, step: &str, attempt: u32) -> Option<HostStatus> {
+        let dir = self.status_dir(step);
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .map(|t| t.trim().to_string())
+        };
+        if read("attempt")?.parse::<u32>().ok()? != attempt {
+            return None;
+        }
+        let code: i32 = read("exit_code")?.parse().ok()?;
+        let state = if dir.join("timed_out").exists() {
+            "timed_out"
+        } else if dir.join("cancelled").exists() {
+            "cancelled"
+        } else if code == 0 {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        let progress = read("heartbeat.json")
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|h| {
+                h["progress"]
+                    .as_str()
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+            });
+        Some(HostStatus {
+            state: state.into(),
+            attempt: Some(attempt),
+            exit_code: Some(code),
+            progress,
+            error: read("error").filter(|e| !e.is_empty()),
+            heartbeat_at: None,
+        })
+    }
+
     /// The `key=value` lines the step wrote to `$SORTIE_OUTPUT`.
     pub fn outputs(&self, step: &str) -> IndexMap<String, String> {
         let text =

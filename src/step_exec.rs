@@ -272,6 +272,10 @@ impl Job {
         }
         let mut cancel = self.cancel.clone();
         let mut last_progress = None;
+        // Short steps end in milliseconds: poll fast at first, backing off to `poll`. The cheap check reads the
+        // exit code directly; the wrapper's full probe (liveness, heartbeat) runs about once a second.
+        let mut delay = Duration::from_millis(5);
+        let mut last_probe = tokio::time::Instant::now();
         loop {
             if status.is_finished() || status.state == "lost" {
                 break;
@@ -284,7 +288,7 @@ impl Job {
                 });
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(delay) => {}
                 changed = cancel.changed() => {
                     if changed.is_ok() && *cancel.borrow() {
                         host.cancel(&id, Duration::from_secs(5)).await?;
@@ -292,7 +296,13 @@ impl Job {
                     }
                 }
             }
-            status = host.status(&id).await?;
+            delay = (delay * 2).min(self.poll);
+            if let Some(done) = host.finished(&id, self.attempt) {
+                status = done;
+            } else if last_probe.elapsed() >= Duration::from_secs(1) {
+                last_probe = tokio::time::Instant::now();
+                status = host.status(&id).await?;
+            }
         }
         if status.progress.is_some() && status.progress != last_progress {
             let _ = self.tx.send(Msg::Progress {

@@ -160,7 +160,7 @@ cmd_launch() {
 	setsid "$sh" "$D/wrapper.sh" _supervise "$D" "$A" "$wd" "$lockfile" </dev/null >>"$D/supervisor.log" 2>&1 \
 		3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 	end=$(($(now) + 10))
-	while [ ! -f "$D/pid" ] && [ ! -f "$D/exit_code" ] && [ "$(now)" -lt "$end" ]; do sleep 0.1; done
+	while [ ! -f "$D/pid" ] && [ ! -f "$D/exit_code" ] && [ "$(now)" -lt "$end" ]; do sleep 0.01; done
 	release_launch
 	cmd_status
 }
@@ -212,7 +212,7 @@ finish() {
 
 # Heartbeat every interval and enforce the timeout, while the script's main process lives.
 tick() {
-	while [ ! -f "$D/pid" ] && kill -0 "$child" 2>/dev/null; do sleep 0.05; done # first heartbeat names the pid
+	while [ ! -f "$D/pid" ] && kill -0 "$child" 2>/dev/null; do sleep 0.01; done # first heartbeat names the pid
 	next=0 deadline=$(($(val "$D/started_at") + ${SORTIE_TIMEOUT:-0}))
 	while kill -0 "$child" 2>/dev/null; do
 		t=$(now)
