@@ -1,43 +1,490 @@
-//! The S3 state store. NOT IMPLEMENTED YET: a helper is writing it (see the note in state_store.rs).
+//! The S3 state store: `<prefix>/<plan>/<run>/state.json`, written with conditional PutObject (If-Match on the
+//! ETag this store last read or wrote, If-None-Match: * for a new run), guarded by `<prefix>/<plan>/<run>/lock.json`,
+//! an object created with If-None-Match: * that names its owner and an expiry.
+//!
+//! S3 makes the condition check and the write one atomic step, so two writers that started from the same
+//! document cannot both succeed: the loser gets `Error::Conflict` and nothing is overwritten. Retries of
+//! throttling and 5xx errors are the SDK's (see `aws.rs`); nothing here retries a failed write.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::state::RunState;
 
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock.json";
+/// How long a lock is advertised as valid. Nothing breaks an expired lock by itself: `plan unlock --force` does.
+const LOCK_TTL: Duration = Duration::from_secs(3600);
+/// A lock object can vanish between our failed create and our read of it (its holder released it): try again.
+const LOCK_ATTEMPTS: usize = 3;
+
 pub struct S3Store {
-    _client: aws_sdk_s3::Client,
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    /// `<prefix>/<plan>/`, or `<plan>/` with an empty prefix.
+    base: String,
+    /// Per run, the state document this store last read or wrote: a save must follow it.
+    seen: Mutex<HashMap<String, Seen>>,
 }
 
-pub struct S3Lock;
+/// What a save's condition rests on: the stored document's ETag, and the lineage and serial it carries.
+#[derive(Debug, Clone)]
+struct Seen {
+    etag: String,
+    lineage: String,
+    serial: u64,
+}
 
-fn missing() -> Error {
-    Error::Runtime("the S3 state store is not implemented yet".into())
+/// Proof that this process created a run's lock object. Release it explicitly: it does not end with the process.
+pub struct S3Lock {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key: String,
+    owner: String,
+}
+
+/// The body of `lock.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct LockDoc {
+    owner: String,
+    pid: u32,
+    host: String,
+    since: String,
+    expires: String,
 }
 
 impl S3Store {
-    pub fn new(client: aws_sdk_s3::Client, _bucket: &str, _prefix: &str, _plan: &str) -> S3Store {
-        S3Store { _client: client }
+    pub fn new(client: aws_sdk_s3::Client, bucket: &str, prefix: &str, plan: &str) -> S3Store {
+        S3Store {
+            client,
+            bucket: bucket.to_string(),
+            base: base_prefix(prefix, plan),
+            seen: Mutex::new(HashMap::new()),
+        }
     }
+
+    fn key(&self, run: &str, file: &str) -> String {
+        format!("{}{run}/{file}", self.base)
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    fn seen(&self) -> MutexGuard<'_, HashMap<String, Seen>> {
+        // The map is only ever replaced entry by entry, so a panic elsewhere cannot leave it half-written.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sdk_error<E>(&self, op: &str, key: &str, e: SdkError<E>) -> Error
+    where
+        E: std::error::Error + 'static,
+    {
+        Error::Runtime(format!(
+            "S3 {op} {} failed: {}",
+            self.url(key),
+            DisplayErrorContext(&e)
+        ))
+    }
+
+    /// Run ids, oldest first (ids sort by creation time). Only runs with a state document count, as in the
+    /// directory store: a run whose first apply died before its first write has a lock object but no state.
     pub async fn runs(&self) -> Result<Vec<String>> {
-        Err(missing())
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&self.base)
+            .into_paginator()
+            .send();
+        let mut runs = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.sdk_error("ListObjectsV2", &self.base, e))?;
+            for object in page.contents() {
+                let Some(rest) = object.key().and_then(|k| k.strip_prefix(self.base.as_str()))
+                else {
+                    continue;
+                };
+                if let Some((run, STATE_FILE)) = rest.split_once('/') {
+                    if !run.is_empty() {
+                        runs.push(run.to_string());
+                    }
+                }
+            }
+        }
+        runs.sort();
+        runs.dedup();
+        Ok(runs)
     }
-    pub async fn load(&self, _run: &str) -> Result<Option<RunState>> {
-        Err(missing())
+
+    /// Reads a run's state and remembers its ETag for the next save. A document that is not valid state is an
+    /// error that names it; it is never rewritten.
+    pub async fn load(&self, run: &str) -> Result<Option<RunState>> {
+        let key = self.key(run, STATE_FILE);
+        let Some((bytes, etag)) = self.get(&key).await? else {
+            self.seen().remove(run);
+            return Ok(None);
+        };
+        let state: RunState = serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
+            path: PathBuf::from(self.url(&key)),
+            reason: e.to_string(),
+        })?;
+        match etag {
+            Some(etag) => {
+                self.seen().insert(
+                    run.to_string(),
+                    Seen {
+                        etag,
+                        lineage: state.lineage.clone(),
+                        serial: state.serial,
+                    },
+                );
+            }
+            None => {
+                self.seen().remove(run);
+            }
+        }
+        Ok(Some(state))
     }
-    pub async fn lock(&self, _run: &str, _plan_file: &Path) -> Result<S3Lock> {
-        Err(missing())
+
+    /// An object's bytes and ETag, or None if there is no such key.
+    async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(self.sdk_error("GetObject", key, e)),
+        };
+        let etag = out.e_tag().map(str::to_string);
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "S3 GetObject {} failed while reading the body: {}",
+                    self.url(key),
+                    DisplayErrorContext(&e)
+                ))
+            })?
+            .into_bytes()
+            .to_vec();
+        Ok(Some((bytes, etag)))
     }
-    pub async fn unlock(&self, _run: &str) -> Result<bool> {
-        Err(missing())
+
+    /// Takes the run's lock without waiting; a held lock names its holder.
+    pub async fn lock(&self, run: &str, plan_file: &Path) -> Result<S3Lock> {
+        let key = self.key(run, LOCK_FILE);
+        let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        let now = SystemTime::now();
+        let doc = LockDoc {
+            owner: owner.clone(),
+            pid: std::process::id(),
+            host: crate::state_store::hostname(),
+            since: humantime::format_rfc3339_seconds(now).to_string(),
+            expires: humantime::format_rfc3339_seconds(now + LOCK_TTL).to_string(),
+        };
+        let body = serde_json::to_vec_pretty(&doc)
+            .map_err(|e| Error::Runtime(format!("cannot encode lock: {e}")))?;
+        let mut holder = None;
+        for _ in 0..LOCK_ATTEMPTS {
+            let put = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .content_type("application/json")
+                .if_none_match("*")
+                .body(ByteStream::from(body.clone()))
+                .send()
+                .await;
+            match put {
+                Ok(_) => {
+                    return Ok(S3Lock {
+                        client: self.client.clone(),
+                        bucket: self.bucket.clone(),
+                        key,
+                        owner,
+                    })
+                }
+                Err(e) if is_precondition_failure(&e) => {}
+                Err(e) => return Err(self.sdk_error("PutObject", &key, e)),
+            }
+            // Held. By whom? (If the SDK retried a create that had in fact succeeded, by us.)
+            let Some((bytes, _)) = self.get(&key).await? else {
+                continue;
+            };
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(held) if held["owner"].as_str() == Some(owner.as_str()) => {
+                    return Ok(S3Lock {
+                        client: self.client.clone(),
+                        bucket: self.bucket.clone(),
+                        key,
+                        owner,
+                    })
+                }
+                Ok(held) => holder = Some(describe_holder(&held, SystemTime::now())),
+                Err(_) => {
+                    holder = Some(format!(
+                        "an unknown process (the lock object {} is unreadable)",
+                        self.url(&key)
+                    ))
+                }
+            }
+            break;
+        }
+        Err(Error::Locked {
+            run: run.to_string(),
+            holder: holder.unwrap_or_else(|| "an unknown process".into()),
+            plan: plan_file.display().to_string(),
+        })
     }
-    pub async fn save(&self, _state: &mut RunState) -> Result<()> {
-        Err(missing())
+
+    /// Breaks a run's lock, whoever holds it. True if a lock object was removed.
+    pub async fn unlock(&self, run: &str) -> Result<bool> {
+        let key = self.key(run, LOCK_FILE);
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(false),
+            Err(e) => return Err(self.sdk_error("HeadObject", &key, e)),
+        }
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("DeleteObject", &key, e))?;
+        Ok(true)
+    }
+
+    /// Writes state (serial + 1) if the stored document is still the one this store last read or wrote (or,
+    /// for a run this store has not seen, the one stored now). Anything else is a conflict: `state` is left
+    /// unchanged and nothing is overwritten.
+    pub async fn save(&self, state: &mut RunState) -> Result<()> {
+        let run = state.run_id.clone();
+        let key = self.key(&run, STATE_FILE);
+        let cached = self.seen().get(&run).cloned();
+        let expected = match cached {
+            Some(seen) => Some(seen),
+            None => {
+                // Never seen: read what is there (a corrupt document stops here, untouched).
+                self.load(&run).await?;
+                self.seen().get(&run).cloned()
+            }
+        };
+        let conflict = |state: &RunState| Error::Conflict {
+            run: state.run_id.clone(),
+            expected: state.serial,
+        };
+        if let Some(seen) = &expected {
+            if seen.lineage != state.lineage || seen.serial != state.serial {
+                return Err(conflict(state));
+            }
+        }
+        state.serial += 1;
+        let body = match serde_json::to_vec_pretty(state) {
+            Ok(b) => b,
+            Err(e) => {
+                state.serial -= 1;
+                return Err(Error::Runtime(format!("cannot encode state: {e}")));
+            }
+        };
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body));
+        let put = match &expected {
+            Some(seen) => put.if_match(&seen.etag),
+            None => put.if_none_match("*"),
+        };
+        match put.send().await {
+            Ok(out) => {
+                let mut seen = self.seen();
+                match out.e_tag() {
+                    Some(etag) => {
+                        seen.insert(
+                            run,
+                            Seen {
+                                etag: etag.to_string(),
+                                lineage: state.lineage.clone(),
+                                serial: state.serial,
+                            },
+                        );
+                    }
+                    // No ETag to condition on: the next save reads the document first.
+                    None => {
+                        seen.remove(&run);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                state.serial -= 1;
+                // If-Match on a key that is gone answers 404 NoSuchKey: the document we followed was deleted.
+                let gone = expected.is_some()
+                    && (e.code() == Some("NoSuchKey")
+                        || e.raw_response().is_some_and(|r| r.status().as_u16() == 404));
+                if is_precondition_failure(&e) || gone {
+                    Err(conflict(state))
+                } else {
+                    Err(self.sdk_error("PutObject", &key, e))
+                }
+            }
+        }
     }
 }
 
 impl S3Lock {
+    /// Deletes the lock object if it is still ours. A lock that was broken (and perhaps taken by another
+    /// apply) is left alone, with a warning.
     pub async fn release(self) -> Result<()> {
-        Err(missing())
+        let url = format!("s3://{}/{}", self.bucket, self.key);
+        let fail = |op: &str, e: &dyn std::error::Error| {
+            Error::Runtime(format!(
+                "S3 {op} {url} failed: {}",
+                DisplayErrorContext(e)
+            ))
+        };
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                tracing::warn!("lock {url} was already gone (broken with `plan unlock --force`?)");
+                return Ok(());
+            }
+            Err(e) => return Err(fail("GetObject", &e)),
+        };
+        let etag = out.e_tag().map(str::to_string);
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| fail("GetObject", &e))?
+            .into_bytes();
+        let owner = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["owner"].as_str().map(str::to_string));
+        if owner.as_deref() != Some(self.owner.as_str()) {
+            tracing::warn!("lock {url} is no longer ours (it was broken and taken again); left alone");
+            return Ok(());
+        }
+        let mut delete = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&self.key);
+        if let Some(etag) = etag {
+            // Only the object we just read: a lock broken and re-taken in between stays.
+            delete = delete.if_match(etag);
+        }
+        match delete.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_precondition_failure(&e) => {
+                tracing::warn!("lock {url} changed while being released; left alone");
+                Ok(())
+            }
+            Err(e)
+                if e.code() == Some("NoSuchKey")
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(fail("DeleteObject", &e)),
+        }
+    }
+}
+
+/// `<prefix>/<plan>/` without a leading slash (and no empty segment for an empty prefix).
+fn base_prefix(prefix: &str, plan: &str) -> String {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        format!("{plan}/")
+    } else {
+        format!("{prefix}/{plan}/")
+    }
+}
+
+/// 412 PreconditionFailed, or 409 ConditionalRequestConflict (a concurrent conditional write on the same key).
+fn is_precondition_failure<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+    matches!(
+        e.code(),
+        Some("PreconditionFailed") | Some("ConditionalRequestConflict")
+    ) || e
+        .raw_response()
+        .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412))
+}
+
+/// `pid P on HOST since T (expires E[, expired])`.
+fn describe_holder(held: &serde_json::Value, now: SystemTime) -> String {
+    let text = |k: &str| held[k].as_str().unwrap_or("?").to_string();
+    let expires = text("expires");
+    let expired = humantime::parse_rfc3339(&expires).is_ok_and(|t| t <= now);
+    format!(
+        "pid {} on {} since {} (expires {expires}{})",
+        held["pid"],
+        text("host"),
+        text("since"),
+        if expired { ", expired" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_have_no_leading_slash() {
+        assert_eq!(base_prefix("", "p"), "p/");
+        assert_eq!(base_prefix("/", "p"), "p/");
+        assert_eq!(base_prefix("pfx", "p"), "pfx/p/");
+        assert_eq!(base_prefix("/a/b/", "p"), "a/b/p/");
+    }
+
+    #[test]
+    fn holder_says_when_the_lock_expired() {
+        let held = serde_json::json!({
+            "owner": "x", "pid": 42, "host": "h",
+            "since": "2024-01-01T00:00:00Z", "expires": "2024-01-01T01:00:00Z",
+        });
+        let before = humantime::parse_rfc3339("2024-01-01T00:30:00Z").expect("time");
+        let after = humantime::parse_rfc3339("2024-01-01T02:00:00Z").expect("time");
+        assert_eq!(
+            describe_holder(&held, before),
+            "pid 42 on h since 2024-01-01T00:00:00Z (expires 2024-01-01T01:00:00Z)"
+        );
+        assert_eq!(
+            describe_holder(&held, after),
+            "pid 42 on h since 2024-01-01T00:00:00Z (expires 2024-01-01T01:00:00Z, expired)"
+        );
     }
 }
