@@ -55,12 +55,21 @@ fn main() {
     // 999 steps in a chain after the host, so the last one is the only step left to run.
     let mut text = String::from("plan: reentry\nsteps:\n  host: { kind: instance }\n");
     for i in 1..1000 {
-        let needs = if i > 1 { format!("needs: [s{}], ", i - 1) } else { String::new() };
-        text.push_str(&format!("  s{i}: {{ kind: run, {needs}run: 'echo {i}' }}\n"));
+        let needs = if i > 1 {
+            format!("needs: [s{}], ", i - 1)
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "  s{i}: {{ kind: run, {needs}run: 'echo {i}' }}\n"
+        ));
     }
     let path = dir.path().join("reentry.yaml");
     std::fs::write(&path, &text).expect("write");
-    let plan = compile(&path, &Overrides::default()).map_err(|e| e.render()).expect("valid").plan;
+    let plan = compile(&path, &Overrides::default())
+        .map_err(|e| e.render())
+        .expect("valid")
+        .plan;
     let store = DirStore::new(dir.path().join("state"), &plan.name);
     let mut seed = run_state(&plan, 999);
     store.lock("run-1", &path).expect("lock");
@@ -69,11 +78,19 @@ fn main() {
     let mut samples = Vec::new();
     for _ in 0..20 {
         let start = Instant::now();
-        let plan = compile(&path, &Overrides::default()).map_err(|e| e.render()).expect("valid").plan;
+        let plan = compile(&path, &Overrides::default())
+            .map_err(|e| e.render())
+            .expect("valid")
+            .plan;
         let _lock = store.lock("run-1", &path).expect("lock");
         let loaded = store.load("run-1").expect("load").expect("state");
         let decisions = decide(&plan, &loaded, None);
-        let first = plan.dag.order().iter().find(|&&i| decisions[i].0 != Decision::Skip).copied();
+        let first = plan
+            .dag
+            .order()
+            .iter()
+            .find(|&&i| decisions[i].0 != Decision::Skip)
+            .copied();
         samples.push(start.elapsed());
         assert_eq!(first.map(|i| plan.steps[i].id.as_str()), Some("s999"));
     }
@@ -92,7 +109,10 @@ fn main() {
         }
         let path = dir.path().join(format!("ckpt{n}.yaml"));
         std::fs::write(&path, &text).expect("write");
-        let plan = compile(&path, &Overrides::default()).map_err(|e| e.render()).expect("valid").plan;
+        let plan = compile(&path, &Overrides::default())
+            .map_err(|e| e.render())
+            .expect("valid")
+            .plan;
         let store = DirStore::new(dir.path().join(format!("state{n}")), &plan.name);
         let mut run = run_state(&plan, n / 2);
         let _lock = store.lock("run-1", &path).expect("lock");

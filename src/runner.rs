@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use indexmap::IndexMap;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::error::{exit, Result};
+use crate::error::{exit, Error, Result};
 use crate::event::Event;
 use crate::plan::{Plan, StepKind};
 use crate::plan_file::When;
@@ -89,6 +90,8 @@ struct Walker<'a> {
     opts: RunOptions,
     /// Steps whose task is running, with the attempt.
     running: HashMap<usize, u32>,
+    /// The task of each running step, so an interrupt can stop watching detached ones.
+    tasks: HashMap<usize, tokio::task::JoinHandle<()>>,
     /// Steps waiting out a retry delay: index → when.
     retry_at: HashMap<usize, tokio::time::Instant>,
     reattach: Vec<bool>,
@@ -128,6 +131,7 @@ pub async fn walk(
         reporter,
         opts,
         running: HashMap::new(),
+        tasks: HashMap::new(),
         retry_at: HashMap::new(),
         reattach,
         left_running: false,
@@ -160,6 +164,12 @@ impl Walker<'_> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let root = step_exec::local_root(self.plan)?;
+        // Listen once, for the whole walk: a signal between two polls is not lost. SIGTERM (a cancelled CI job)
+        // counts as a first Ctrl-C.
+        let mut interrupt = signal(SignalKind::interrupt())
+            .map_err(|e| Error::io("cannot listen for Ctrl-C", e))?;
+        let mut terminate = signal(SignalKind::terminate())
+            .map_err(|e| Error::io("cannot listen for SIGTERM", e))?;
         loop {
             if self.stopping == 0 {
                 self.settle().await?;
@@ -171,19 +181,42 @@ impl Walker<'_> {
             let next_retry = self.retry_at.values().min().copied();
             tokio::select! {
                 msg = rx.recv() => if let Some(msg) = msg { self.handle(msg).await?; },
-                _ = tokio::signal::ctrl_c() => {
-                    self.stopping += 1;
-                    if self.stopping == 1 {
-                        self.retry_at.clear();
-                        self.reporter.emit(&Event::Notice { message: "interrupted: starting no new steps; waiting for attached steps (Ctrl-C again to cancel them)".into() });
-                    } else {
-                        let _ = cancel_tx.send(true);
-                    }
-                }
+                _ = interrupt.recv() => self.interrupt(&cancel_tx),
+                _ = terminate.recv() => self.interrupt(&cancel_tx),
                 _ = sleep_until(next_retry) => {}
             }
         }
         self.finish().await
+    }
+
+    /// First interrupt: start nothing new and stop watching detached steps (they keep running on their hosts and
+    /// are re-attached by the next apply); attached steps are waited for. Second: cancel the attached steps too.
+    fn interrupt(&mut self, cancel: &watch::Sender<bool>) {
+        self.stopping += 1;
+        if self.stopping > 1 {
+            let _ = cancel.send(true);
+            return;
+        }
+        self.retry_at.clear();
+        let detached: Vec<usize> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|&i| matches!(&self.plan.steps[i].kind, StepKind::Run(r) if r.detach))
+            .collect();
+        for i in detached {
+            if let Some(task) = self.tasks.remove(&i) {
+                task.abort();
+            }
+            self.running.remove(&i);
+            self.left_running = true;
+            self.reporter.emit(&Event::Notice {
+                message: format!("  detached {} keeps running on its host", self.id(i)),
+            });
+        }
+        self.reporter.emit(&Event::Notice {
+            message: "interrupted: starting no new steps; waiting for attached steps (Ctrl-C again to cancel them)".into(),
+        });
     }
 
     /// Marks steps that can never run (a dependency failed) as skipped, or runs `when` rules.
@@ -321,7 +354,7 @@ impl Walker<'_> {
                 cancel: cancel.clone(),
             };
             self.running.insert(i, attempt);
-            tokio::spawn(job.execute());
+            self.tasks.insert(i, tokio::spawn(job.execute()));
         }
         Ok(())
     }
@@ -347,6 +380,7 @@ impl Walker<'_> {
 
     async fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
         self.running.remove(&i);
+        self.tasks.remove(&i);
         let step = self.plan.steps[i].clone();
         let retries = step.retries;
         let st = self.state.step_mut(&step.id);

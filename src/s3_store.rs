@@ -108,7 +108,9 @@ impl S3Store {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| self.sdk_error("ListObjectsV2", &self.base, e))?;
             for object in page.contents() {
-                let Some(rest) = object.key().and_then(|k| k.strip_prefix(self.base.as_str()))
+                let Some(rest) = object
+                    .key()
+                    .and_then(|k| k.strip_prefix(self.base.as_str()))
                 else {
                     continue;
                 };
@@ -364,10 +366,7 @@ impl S3Lock {
     pub async fn release(self) -> Result<()> {
         let url = format!("s3://{}/{}", self.bucket, self.key);
         let fail = |op: &str, e: &dyn std::error::Error| {
-            Error::Runtime(format!(
-                "S3 {op} {url} failed: {}",
-                DisplayErrorContext(e)
-            ))
+            Error::Runtime(format!("S3 {op} {url} failed: {}", DisplayErrorContext(e)))
         };
         let out = match self
             .client
@@ -395,7 +394,9 @@ impl S3Lock {
             .ok()
             .and_then(|v| v["owner"].as_str().map(str::to_string));
         if owner.as_deref() != Some(self.owner.as_str()) {
-            tracing::warn!("lock {url} is no longer ours (it was broken and taken again); left alone");
+            tracing::warn!(
+                "lock {url} is no longer ours (it was broken and taken again); left alone"
+            );
             return Ok(());
         }
         let mut delete = self

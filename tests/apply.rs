@@ -141,20 +141,18 @@ pub(crate) fn run_cmd(mut cmd: Command, timeout: Duration) -> Ran {
     }
 }
 
-/// A running `plan apply --output json` whose stdout lines arrive one by one.
+/// A running `plan apply --output json` whose stdout lines arrive one by one (stderr is discarded).
 pub(crate) struct Live {
     pub proc: Guarded,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
-    stderr: Option<Drain>,
 }
 
 impl Live {
     pub fn start(mut cmd: Command) -> Live {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
         let mut proc = Guarded::spawn(cmd);
         let stdout = proc.child.stdout.take().expect("stdout");
-        let stderr = Drain::start(proc.child.stderr.take().expect("stderr"));
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -168,7 +166,6 @@ impl Live {
             proc,
             lines,
             seen: Vec::new(),
-            stderr: Some(stderr),
         }
     }
 
@@ -214,21 +211,6 @@ impl Live {
                     return false;
                 }
             }
-        }
-    }
-
-    /// Waits for the process to end and collects the rest of its output.
-    pub fn finish(mut self, timeout: Duration) -> Ran {
-        let start = Instant::now();
-        let status = self.proc.wait_for(timeout);
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        Ran {
-            code: status.code(),
-            stdout: self.seen.join("\n"),
-            stderr: self.stderr.take().map(Drain::collect).unwrap_or_default(),
-            elapsed: start.elapsed(),
         }
     }
 
@@ -402,11 +384,17 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 #[test]
 fn test_e2e_quickstart_runs_to_completion_and_cleans_up() {
-    let source = std::fs::read_to_string(repo().join("examples/quickstart.yaml")).expect("quickstart");
+    let source =
+        std::fs::read_to_string(repo().join("examples/quickstart.yaml")).expect("quickstart");
     let (t, _reaper) = sandbox("quickstart.yaml", &source);
     let dir = t.dir.path();
     let ran = run_plan(dir, &["apply", "quickstart.yaml"], MINUTE);
-    assert_eq!(ran.code, Some(0), "plan apply quickstart.yaml:\n{}", ran.show());
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "plan apply quickstart.yaml:\n{}",
+        ran.show()
+    );
     // Everything is checked, then every problem is reported at once.
     let mut problems = Vec::new();
     if ran.elapsed > Duration::from_secs(30) {
@@ -430,7 +418,10 @@ fn test_e2e_quickstart_runs_to_completion_and_cleans_up() {
     ];
     for id in expected {
         if steps.get(id).map(|s| &s["status"]) != Some(&Json::from("succeeded")) {
-            problems.push(format!("step {id}: {}", steps.get(id).cloned().unwrap_or_default()));
+            problems.push(format!(
+                "step {id}: {}",
+                steps.get(id).cloned().unwrap_or_default()
+            ));
         }
     }
     if status["steps"]["prep-data"]["outputs"]["train_rows"] != "50" {
@@ -482,7 +473,9 @@ fn test_e2e_quickstart_runs_to_completion_and_cleans_up() {
     }
     let hosts = list_dir(&dir.join(".sortie/hosts"));
     if !hosts.is_empty() {
-        problems.push(format!(".sortie/hosts/ is not empty after teardown: {hosts:?}"));
+        problems.push(format!(
+            ".sortie/hosts/ is not empty after teardown: {hosts:?}"
+        ));
     }
     let left = leftover_processes(dir, Duration::from_secs(5));
     if !left.is_empty() {
@@ -536,13 +529,21 @@ fn test_e2e_failed_branch_skips_dependents_and_still_tears_down() {
         error.contains("exit code 3") && error.contains("about to fail"),
         "b's error: {error:?}"
     );
-    assert!(list_dir(&dir.join(".sortie/hosts")).is_empty(), "teardown left hosts");
+    assert!(
+        list_dir(&dir.join(".sortie/hosts")).is_empty(),
+        "teardown left hosts"
+    );
     let roots: Vec<&str> = ran
         .stdout
         .lines()
         .filter(|l| l.starts_with("root cause: "))
         .collect();
-    assert_eq!(roots.len(), 1, "root cause lines: {roots:?}\n{}", ran.show());
+    assert_eq!(
+        roots.len(),
+        1,
+        "root cause lines: {roots:?}\n{}",
+        ran.show()
+    );
     assert!(
         roots[0].starts_with("root cause: step `b` failed"),
         "{roots:?}"
@@ -580,15 +581,26 @@ steps:
         .unwrap_or_else(|| panic!("no step_retry event\n{}", ran.show()));
     assert_eq!(retry["attempt"], 2, "{retry}");
     assert!(
-        retry["error"].as_str().unwrap_or_default().contains("exit code 1"),
+        retry["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exit code 1"),
         "{retry}"
     );
-    assert!(retry["delay_secs"].as_f64().is_some_and(|d| d < 1.0), "{retry}");
+    assert!(
+        retry["delay_secs"].as_f64().is_some_and(|d| d < 1.0),
+        "{retry}"
+    );
     let status = status_json(dir, "p.yaml", None);
-    assert_eq!(status["steps"]["flaky"]["status"], "succeeded", "{status:#}");
+    assert_eq!(
+        status["steps"]["flaky"]["status"], "succeeded",
+        "{status:#}"
+    );
     assert_eq!(status["steps"]["flaky"]["attempt"], 2, "{status:#}");
     assert_eq!(
-        std::fs::read_to_string(dir.join("counter")).expect("counter").trim(),
+        std::fs::read_to_string(dir.join("counter"))
+            .expect("counter")
+            .trim(),
         "2"
     );
 }
@@ -619,7 +631,9 @@ steps:
     );
     let status = status_json(dir, "p.yaml", None);
     assert_eq!(status["steps"]["slow"]["status"], "failed", "{status:#}");
-    let error = status["steps"]["slow"]["error"].as_str().unwrap_or_default();
+    let error = status["steps"]["slow"]["error"]
+        .as_str()
+        .unwrap_or_default();
     assert!(error.contains("timed out"), "error: {error:?}");
     // The sandbox is kept (no teardown), but nothing of the step may run on: not the script, not its grandchild.
     let left = leftover_processes(dir, Duration::from_secs(3));
@@ -651,9 +665,16 @@ steps:
         "step_finished",
         "run_finished",
     ] {
-        assert!(has_event(&evs, kind, None), "no {kind} event\n{}", ran.show());
+        assert!(
+            has_event(&evs, kind, None),
+            "no {kind} event\n{}",
+            ran.show()
+        );
     }
-    assert_eq!(evs.first().map(|e| &e["event"]), Some(&Json::from("run_started")));
+    assert_eq!(
+        evs.first().map(|e| &e["event"]),
+        Some(&Json::from("run_started"))
+    );
     let last = evs.last().expect("events");
     assert_eq!(last["event"], "run_finished", "{last}");
     assert_eq!(last["exit_code"], 0, "{last}");
@@ -678,7 +699,11 @@ steps:
 
     // A failing run says so in its last event too.
     let (t, _reaper) = sandbox("p.yaml", DIAMOND_FAILS);
-    let ran = run_plan(t.dir.path(), &["apply", "p.yaml", "--output", "json"], MINUTE);
+    let ran = run_plan(
+        t.dir.path(),
+        &["apply", "p.yaml", "--output", "json"],
+        MINUTE,
+    );
     assert_eq!(ran.code, Some(1), "{}", ran.show());
     let evs = events(&ran.stdout);
     let last = evs.last().expect("events");
@@ -725,7 +750,11 @@ steps:
         "x\n",
         "the step ran more than once"
     );
-    assert_eq!(state_files(dir, "locked").len(), 1, "a second run was created");
+    assert_eq!(
+        state_files(dir, "locked").len(),
+        1,
+        "a second run was created"
+    );
 }
 
 #[test]
@@ -763,7 +792,12 @@ steps:
             vec!["status", "p.yaml", "--output", "json"],
         ] {
             let ran = run_plan(dir, &args, Duration::from_secs(20));
-            assert_eq!(ran.code, Some(2), "{what} state, plan {args:?}:\n{}", ran.show());
+            assert_eq!(
+                ran.code,
+                Some(2),
+                "{what} state, plan {args:?}:\n{}",
+                ran.show()
+            );
             assert!(
                 ran.stderr.contains(&rel),
                 "{what} state, plan {args:?}: the message does not name {rel}:\n{}",
@@ -776,7 +810,11 @@ steps:
             );
         }
     }
-    assert_eq!(state_files(dir, "corrupt").len(), 1, "a new run was started");
+    assert_eq!(
+        state_files(dir, "corrupt").len(),
+        1,
+        "a new run was started"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -826,16 +864,27 @@ fn test_e2e_preview_rerun_and_from() {
         assert_eq!(ran.code, Some(0), "plan {args:?}:\n{}", ran.show());
         ran.stdout
     };
-    let counts = || -> Vec<usize> { ["a", "b", "c", "d"].map(|s| marker_lines(&markers, s)).to_vec() };
+    let counts = || -> Vec<usize> {
+        ["a", "b", "c", "d"]
+            .map(|s| marker_lines(&markers, s))
+            .to_vec()
+    };
     apply(&["apply", "p.yaml"]);
     assert_eq!(counts(), [1, 1, 1, 1]);
     let run = state_files(dir, "pv")
         .pop()
-        .and_then(|p| p.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|p| {
+            p.parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .expect("run");
 
     let text = preview(&["preview", "p.yaml", "--run", &run]);
-    assert!(text.starts_with(&format!("plan pv: continuing run {run}\n")), "{text}");
+    assert!(
+        text.starts_with(&format!("plan pv: continuing run {run}\n")),
+        "{text}"
+    );
     let actions = preview_actions(&text);
     assert_eq!(actions.len(), 5, "{text}");
     assert!(actions.iter().all(|(_, a)| a == "skip"), "{text}");
@@ -865,7 +914,10 @@ fn test_e2e_preview_rerun_and_from() {
     apply(&["apply", "p.yaml", "--run", &run]);
     assert_eq!(counts(), [1, 2, 1, 2]);
     let text = preview(&["preview", "p.yaml", "--run", &run]);
-    assert!(preview_actions(&text).iter().all(|(_, a)| a == "skip"), "{text}");
+    assert!(
+        preview_actions(&text).iter().all(|(_, a)| a == "skip"),
+        "{text}"
+    );
 
     // --from b: b and d only, in the same run.
     apply(&["apply", "p.yaml", "--from", "b"]);
@@ -923,7 +975,11 @@ steps:
     );
     assert_eq!(ran.code, Some(0), "{}", ran.show());
     for p in [&pwned, &pwned2, &pwned3] {
-        assert!(!p.exists(), "{} was created: a value ran as a command", p.display());
+        assert!(
+            !p.exists(),
+            "{} was created: a value ran as a command",
+            p.display()
+        );
     }
     let logs = run_plan(dir, &["logs", "p.yaml", "say"], Duration::from_secs(20));
     assert_eq!(logs.code, Some(0), "{}", logs.show());
@@ -968,7 +1024,11 @@ steps:
     assert_eq!(logs.code, Some(2), "{}", logs.show());
 
     // A second run; `runs` lists both.
-    let ran = run_plan(dir, &["apply", "p.yaml", "--new", "--output", "json"], MINUTE);
+    let ran = run_plan(
+        dir,
+        &["apply", "p.yaml", "--new", "--output", "json"],
+        MINUTE,
+    );
     assert_eq!(ran.code, Some(0), "{}", ran.show());
     let run2 = run_of(&ran);
     assert_ne!(run, run2);
@@ -979,7 +1039,9 @@ steps:
     assert!(lines[0].starts_with("RUN"), "{}", runs.show());
     for r in [&run, &run2] {
         assert!(
-            lines[1..].iter().any(|l| l.starts_with(r.as_str()) && l.contains("succeeded")),
+            lines[1..]
+                .iter()
+                .any(|l| l.starts_with(r.as_str()) && l.contains("succeeded")),
             "run {r} is not listed as succeeded:\n{}",
             runs.show()
         );
@@ -993,20 +1055,34 @@ steps:
     want.sort();
     assert_eq!(kept, want);
     for attempt in 1..=2 {
-        let ran = run_plan(dir, &["destroy", "p.yaml", "--run", &run], Duration::from_secs(30));
+        let ran = run_plan(
+            dir,
+            &["destroy", "p.yaml", "--run", &run],
+            Duration::from_secs(30),
+        );
         assert_eq!(ran.code, Some(0), "destroy #{attempt}:\n{}", ran.show());
-        assert_eq!(list_dir(&hosts), [format!("{run2}-host")], "destroy #{attempt}");
+        assert_eq!(
+            list_dir(&hosts),
+            [format!("{run2}-host")],
+            "destroy #{attempt}"
+        );
     }
     let status = status_json(dir, "p.yaml", Some(&run));
     assert_eq!(status["status"], "destroyed", "{status:#}");
     for id in ["host", "data"] {
-        let resources = status["steps"][id]["resources"].as_array().expect("resources");
+        let resources = status["steps"][id]["resources"]
+            .as_array()
+            .expect("resources");
         assert!(
             !resources.is_empty() && resources.iter().all(|r| r["destroyed"] == true),
             "{status:#}"
         );
     }
-    let ran = run_plan(dir, &["destroy", "p.yaml", "--run", &run2], Duration::from_secs(30));
+    let ran = run_plan(
+        dir,
+        &["destroy", "p.yaml", "--run", &run2],
+        Duration::from_secs(30),
+    );
     assert_eq!(ran.code, Some(0), "{}", ran.show());
     assert!(list_dir(&hosts).is_empty(), "{:?}", list_dir(&hosts));
     assert!(leftover_processes(dir, Duration::from_secs(3)).is_empty());
@@ -1025,7 +1101,11 @@ steps:
     let dir = t.dir.path();
     let mut started = Vec::new();
     for _ in 0..5 {
-        let ran = run_plan(dir, &["apply", "p.yaml", "--new", "--output", "json"], MINUTE);
+        let ran = run_plan(
+            dir,
+            &["apply", "p.yaml", "--new", "--output", "json"],
+            MINUTE,
+        );
         assert_eq!(ran.code, Some(0), "{}", ran.show());
         let run = run_of(&ran);
         let status = status_json(dir, "p.yaml", None);

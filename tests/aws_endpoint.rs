@@ -215,7 +215,8 @@ impl Endpoint {
     /// A plain HTTP request to the endpoint (control API: `/_sortie/...`, `/moto-api/reset`).
     /// Returns the status and the body.
     pub fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the test endpoint");
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the test endpoint");
         stream
             .set_read_timeout(Some(Duration::from_secs(30)))
             .expect("read timeout");
