@@ -399,7 +399,15 @@ impl Walker<'_> {
                         value: v.clone(),
                     });
                 }
-                st.outputs = outputs;
+                // State is shared (S3, CI artifacts): secret-looking outputs are never stored. Pass secrets
+                // through the host's environment or SSM parameters instead.
+                st.outputs = outputs
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let v = if state::is_secret_name(&k) { "<redacted>".to_string() } else { v };
+                        (k, v)
+                    })
+                    .collect();
                 if !resources.is_empty() {
                     st.resources = resources;
                 }
