@@ -142,13 +142,14 @@ impl DirStore {
 /// temp file in the same directory, fsync, rename, fsync the directory: a crash leaves old or new, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
+    // Unique per call: concurrent writers of the same file in one process must not share a temp file.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let fail = |e| Error::io(format!("cannot write {}", path.display()), e);
     {
         let mut f = File::create(&tmp).map_err(fail)?;

@@ -29,7 +29,7 @@ pub enum Error {
     #[error("error: the state file {} is unreadable: {reason}\n  = help: it was left untouched; restore it from a backup or start over with `plan apply --new`", path.display())]
     CorruptState { path: PathBuf, reason: String },
     /// Another process holds the run's lock.
-    #[error("error: run {run} is locked by another apply: {holder}\n  = help: wait for it to finish; if that process is gone, run `plan unlock {plan} --force`")]
+    #[error("error: run {run} is locked by another apply: {holder}\n  = help: wait for it to finish; a directory lock ends with its process, and an S3 lock whose holder is gone is broken with `plan unlock {plan} --force`")]
     Locked {
         run: String,
         holder: String,

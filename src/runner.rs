@@ -95,6 +95,7 @@ struct Walker<'a> {
     /// Steps waiting out a retry delay: index → when.
     retry_at: HashMap<usize, tokio::time::Instant>,
     reattach: Vec<bool>,
+    cancel_first: Vec<bool>,
     left_running: bool,
     stopping: u8,
 }
@@ -109,12 +110,15 @@ pub async fn walk(
 ) -> Result<i32> {
     let decisions = decide(plan, &run, from);
     let mut reattach = vec![false; plan.steps.len()];
+    let mut cancel_first = vec![false; plan.steps.len()];
     for (i, (decision, _)) in decisions.iter().enumerate() {
         let st = run.step_mut(&plan.steps[i].id);
         match decision {
             Decision::Skip => {}
             Decision::Reconcile => reattach[i] = true,
             Decision::Run | Decision::Rerun(_) => {
+                // A forced rerun of an attempt still running on its host must stop that attempt first.
+                cancel_first[i] = st.status == StepStatus::Running;
                 st.status = StepStatus::Pending;
                 st.error = None;
                 st.progress = None;
@@ -134,6 +138,7 @@ pub async fn walk(
         tasks: HashMap::new(),
         retry_at: HashMap::new(),
         reattach,
+        cancel_first,
         left_running: false,
         stopping: 0,
     };
@@ -310,7 +315,11 @@ impl Walker<'_> {
                 st.token = Some(format!("{run_id}-{}-{}", step.id, st.attempt));
             }
             let attempt = st.attempt;
-            st.digest = Some(state::digest(&step.definition));
+            if !reattach {
+                // A re-attached attempt runs the definition it was started with: keep that digest, so a step
+                // edited meanwhile shows as changed on the next apply.
+                st.digest = Some(state::digest(&step.definition));
+            }
             self.checkpoint().await?;
             self.reporter.emit(&if reattach {
                 Event::StepReattached {
@@ -341,6 +350,7 @@ impl Walker<'_> {
                 step,
                 attempt,
                 reattach,
+                cancel_previous: std::mem::take(&mut self.cancel_first[i]),
                 run_id: self.state.run_id.clone(),
                 plan_name: self.plan.name.clone(),
                 root: root.to_path_buf(),
@@ -404,7 +414,11 @@ impl Walker<'_> {
                 st.outputs = outputs
                     .into_iter()
                     .map(|(k, v)| {
-                        let v = if state::is_secret_name(&k) { "<redacted>".to_string() } else { v };
+                        let v = if state::is_secret_name(&k) {
+                            "<redacted>".to_string()
+                        } else {
+                            v
+                        };
                         (k, v)
                     })
                     .collect();

@@ -25,19 +25,19 @@ async fn store(plan: &Plan) -> Result<Store> {
     Store::open(plan).await
 }
 
+/// Run ids sort by creation time: UTC date, time to the millisecond, and a random tail against collisions.
 fn new_run_id() -> String {
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let stamp: String = now
+    let now = std::time::SystemTime::now();
+    let millis = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_millis());
+    let stamp: String = humantime::format_rfc3339_seconds(now)
+        .to_string()
         .chars()
-        .filter(|c| c.is_ascii_digit())
-        .take(14)
+        .filter(char::is_ascii_digit)
         .collect();
-    format!(
-        "{}-{}-{:04x}",
-        &stamp[..8.min(stamp.len())],
-        &stamp[8.min(stamp.len())..],
-        fastrand::u16(..)
-    )
+    let (date, time) = stamp.split_at(8.min(stamp.len()));
+    format!("{date}-{time}-{millis:03}-{:02x}", fastrand::u8(..))
 }
 
 fn fresh_state(plan: &Plan, run_id: String) -> RunState {

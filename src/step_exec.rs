@@ -56,6 +56,8 @@ pub struct Job {
     pub attempt: u32,
     /// The attempt was already running when this apply started: attach instead of launching.
     pub reattach: bool,
+    /// An earlier attempt may still be running on the host (forced rerun after a crash): cancel it first.
+    pub cancel_previous: bool,
     pub run_id: String,
     pub plan_name: String,
     pub root: std::path::PathBuf,
@@ -228,6 +230,12 @@ impl Job {
             )));
         }
         let id = self.step.id.clone();
+        if self.cancel_previous {
+            let previous = host.status(&id).await?;
+            if matches!(previous.state.as_str(), "running" | "starting") {
+                host.cancel(&id, Duration::from_secs(5)).await?;
+            }
+        }
         let mut status = if self.reattach {
             host.status(&id).await?
         } else {

@@ -1100,7 +1100,7 @@ steps:
     let (t, _reaper) = sandbox("p.yaml", plan);
     let dir = t.dir.path();
     let mut started = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..8 {
         let ran = run_plan(
             dir,
             &["apply", "p.yaml", "--new", "--output", "json"],
@@ -1124,4 +1124,24 @@ steps:
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(listed, started, "`plan runs` is not oldest first");
+}
+
+/// Many steps start at once on a fresh host: each launch installs the host wrapper, and none may fail doing so.
+#[test]
+fn test_e2e_parallel_steps_on_a_fresh_host() {
+    let mut plan = String::from(
+        "plan: fan\ntarget: { provider: local }\nsteps:\n  host: { kind: instance }\n",
+    );
+    for i in 0..12 {
+        plan.push_str(&format!(
+            "  s{i}: {{ kind: run, on: host, run: 'echo {i}' }}\n"
+        ));
+    }
+    plan.push_str("  teardown: { kind: teardown }\n");
+    let (t, _reaper) = sandbox("p.yaml", &plan);
+    let dir = t.dir.path();
+    for round in 0..8 {
+        let ran = run_plan(dir, &["apply", "p.yaml", "--new"], MINUTE);
+        assert_eq!(ran.code, Some(0), "round {round}:\n{}", ran.show());
+    }
 }

@@ -4,13 +4,14 @@
 //! (`train`, ~3 s) must be re-attached, not restarted; an attached step that was running must be reconciled.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
 use crate::apply::{
-    events, has_event, leftover_processes, plan_cmd, run_cmd, sandbox, state_files, status_json,
-    Live, Ran,
+    events, has_event, leftover_processes, plan_cmd, processes_in, run_cmd, sandbox, state_files,
+    status_json, Live, Ran,
 };
 
 const PLAN: &str = "plan: reentry
@@ -63,6 +64,8 @@ const ALL_STEPS: [&str; 7] = ["host", "data", "s1", "s2", "train", "s4", "teardo
 /// Where the first apply is killed.
 #[derive(Debug, Clone, Copy)]
 enum KillAt {
+    /// As soon as the apply announces the run (nothing has finished yet).
+    RunStarted,
     /// As soon as this step has started (its `step_started` event).
     Started(&'static str),
     /// As soon as this step has finished (its `step_finished` event).
@@ -85,29 +88,19 @@ fn state_status(dir: &Path, step: &str) -> Option<String> {
     state["steps"][step]["status"].as_str().map(String::from)
 }
 
-/// One scenario: kill the first apply at `at`, re-apply until exit 0, check exactly-once and cleanliness.
-/// Returns the events of every re-entry apply.
-fn crash_and_resume(at: KillAt) -> Vec<Vec<Json>> {
-    let (t, _reaper) = sandbox("p.yaml", PLAN);
-    let dir = t.dir.path();
-    let markers = dir.join("markers");
-    std::fs::create_dir(&markers).expect("mkdir");
-    let cmd = || {
-        let mut c = plan_cmd(dir, &["apply", "p.yaml", "--output", "json"]);
-        c.env("MARKERS", &markers);
-        c
-    };
+/// Kills a running `plan apply --output json` at `at`; returns its events.
+fn kill_at(dir: &Path, markers: &Path, at: KillAt, cmd: Command) -> Vec<String> {
     let limit = Duration::from_secs(30);
-
-    let mut first = Live::start(cmd());
+    let mut apply = Live::start(cmd);
     let step_is = |e: &Json, kind: &str, step: &str| e["event"] == kind && e["step"] == step;
     let reached = match at {
-        KillAt::Started(s) => first.wait_event(limit, |e| step_is(e, "step_started", s), || true),
-        KillAt::Finished(s) => first.wait_event(limit, |e| step_is(e, "step_finished", s), || true),
-        KillAt::Running(s) => first.wait_event(
+        KillAt::RunStarted => apply.wait_event(limit, |e| e["event"] == "run_started", || true),
+        KillAt::Started(s) => apply.wait_event(limit, |e| step_is(e, "step_started", s), || true),
+        KillAt::Finished(s) => apply.wait_event(limit, |e| step_is(e, "step_finished", s), || true),
+        KillAt::Running(s) => apply.wait_event(
             limit,
-            |e| step_is(e, "step_started", s),
-            || marker_lines(&markers, s) > 0,
+            |e| step_is(e, "step_started", s) || step_is(e, "step_reattached", s),
+            || marker_lines(markers, s) > 0,
         ),
         KillAt::StateRunning(s) => {
             let deadline = Instant::now() + limit;
@@ -124,18 +117,68 @@ fn crash_and_resume(at: KillAt) -> Vec<Vec<Json>> {
     assert!(
         reached,
         "{at:?}: the apply ended before the kill point; events:\n{}",
-        first.seen.join("\n")
+        apply.seen.join("\n")
     );
-    let killed_at = first.kill9();
-    let before: Vec<(&str, usize)> = RUN_STEPS
-        .iter()
-        .map(|s| (*s, marker_lines(&markers, s)))
-        .collect();
-    let context = format!(
-        "{at:?}: markers at the kill {before:?}; state then: {:?}\nfirst apply's events:\n{}",
-        ALL_STEPS.map(|s| (s, state_status(dir, s))),
-        killed_at.join("\n")
-    );
+    apply.kill9()
+}
+
+/// Waits (bounded) until `step`'s attempt has recorded its exit code on the host.
+fn wait_finished_on_host(dir: &Path, step: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = std::fs::read_dir(dir.join(".sortie/hosts"))
+            .map(|hosts| {
+                hosts.flatten().any(|h| {
+                    h.path()
+                        .join(".sortie/steps")
+                        .join(step)
+                        .join("exit_code")
+                        .is_file()
+                })
+            })
+            .unwrap_or(false);
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{step} never finished on its host"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One scenario: apply number k is killed at `kills[k]`; then (after `settle`, if given, has finished on the
+/// host) `plan apply` is run until it exits 0. Checks exactly-once and cleanliness; returns the events of every
+/// apply after the last kill.
+fn crash_and_resume(kills: &[KillAt], settle: Option<&str>) -> Vec<Vec<Json>> {
+    let (t, _reaper) = sandbox("p.yaml", PLAN);
+    let dir = t.dir.path();
+    let markers = dir.join("markers");
+    std::fs::create_dir(&markers).expect("mkdir");
+    let cmd = || {
+        let mut c = plan_cmd(dir, &["apply", "p.yaml", "--output", "json"]);
+        c.env("MARKERS", &markers);
+        c
+    };
+
+    let mut context = String::new();
+    for (k, &at) in kills.iter().enumerate() {
+        let killed = kill_at(dir, &markers, at, cmd());
+        let before: Vec<(&str, usize)> = RUN_STEPS
+            .iter()
+            .map(|s| (*s, marker_lines(&markers, s)))
+            .collect();
+        context.push_str(&format!(
+            "apply #{} killed at {at:?}: markers {before:?}; state {:?}\nits events:\n{}\n",
+            k + 1,
+            ALL_STEPS.map(|s| (s, state_status(dir, s))),
+            killed.join("\n")
+        ));
+    }
+    if let Some(step) = settle {
+        wait_finished_on_host(dir, step);
+    }
 
     let mut reentries: Vec<Vec<Json>> = Vec::new();
     let mut outputs: Vec<Ran> = Vec::new();
@@ -212,12 +255,12 @@ fn started_again(reentries: &[Vec<Json>], step: &str) -> bool {
 
 #[test]
 fn test_e2e_reentry_killed_before_the_first_step_finishes() {
-    crash_and_resume(KillAt::Started("host"));
+    crash_and_resume(&[KillAt::Started("host")], None);
 }
 
 #[test]
 fn test_e2e_reentry_killed_after_the_host() {
-    let r = crash_and_resume(KillAt::Finished("host"));
+    let r = crash_and_resume(&[KillAt::Finished("host")], None);
     assert!(
         !started_again(&r, "host"),
         "the host was created again: {:?}",
@@ -227,19 +270,19 @@ fn test_e2e_reentry_killed_after_the_host() {
 
 #[test]
 fn test_e2e_reentry_killed_after_the_first_run_step() {
-    let r = crash_and_resume(KillAt::Finished("s1"));
+    let r = crash_and_resume(&[KillAt::Finished("s1")], None);
     assert!(!started_again(&r, "s1"), "{:?}", r[0]);
 }
 
 #[test]
 fn test_e2e_reentry_killed_when_state_says_running() {
     // The window between the checkpoint of "running" and the launch on the host.
-    crash_and_resume(KillAt::StateRunning("s1"));
+    crash_and_resume(&[KillAt::StateRunning("s1")], None);
 }
 
 #[test]
 fn test_e2e_reentry_killed_during_an_attached_step_reconciles_it() {
-    let r = crash_and_resume(KillAt::Running("s2"));
+    let r = crash_and_resume(&[KillAt::Running("s2")], None);
     assert!(reattached(&r, "s2"), "s2 was not reconciled: {:#?}", r[0]);
     assert!(
         !started_again(&r, "s2"),
@@ -250,13 +293,13 @@ fn test_e2e_reentry_killed_during_an_attached_step_reconciles_it() {
 
 #[test]
 fn test_e2e_reentry_killed_after_the_attached_step() {
-    let r = crash_and_resume(KillAt::Finished("s2"));
+    let r = crash_and_resume(&[KillAt::Finished("s2")], None);
     assert!(!started_again(&r, "s2"), "{:?}", r[0]);
 }
 
 #[test]
 fn test_e2e_reentry_killed_during_the_detached_step_reattaches_it() {
-    let r = crash_and_resume(KillAt::Running("train"));
+    let r = crash_and_resume(&[KillAt::Running("train")], None);
     assert!(
         reattached(&r, "train"),
         "train was not re-attached: {:#?}",
@@ -271,11 +314,239 @@ fn test_e2e_reentry_killed_during_the_detached_step_reattaches_it() {
 
 #[test]
 fn test_e2e_reentry_killed_after_the_detached_step() {
-    let r = crash_and_resume(KillAt::Finished("train"));
+    let r = crash_and_resume(&[KillAt::Finished("train")], None);
     assert!(!started_again(&r, "train"), "{:?}", r[0]);
 }
 
 #[test]
 fn test_e2e_reentry_killed_before_teardown_finishes() {
-    crash_and_resume(KillAt::Started("teardown"));
+    crash_and_resume(&[KillAt::Started("teardown")], None);
+}
+
+#[test]
+fn test_e2e_reentry_killed_at_run_start() {
+    crash_and_resume(&[KillAt::RunStarted], None);
+}
+
+#[test]
+fn test_e2e_reentry_after_the_killed_attached_step_finished_on_its_host() {
+    // The apply died; the step finished without it. Re-entry picks up the recorded result.
+    let r = crash_and_resume(&[KillAt::Running("s2")], Some("s2"));
+    assert!(reattached(&r, "s2"), "s2 was not reconciled: {:#?}", r[0]);
+    assert!(
+        !started_again(&r, "s2"),
+        "s2 was started again: {:#?}",
+        r[0]
+    );
+}
+
+#[test]
+fn test_e2e_reentry_after_the_detached_step_finished_on_its_host() {
+    let r = crash_and_resume(&[KillAt::Running("train")], Some("train"));
+    assert!(
+        reattached(&r, "train"),
+        "train was not re-attached: {:#?}",
+        r[0]
+    );
+    assert!(
+        !started_again(&r, "train"),
+        "train was started again: {:#?}",
+        r[0]
+    );
+}
+
+#[test]
+fn test_e2e_reentry_killed_twice() {
+    // The first re-entry is killed too, while it watches the re-attached detached step.
+    let r = crash_and_resume(&[KillAt::Running("s2"), KillAt::Running("train")], None);
+    assert!(
+        reattached(&r, "train"),
+        "train was not re-attached: {:#?}",
+        r[0]
+    );
+    assert!(
+        !started_again(&r, "train"),
+        "train was started again: {:#?}",
+        r[0]
+    );
+}
+
+#[test]
+fn test_e2e_reentry_after_no_wait_reattaches_the_detached_step() {
+    let (t, _reaper) = sandbox("p.yaml", PLAN);
+    let dir = t.dir.path();
+    let markers = dir.join("markers");
+    std::fs::create_dir(&markers).expect("mkdir");
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "p.yaml", "--output", "json"];
+        args.extend_from_slice(extra);
+        let mut c = plan_cmd(dir, &args);
+        c.env("MARKERS", &markers);
+        run_cmd(c, Duration::from_secs(60))
+    };
+    let first = apply(&["--no-wait"]);
+    assert_eq!(first.code, Some(4), "{}", first.show());
+    let evs = events(&first.stdout);
+    let last = evs.last().expect("events");
+    assert_eq!(last["event"], "run_finished", "{}", first.show());
+    assert_eq!(last["exit_code"], 4, "{}", first.show());
+    assert_eq!(marker_lines(&markers, "train"), 1, "{}", first.show());
+    assert_eq!(
+        marker_lines(&markers, "s4"),
+        0,
+        "s4 ran before train finished\n{}",
+        first.show()
+    );
+    assert_eq!(
+        state_status(dir, "train").as_deref(),
+        Some("running"),
+        "{}",
+        first.show()
+    );
+
+    let second = apply(&[]);
+    assert_eq!(second.code, Some(0), "{}", second.show());
+    let evs = events(&second.stdout);
+    assert!(
+        has_event(&evs, "step_reattached", Some("train")),
+        "{}",
+        second.show()
+    );
+    assert!(
+        !has_event(&evs, "step_started", Some("train")),
+        "{}",
+        second.show()
+    );
+    for step in RUN_STEPS {
+        assert_eq!(
+            marker_lines(&markers, step),
+            1,
+            "step {step}\n{}",
+            second.show()
+        );
+    }
+    let procs = leftover_processes(dir, Duration::from_secs(5));
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+/// Kills the apply of `plan` (in `dir`, markers in `dir/markers`) while `step`'s script runs.
+fn kill_during(dir: &Path, step: &'static str) {
+    let mut c = plan_cmd(dir, &["apply", "p.yaml", "--output", "json"]);
+    c.env("MARKERS", dir.join("markers"));
+    kill_at(dir, &dir.join("markers"), KillAt::Running(step), c);
+}
+
+const EDITED: &str = "plan: reentry
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  s2: { kind: run, on: host, run: 'echo v1 >> \"$MARKERS/s2\"; sleep 1.5' }
+  s3: { kind: run, on: host, needs: [s2], run: 'echo x >> \"$MARKERS/s3\"' }
+";
+
+fn apply_ok(dir: &Path, extra: &[&str]) -> Vec<Json> {
+    let mut args = vec!["apply", "p.yaml", "--output", "json"];
+    args.extend_from_slice(extra);
+    let mut c = plan_cmd(dir, &args);
+    c.env("MARKERS", dir.join("markers"));
+    let ran = run_cmd(c, Duration::from_secs(60));
+    assert_eq!(ran.code, Some(0), "plan {args:?}\n{}", ran.show());
+    events(&ran.stdout)
+}
+
+fn lines(dir: &Path, step: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join("markers").join(step))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// A step is edited while the crashed apply's attempt still runs. Re-entry reconciles the old attempt (right: it
+/// must not run twice at once), but the new definition has not run yet, so the run is not done with it: applying
+/// again must run the edited script, and until then preview must not call the step unchanged.
+#[test]
+fn test_e2e_reentry_step_edited_while_running_is_rerun_after_reconcile() {
+    let (t, _reaper) = sandbox("p.yaml", EDITED);
+    let dir = t.dir.path();
+    std::fs::create_dir(dir.join("markers")).expect("mkdir");
+    kill_during(dir, "s2");
+    std::fs::write(dir.join("p.yaml"), EDITED.replace("echo v1", "echo v2")).expect("edit");
+    let evs = apply_ok(dir, &[]);
+    assert!(has_event(&evs, "step_reattached", Some("s2")), "{evs:#?}");
+    let run = evs[0]["run"].as_str().expect("run").to_string();
+    let after_reconcile = lines(dir, "s2");
+    if after_reconcile == ["v1"] {
+        let preview = run_cmd(
+            plan_cmd(dir, &["preview", "p.yaml", "--run", &run]),
+            Duration::from_secs(20),
+        );
+        let s2 = preview
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("s2 "))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            !s2.contains("skip"),
+            "only the old script (v1) ran, yet preview says the edited step is done:\n{}",
+            preview.show()
+        );
+    }
+    apply_ok(dir, &["--run", &run]);
+    assert_eq!(
+        lines(dir, "s2").last().map(String::as_str),
+        Some("v2"),
+        "the edited script never ran; s2 markers: {:?}",
+        lines(dir, "s2")
+    );
+}
+
+/// `--from STEP` after a crash, while STEP's attempt still runs on its host: the forced rerun must happen
+/// (after that attempt is reconciled or cancelled), not fail on the wrapper's "attempt 1 is still running".
+#[test]
+fn test_e2e_reentry_from_a_step_still_running_after_a_crash() {
+    let (t, _reaper) = sandbox("p.yaml", EDITED);
+    let dir = t.dir.path();
+    std::fs::create_dir(dir.join("markers")).expect("mkdir");
+    kill_during(dir, "s2");
+    let mut c = plan_cmd(
+        dir,
+        &["apply", "p.yaml", "--from", "s2", "--output", "json"],
+    );
+    c.env("MARKERS", dir.join("markers"));
+    let ran = run_cmd(c, Duration::from_secs(60));
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    let status = status_json(dir, "p.yaml", None);
+    assert_eq!(status["steps"]["s2"]["status"], "succeeded", "{status:#}");
+    assert_eq!(status["steps"]["s3"]["status"], "succeeded", "{status:#}");
+    assert_eq!(lines(dir, "s3").len(), 1);
+    let procs = leftover_processes(dir, Duration::from_secs(5));
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+}
+
+/// `plan destroy` of a run whose detached step was left running (`--no-wait`) stops it and removes the host.
+#[test]
+fn test_e2e_destroy_stops_a_detached_step_left_running() {
+    let (t, _reaper) = sandbox("p.yaml", PLAN);
+    let dir = t.dir.path();
+    let markers = dir.join("markers");
+    std::fs::create_dir(&markers).expect("mkdir");
+    let mut c = plan_cmd(dir, &["apply", "p.yaml", "--no-wait"]);
+    c.env("MARKERS", &markers);
+    let ran = run_cmd(c, Duration::from_secs(60));
+    assert_eq!(ran.code, Some(4), "{}", ran.show());
+    assert!(!processes_in(dir).is_empty(), "train is not running");
+    let ran = run_cmd(
+        plan_cmd(dir, &["destroy", "p.yaml"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    let procs = leftover_processes(dir, Duration::from_secs(5));
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let hosts: Vec<_> = std::fs::read_dir(dir.join(".sortie/hosts"))
+        .map(|e| e.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(hosts.is_empty(), "{hosts:?}");
+    assert_eq!(marker_lines(&markers, "s4"), 0);
 }
