@@ -54,3 +54,46 @@ proptest! {
         }
     }
 }
+
+/// Fragments that tend to break parsers: YAML structure, templates, anchors, odd scalars.
+fn hostile_text() -> impl Strategy<Value = String> {
+    let fragments = prop_oneof![
+        Just("plan: p\n".to_string()),
+        Just("steps:\n".to_string()),
+        Just("  a: { kind: run, run: echo }\n".to_string()),
+        Just("  h: { kind: instance }\n".to_string()),
+        Just("    needs: [a, b]\n".to_string()),
+        Just("{{ steps.a.outputs.x }}".to_string()),
+        Just("{% if %}".to_string()),
+        Just("&x [*x, *x]\n".to_string()),
+        Just("*y\n".to_string()),
+        Just("- - - [\n".to_string()),
+        Just("\t".to_string()),
+        Just("timeout: 99999999999999999999h\n".to_string()),
+        Just("size: 1e400GiB\n".to_string()),
+        Just("\u{feff}".to_string()),
+        Just("'".to_string()),
+        Just("\"\\u0000\"".to_string()),
+        "[ -~]{0,20}".prop_map(|s| s),
+    ];
+    proptest::collection::vec(fragments, 0..25).prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, .. ProptestConfig::default() })]
+
+    /// No input, however malformed, makes the compiler panic: it either compiles or returns diagnostics.
+    #[test]
+    fn test_int_malformed_plans_never_panic(text in hostile_text(), bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, contents) in [("a.yaml", text.into_bytes()), ("b.yaml", bytes)] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &contents).expect("write");
+            if let Err(invalid) = compile(&path, &Overrides::default()) {
+                prop_assert!(!invalid.diagnostics.is_empty());
+                let rendered = invalid.render();
+                prop_assert!(rendered.starts_with("error: "), "{}", rendered);
+            }
+        }
+    }
+}
