@@ -260,7 +260,7 @@ fn dispatch(command: Command) -> Result<i32> {
             output,
         } => {
             let compiled = plan.compile()?;
-            let sel = RunSelector { run, new: false };
+            let sel = RunSelector::named(run);
             loop {
                 let text = block_on(session::status(&compiled.plan, &sel, output))?;
                 if watch {
@@ -284,7 +284,7 @@ fn dispatch(command: Command) -> Result<i32> {
             let compiled = plan.compile()?;
             return block_on(session::logs(
                 &compiled.plan,
-                &RunSelector { run, new: false },
+                &RunSelector::named(run),
                 &step,
                 follow,
             ));
@@ -297,10 +297,7 @@ fn dispatch(command: Command) -> Result<i32> {
             let compiled = plan.compile()?;
             write(
                 &mut out,
-                &block_on(session::destroy(
-                    &compiled.plan,
-                    &RunSelector { run, new: false },
-                ))?,
+                &block_on(session::destroy(&compiled.plan, &RunSelector::named(run)))?,
             )?;
         }
         Command::Unlock { plan, run, force } => {
@@ -312,10 +309,7 @@ fn dispatch(command: Command) -> Result<i32> {
             let compiled = plan.compile()?;
             write(
                 &mut out,
-                &block_on(session::unlock(
-                    &compiled.plan,
-                    &RunSelector { run, new: false },
-                ))?,
+                &block_on(session::unlock(&compiled.plan, &RunSelector::named(run)))?,
             )?;
         }
         Command::Schema => {

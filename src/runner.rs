@@ -397,6 +397,13 @@ impl Walker<'_> {
         let duration = st.started_at.map_or(0.0, |t| state::now() - t);
         let attempt = st.attempt;
         let mut events = Vec::new();
+        let finished = |status: &str, error: Option<String>| Event::StepFinished {
+            step: step.id.clone(),
+            status: status.into(),
+            attempt,
+            duration_secs: duration,
+            error,
+        };
         match outcome {
             Outcome::Succeeded { outputs, resources } => {
                 st.status = StepStatus::Succeeded;
@@ -425,24 +432,12 @@ impl Walker<'_> {
                 if !resources.is_empty() {
                     st.resources = resources;
                 }
-                events.push(Event::StepFinished {
-                    step: step.id.clone(),
-                    status: "succeeded".into(),
-                    attempt,
-                    duration_secs: duration,
-                    error: None,
-                });
+                events.push(finished("succeeded", None));
             }
             Outcome::Destroyed { steps } => {
                 st.status = StepStatus::Succeeded;
                 st.finished_at = Some(state::now());
-                events.push(Event::StepFinished {
-                    step: step.id.clone(),
-                    status: "succeeded".into(),
-                    attempt,
-                    duration_secs: duration,
-                    error: None,
-                });
+                events.push(finished("succeeded", None));
                 for s in steps {
                     for r in &mut self.state.step_mut(&s).resources {
                         r.destroyed = true;
@@ -470,25 +465,13 @@ impl Walker<'_> {
                 st.status = StepStatus::Failed;
                 st.finished_at = Some(state::now());
                 st.error = Some(error.clone());
-                events.push(Event::StepFinished {
-                    step: step.id.clone(),
-                    status: "failed".into(),
-                    attempt,
-                    duration_secs: duration,
-                    error: Some(error),
-                });
+                events.push(finished("failed", Some(error)));
             }
             Outcome::Cancelled => {
                 st.status = StepStatus::Cancelled;
                 st.finished_at = Some(state::now());
                 st.error = Some("cancelled".into());
-                events.push(Event::StepFinished {
-                    step: step.id.clone(),
-                    status: "cancelled".into(),
-                    attempt,
-                    duration_secs: duration,
-                    error: None,
-                });
+                events.push(finished("cancelled", None));
             }
             Outcome::LeftRunning => {
                 self.left_running = true;

@@ -21,6 +21,13 @@ pub struct RunSelector {
     pub new: bool,
 }
 
+impl RunSelector {
+    /// The named run, or the latest one.
+    pub fn named(run: Option<String>) -> RunSelector {
+        RunSelector { run, new: false }
+    }
+}
+
 async fn store(plan: &Plan) -> Result<Store> {
     Store::open(plan).await
 }
@@ -291,15 +298,7 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
         if !follow {
             break;
         }
-        run = require(
-            &store,
-            plan,
-            &RunSelector {
-                run: Some(run.run_id.clone()),
-                new: false,
-            },
-        )
-        .await?;
+        run = require(&store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
         if run.step(step).status.is_final() {
             drain(&mut offset, &path, &mut out);
             break;
