@@ -464,6 +464,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<S3Store>();
+        check::<S3Lock>();
+    }
+
+    #[test]
     fn keys_have_no_leading_slash() {
         assert_eq!(base_prefix("", "p"), "p/");
         assert_eq!(base_prefix("/", "p"), "p/");
