@@ -128,6 +128,9 @@ impl DirStore {
                 });
             }
         }
+        let dir = self.run_dir(&state.run_id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         state.serial += 1;
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::Runtime(format!("cannot encode state: {e}")))?;

@@ -128,6 +128,22 @@ pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         _ => (new_run_id(), false),
     };
     let lock = store.lock(&run_id, &plan.file).await?;
+    let result = apply_locked(plan, &store, run_id, resumed, from, &opts).await;
+    // Release on every path: an S3 lock left behind would need `plan unlock --force`.
+    let released = lock.release().await;
+    let code = result?;
+    released?;
+    Ok(code)
+}
+
+async fn apply_locked(
+    plan: &Plan,
+    store: &Store,
+    run_id: String,
+    resumed: bool,
+    from: Option<usize>,
+    opts: &ApplyOptions,
+) -> Result<i32> {
     // Re-read under the lock: another apply may have written since.
     let mut run = match store.load(&run_id).await? {
         Some(s) => s,
@@ -151,9 +167,7 @@ pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         wait_detached: !opts.no_wait,
         poll: Duration::from_millis(200),
     };
-    let code = runner::walk(plan, run, &store, &reporter, run_opts, from).await;
-    lock.release().await?;
-    code
+    runner::walk(plan, run, store, &reporter, run_opts, from).await
 }
 
 /// What apply would do, and why. Changes nothing.
@@ -321,13 +335,16 @@ fn drain(offset: &mut u64, path: &std::path::Path, out: &mut std::io::StdoutLock
 /// Breaks a run's lock: for a holder that died without releasing it (S3). Directory locks end with their process.
 pub async fn unlock(plan: &Plan, sel: &RunSelector) -> Result<String> {
     let store = store(plan).await?;
-    let run = require(&store, plan, sel).await?;
-    Ok(if store.unlock(&run.run_id).await? {
-        format!("run {}: lock broken\n", run.run_id)
+    // A named run needs no readable state: its lock may be all that is left of it.
+    let run_id = match &sel.run {
+        Some(id) => id.clone(),
+        None => require(&store, plan, sel).await?.run_id,
+    };
+    Ok(if store.unlock(&run_id).await? {
+        format!("run {run_id}: lock broken\n")
     } else {
         format!(
-            "run {}: no lock to break (a directory lock is released when its process ends)\n",
-            run.run_id
+            "run {run_id}: no lock to break (a directory lock is released when its process ends)\n"
         )
     })
 }
@@ -337,6 +354,14 @@ pub async fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
     let store = store(plan).await?;
     let found = require(&store, plan, sel).await?;
     let lock = store.lock(&found.run_id, &plan.file).await?;
+    let result = destroy_locked(plan, &store, found).await;
+    let released = lock.release().await;
+    let text = result?;
+    released?;
+    Ok(text)
+}
+
+async fn destroy_locked(plan: &Plan, store: &Store, found: RunState) -> Result<String> {
     let mut run = store.load(&found.run_id).await?.unwrap_or(found);
     let order: Vec<(String, Vec<state::Resource>)> = plan
         .dag
@@ -367,7 +392,6 @@ pub async fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
     run.status = RunStatus::Destroyed;
     run.finished_at.get_or_insert_with(state::now);
     store.save(&mut run).await?;
-    lock.release().await?;
     Ok(format!("run {}: destroyed {count} resources\n", run.run_id))
 }
 

@@ -4,6 +4,7 @@ injects faults and extends /moto-api/reset."""
 from __future__ import annotations
 
 import json
+import threading
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 
@@ -48,6 +49,9 @@ def _read_json(environ: dict[str, Any]) -> Any:
     return json.loads(raw)
 
 
+_S3_WRITE_LOCK = threading.Lock()
+
+
 class SortieMiddleware:
     def __init__(self, app: Callable[..., Iterable[bytes]], info: dict[str, Any]):
         self.app = app
@@ -76,6 +80,11 @@ class SortieMiddleware:
                     status, headers, body = error_response(info, fault.code, fault.message, fault.status, method)
                     start_response(f"{status} {_reason(status)}", headers)
                     return [body]
+        if info is not None and info.name.startswith("s3:") and method in ("PUT", "POST", "DELETE"):
+            # moto checks If-Match / If-None-Match and then writes without a lock; S3 makes the check and the
+            # write one atomic step. Serialize S3 writes so conditional writes behave as on AWS.
+            with _S3_WRITE_LOCK:
+                return list(self.app(environ, start_response))
         return self.app(environ, start_response)
 
     def control(self, environ: dict[str, Any], start_response: StartResponse, path: str, method: str) -> list[bytes]:
