@@ -10,6 +10,7 @@ mod graph;
 mod invalid_plans;
 mod properties;
 mod reentry;
+mod s3_apply;
 mod schema;
 mod store_suite;
 mod variables;
