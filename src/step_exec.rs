@@ -280,9 +280,9 @@ impl Job {
         }
         let mut cancel = self.cancel.clone();
         let mut last_progress = None;
-        // Short steps end in milliseconds: poll fast at first, backing off to `poll`. The cheap check reads the
+        // Short steps end in milliseconds: poll every 2 ms at first, backing off by 1.5x to `poll`. The cheap check reads the
         // exit code directly; the wrapper's full probe (liveness, heartbeat) runs about once a second.
-        let mut delay = Duration::from_millis(5);
+        let mut delay = Duration::from_millis(2);
         let mut last_probe = tokio::time::Instant::now();
         loop {
             if status.is_finished() || status.state == "lost" {
@@ -304,7 +304,7 @@ impl Job {
                     }
                 }
             }
-            delay = (delay * 2).min(self.poll);
+            delay = delay.mul_f64(1.5).min(self.poll);
             if let Some(done) = host.finished(&id, self.attempt) {
                 status = done;
             } else if last_probe.elapsed() >= Duration::from_secs(1) {
