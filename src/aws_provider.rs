@@ -20,11 +20,12 @@ use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification, Instance,
-    InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType, LocationType,
-    MarketType, Placement, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
-    TagSpecification, Volume, VolumeAttachmentState, VolumeState, VolumeType,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    Instance, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
+    LocationType, MarketType, Placement, ResourceType, ShutdownBehavior, SpotInstanceType,
+    SpotMarketOptions, Tag, TagSpecification, Volume, VolumeAttachmentState, VolumeState,
+    VolumeType,
 };
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
 
@@ -208,7 +209,10 @@ impl AwsProvider {
                 .and_then(|p| p.availability_zone())
                 .unwrap_or_default()
                 .to_string(),
-            private_ip: instance.private_ip_address().unwrap_or_default().to_string(),
+            private_ip: instance
+                .private_ip_address()
+                .unwrap_or_default()
+                .to_string(),
             instance_type: instance
                 .instance_type()
                 .map(|t| t.as_str().to_string())
@@ -381,15 +385,17 @@ impl AwsProvider {
                 Ok(_) => {}
                 // Already detaching or detached, or the volume is gone: the wait below settles it.
                 Err(err)
-                    if matches!(err.code(), Some("IncorrectState" | "InvalidAttachment.NotFound"))
-                        || is_not_found(err.code()) => {}
-                Err(err) => {
-                    return Err(aws_error(
-                        &format!("could not detach volume {volume_id} from instance {instance} ({device})"),
-                        &err,
-                        "unmount it on the instance first if it is busy, or terminate the instance",
-                    ))
-                }
+                    if matches!(
+                        err.code(),
+                        Some("IncorrectState" | "InvalidAttachment.NotFound")
+                    ) || is_not_found(err.code()) => {}
+                Err(err) => return Err(aws_error(
+                    &format!(
+                        "could not detach volume {volume_id} from instance {instance} ({device})"
+                    ),
+                    &err,
+                    "unmount it on the instance first if it is busy, or terminate the instance",
+                )),
             }
         }
         let gone = self
@@ -443,7 +449,11 @@ impl AwsProvider {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|err| {
-                aws_error(&format!("could not list the instances of run {run}"), &err, "check ec2:DescribeInstances")
+                aws_error(
+                    &format!("could not list the instances of run {run}"),
+                    &err,
+                    "check ec2:DescribeInstances",
+                )
             })?;
             for reservation in page.reservations() {
                 for instance in reservation.instances() {
@@ -457,12 +467,19 @@ impl AwsProvider {
             .ec2
             .describe_volumes()
             .filters(filter(&format!("tag:{TAG_RUN}"), [run]))
-            .filters(filter("status", ["creating", "available", "in-use", "deleting", "error"]))
+            .filters(filter(
+                "status",
+                ["creating", "available", "in-use", "deleting", "error"],
+            ))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|err| {
-                aws_error(&format!("could not list the volumes of run {run}"), &err, "check ec2:DescribeVolumes")
+                aws_error(
+                    &format!("could not list the volumes of run {run}"),
+                    &err,
+                    "check ec2:DescribeVolumes",
+                )
             })?;
             for volume in page.volumes() {
                 if let Some(id) = volume.volume_id() {
@@ -488,10 +505,14 @@ impl AwsProvider {
                 tags.step
             )));
         }
-        let image = self.resolve_image(spec.image.as_deref(), &tags.step).await?;
+        let image = self
+            .resolve_image(spec.image.as_deref(), &tags.step)
+            .await?;
         let root_device = self.root_device_name(&image).await;
         let user_data = spec.max_lifetime.map(|lifetime| {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
             base64(lifetime_user_data(lifetime, now.as_secs()).as_bytes())
         });
         let markets: &[&'static str] = match spec.market {
@@ -508,12 +529,27 @@ impl AwsProvider {
                     let zones = self.zones_for(spec, instance_type).await;
                     zones_of_type.insert(instance_type.as_str(), zones);
                 }
-                let zones = zones_of_type.get(instance_type.as_str()).cloned().unwrap_or_default();
+                let zones = zones_of_type
+                    .get(instance_type.as_str())
+                    .cloned()
+                    .unwrap_or_default();
                 for zone in zones {
-                    let request = self.run_request(spec, tags, &image, &root_device, user_data.as_deref(), instance_type, zone.as_deref(), market);
+                    let request = self.run_request(
+                        spec,
+                        tags,
+                        &image,
+                        &root_device,
+                        user_data.as_deref(),
+                        instance_type,
+                        zone.as_deref(),
+                        market,
+                    );
                     let result = request
                         .customize()
-                        .config_override(aws_sdk_ec2::config::Config::builder().retry_classifier(NoRetryOnFailover))
+                        .config_override(
+                            aws_sdk_ec2::config::Config::builder()
+                                .retry_classifier(NoRetryOnFailover),
+                        )
                         .send()
                         .await;
                     let err = match result {
@@ -522,7 +558,11 @@ impl AwsProvider {
                                 .instances()
                                 .first()
                                 .and_then(|i| i.instance_id())
-                                .ok_or_else(|| Error::Runtime("RunInstances answered without an instance".into()))?;
+                                .ok_or_else(|| {
+                                    Error::Runtime(
+                                        "RunInstances answered without an instance".into(),
+                                    )
+                                })?;
                             tracing::info!(instance = %id, %instance_type, zone = ?zone, market, "launched");
                             return Ok((id.to_string(), market));
                         }
@@ -540,9 +580,16 @@ impl AwsProvider {
                             );
                         }
                         if !attempts.is_empty() {
-                            help.push_str(&format!("\n  = note: tried before: {}", attempts_summary(&attempts)));
+                            help.push_str(&format!(
+                                "\n  = note: tried before: {}",
+                                attempts_summary(&attempts)
+                            ));
                         }
-                        return Err(aws_error(&format!("could not launch {where_}"), &err, &help));
+                        return Err(aws_error(
+                            &format!("could not launch {where_}"),
+                            &err,
+                            &help,
+                        ));
                     };
                     let message = err.message().unwrap_or_default().to_string();
                     tracing::warn!(%instance_type, zone = ?zone, market, %code, %message, "no capacity; failing over");
@@ -627,7 +674,11 @@ impl AwsProvider {
             .set_user_data(user_data.map(str::to_string))
             .set_subnet_id(spec.subnet.clone());
         if let Some(profile) = &spec.profile {
-            request = request.iam_instance_profile(IamInstanceProfileSpecification::builder().name(profile).build());
+            request = request.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build(),
+            );
         }
         for group in &spec.security_groups {
             request = request.security_group_ids(group);
@@ -736,7 +787,10 @@ impl AwsProvider {
             .ec2
             .describe_instances()
             .filters(filter(&format!("tag:{TAG_TOKEN}"), [token]))
-            .filters(filter("instance-state-name", ["pending", "running", "stopping", "stopped"]))
+            .filters(filter(
+                "instance-state-name",
+                ["pending", "running", "stopping", "stopped"],
+            ))
             .send()
             .await
             .map_err(|err| {
@@ -754,13 +808,24 @@ impl AwsProvider {
         if found.len() > 1 {
             tracing::warn!(%token, count = found.len(), "several instances carry this token; adopting the oldest");
         }
-        found.sort_by_key(|i| (i.launch_time().map(|t| (t.secs(), t.subsec_nanos())), i.instance_id().map(str::to_string)));
+        found.sort_by_key(|i| {
+            (
+                i.launch_time().map(|t| (t.secs(), t.subsec_nanos())),
+                i.instance_id().map(str::to_string),
+            )
+        });
         Ok(found.into_iter().next())
     }
 
     /// DescribeInstances of one id; `None` if AWS does not know it (any more, or yet).
     async fn describe_instance(&self, instance_id: &str) -> Result<Option<Instance>> {
-        match self.ec2.describe_instances().instance_ids(instance_id).send().await {
+        match self
+            .ec2
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+        {
             Ok(out) => Ok(out
                 .reservations()
                 .iter()
@@ -833,20 +898,26 @@ impl AwsProvider {
                     .key("InstanceIds")
                     .values(instance_id)
                     .build()
-                    .map_err(|e| Error::Runtime(format!("DescribeInstanceInformation filter: {e}")))?;
-                let out = match self.ssm.describe_instance_information().filters(filter).send().await {
+                    .map_err(|e| {
+                        Error::Runtime(format!("DescribeInstanceInformation filter: {e}"))
+                    })?;
+                let out = match self
+                    .ssm
+                    .describe_instance_information()
+                    .filters(filter)
+                    .send()
+                    .await
+                {
                     Ok(out) => out,
                     // AWS may answer InvalidInstanceId for an instance whose agent has not registered yet.
                     Err(err) if err.code() == Some("InvalidInstanceId") => {
                         return Ok(Probe::Wait("not registered with SSM yet".into()))
                     }
-                    Err(err) => {
-                        return Err(aws_error(
-                            &format!("could not ask SSM about instance {instance_id}"),
-                            &err,
-                            "check ssm:DescribeInstanceInformation in the orchestrator's IAM policy",
-                        ))
-                    }
+                    Err(err) => return Err(aws_error(
+                        &format!("could not ask SSM about instance {instance_id}"),
+                        &err,
+                        "check ssm:DescribeInstanceInformation in the orchestrator's IAM policy",
+                    )),
                 };
                 let info = out
                     .instance_information_list()
@@ -915,13 +986,24 @@ impl AwsProvider {
         if found.len() > 1 {
             tracing::warn!(%token, count = found.len(), "several volumes carry this token; adopting the oldest");
         }
-        found.sort_by_key(|v| (v.create_time().map(|t| (t.secs(), t.subsec_nanos())), v.volume_id().map(str::to_string)));
+        found.sort_by_key(|v| {
+            (
+                v.create_time().map(|t| (t.secs(), t.subsec_nanos())),
+                v.volume_id().map(str::to_string),
+            )
+        });
         Ok(found.into_iter().next())
     }
 
     /// DescribeVolumes of one id; `None` if AWS does not know it.
     async fn describe_volume(&self, volume_id: &str) -> Result<Option<Volume>> {
-        match self.ec2.describe_volumes().volume_ids(volume_id).send().await {
+        match self
+            .ec2
+            .describe_volumes()
+            .volume_ids(volume_id)
+            .send()
+            .await
+        {
             Ok(out) => Ok(out
                 .volumes()
                 .iter()
@@ -1001,7 +1083,13 @@ impl AwsProvider {
     // ---- waiting ----
 
     /// Probes at once, then with backoff (`initial`, doubling up to `max`) until done, an error, or `timeout`.
-    async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, help: &str, mut probe: F) -> Result<T>
+    async fn wait_for<T, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        help: &str,
+        mut probe: F,
+    ) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Probe<T>>>,
@@ -1076,13 +1164,22 @@ impl ClassifyRetry for NoRetryOnFailover {
 }
 
 fn describe_slot(instance_type: &str, zone: Option<&str>, market: &str) -> String {
-    format!("{instance_type} in {} ({market})", zone.unwrap_or("a zone of AWS's choice"))
+    format!(
+        "{instance_type} in {} ({market})",
+        zone.unwrap_or("a zone of AWS's choice")
+    )
 }
 
 fn attempts_summary(attempts: &[Attempt]) -> String {
     attempts
         .iter()
-        .map(|a| format!("{}: {}", describe_slot(&a.instance_type, a.zone.as_deref(), a.market), a.code))
+        .map(|a| {
+            format!(
+                "{}: {}",
+                describe_slot(&a.instance_type, a.zone.as_deref(), a.market),
+                a.code
+            )
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -1090,7 +1187,9 @@ fn attempts_summary(attempts: &[Attempt]) -> String {
 fn is_not_found(code: Option<&str>) -> bool {
     matches!(
         code,
-        Some("InvalidInstanceID.NotFound" | "InvalidVolume.NotFound" | "InvalidInstanceID.Malformed")
+        Some(
+            "InvalidInstanceID.NotFound" | "InvalidVolume.NotFound" | "InvalidInstanceID.Malformed"
+        )
     )
 }
 
@@ -1098,7 +1197,10 @@ fn aws_error<E>(what: &str, err: &aws_sdk_ec2::error::SdkError<E>, help: &str) -
 where
     E: std::error::Error + 'static,
 {
-    Error::Runtime(format!("{what}: {}\n  = help: {help}", DisplayErrorContext(err)))
+    Error::Runtime(format!(
+        "{what}: {}\n  = help: {help}",
+        DisplayErrorContext(err)
+    ))
 }
 
 fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
@@ -1113,7 +1215,9 @@ fn state_name(instance: &Instance) -> Option<InstanceStateName> {
 }
 
 fn state_str(state: Option<InstanceStateName>) -> String {
-    state.map(|s| s.as_str().to_string()).unwrap_or_else(|| "in no state".into())
+    state
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|| "in no state".into())
 }
 
 fn volume_state_str(volume: &Volume) -> String {
@@ -1150,7 +1254,9 @@ pub fn gib_ceil(bytes: u64) -> i32 {
 /// The letter a device name stands for: `/dev/sdf`, `/dev/xvdf`, `sdf1` → `f`. `None` for other names.
 fn device_letter(name: &str) -> Option<char> {
     let name = name.strip_prefix("/dev/").unwrap_or(name);
-    let rest = name.strip_prefix("xvd").or_else(|| name.strip_prefix("sd"))?;
+    let rest = name
+        .strip_prefix("xvd")
+        .or_else(|| name.strip_prefix("sd"))?;
     rest.chars().next().filter(char::is_ascii_lowercase)
 }
 
@@ -1206,8 +1312,16 @@ fn base64(data: &[u8]) -> String {
         let n = (u32::from(chunk[0]) << 16) | (u32::from(b1) << 8) | u32::from(b2);
         out.push(ALPHABET[(n >> 18) as usize & 63] as char);
         out.push(ALPHABET[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
+        out.push(if chunk.len() > 1 {
+            ALPHABET[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            ALPHABET[n as usize & 63] as char
+        } else {
+            '='
+        });
     }
     out
 }
@@ -1239,8 +1353,14 @@ mod tests {
     #[test]
     fn device_names_skip_every_spelling_in_use() {
         assert_eq!(pick_device(&[]).as_deref(), Some("/dev/sdf"));
-        assert_eq!(pick_device(&["/dev/xvda", "/dev/sda1"]).as_deref(), Some("/dev/sdf"));
-        assert_eq!(pick_device(&["/dev/sdf", "/dev/xvdg", "sdh"]).as_deref(), Some("/dev/sdi"));
+        assert_eq!(
+            pick_device(&["/dev/xvda", "/dev/sda1"]).as_deref(),
+            Some("/dev/sdf")
+        );
+        assert_eq!(
+            pick_device(&["/dev/sdf", "/dev/xvdg", "sdh"]).as_deref(),
+            Some("/dev/sdi")
+        );
         let all: Vec<String> = ('f'..='p').map(|c| format!("/dev/sd{c}")).collect();
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         assert_eq!(pick_device(&all), None);
@@ -1249,13 +1369,34 @@ mod tests {
 
     #[test]
     fn failover_codes_depend_on_the_market() {
-        assert_eq!(failover_scope("InsufficientInstanceCapacity", "on-demand"), Some(Scope::Zone));
-        assert_eq!(failover_scope("InsufficientInstanceCapacity", "spot"), Some(Scope::Zone));
-        assert_eq!(failover_scope("Unsupported", "on-demand"), Some(Scope::Zone));
-        assert_eq!(failover_scope("InstanceLimitExceeded", "on-demand"), Some(Scope::Type));
-        assert_eq!(failover_scope("MaxSpotInstanceCountExceeded", "spot"), Some(Scope::Type));
-        assert_eq!(failover_scope("MaxSpotInstanceCountExceeded", "on-demand"), None);
-        assert_eq!(failover_scope("SpotMaxPriceTooLow", "spot"), Some(Scope::Zone));
+        assert_eq!(
+            failover_scope("InsufficientInstanceCapacity", "on-demand"),
+            Some(Scope::Zone)
+        );
+        assert_eq!(
+            failover_scope("InsufficientInstanceCapacity", "spot"),
+            Some(Scope::Zone)
+        );
+        assert_eq!(
+            failover_scope("Unsupported", "on-demand"),
+            Some(Scope::Zone)
+        );
+        assert_eq!(
+            failover_scope("InstanceLimitExceeded", "on-demand"),
+            Some(Scope::Type)
+        );
+        assert_eq!(
+            failover_scope("MaxSpotInstanceCountExceeded", "spot"),
+            Some(Scope::Type)
+        );
+        assert_eq!(
+            failover_scope("MaxSpotInstanceCountExceeded", "on-demand"),
+            None
+        );
+        assert_eq!(
+            failover_scope("SpotMaxPriceTooLow", "spot"),
+            Some(Scope::Zone)
+        );
         assert_eq!(failover_scope("InvalidParameterValue", "on-demand"), None);
         assert_eq!(failover_scope("UnauthorizedOperation", "spot"), None);
     }
@@ -1265,9 +1406,18 @@ mod tests {
         let script = lifetime_user_data(Duration::from_secs(24 * 3600), 1_700_000_000);
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains("deadline=1700086400\n"), "{script}");
-        assert!(script.contains("systemd-run --unit=sortie-max-lifetime --on-active=\"${left}s\""), "{script}");
-        assert!(script.contains("nohup sh -c \"sleep $left; shutdown -h now\""), "{script}");
-        assert!(script.contains("/var/lib/cloud/scripts/per-boot/"), "{script}");
+        assert!(
+            script.contains("systemd-run --unit=sortie-max-lifetime --on-active=\"${left}s\""),
+            "{script}"
+        );
+        assert!(
+            script.contains("nohup sh -c \"sleep $left; shutdown -h now\""),
+            "{script}"
+        );
+        assert!(
+            script.contains("/var/lib/cloud/scripts/per-boot/"),
+            "{script}"
+        );
         assert!(script.contains("max_lifetime 1day"), "{script}");
     }
 
@@ -1288,17 +1438,29 @@ mod tests {
             .expect("per-boot script inside the user data");
         let dir = tempfile::tempdir().expect("tempdir");
         let stub = dir.path().join("shutdown");
-        std::fs::write(&stub, format!("#!/bin/sh\necho \"$@\" > {}/called\n", dir.path().display()))
-            .expect("write stub");
-        std::process::Command::new("chmod").arg("+x").arg(&stub).status().expect("chmod");
-        let path = format!("{}:{}", dir.path().display(), std::env::var("PATH").unwrap_or_default());
+        std::fs::write(
+            &stub,
+            format!("#!/bin/sh\necho \"$@\" > {}/called\n", dir.path().display()),
+        )
+        .expect("write stub");
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&stub)
+            .status()
+            .expect("chmod");
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let status = std::process::Command::new("sh")
             .args(["-c", per_boot])
             .env("PATH", path)
             .status()
             .expect("run per-boot script");
         assert!(status.success());
-        let called = std::fs::read_to_string(dir.path().join("called")).expect("shutdown was called");
+        let called =
+            std::fs::read_to_string(dir.path().join("called")).expect("shutdown was called");
         assert_eq!(called.trim(), "-h now");
     }
 }

@@ -20,6 +20,7 @@ pub mod runner;
 pub mod s3_store;
 pub mod session;
 pub mod source;
+pub mod ssm_host;
 pub mod state;
 pub mod state_store;
 pub mod step_exec;

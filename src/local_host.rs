@@ -288,7 +288,7 @@ impl LocalVolume {
     }
 }
 
-fn parse_status(text: &str) -> HostStatus {
+pub fn parse_status(text: &str) -> HostStatus {
     let mut s = HostStatus::default();
     for line in text.lines() {
         let Some((k, v)) = line.split_once('=') else {

@@ -73,6 +73,10 @@ heartbeat() {
 	printf '{"attempt":%s,"ts":%s,"pid":%s,"progress":"%s","metrics":"%s","log_bytes":%s}\n' \
 		"$A" "$(now)" "$(val "$D/pid" | grep -E '^[0-9]+$' || echo null)" "$(json_str "$prog")" \
 		"$(json_str "$met")" "$bytes" >"$D/heartbeat.json.tmp" && mv -f "$D/heartbeat.json.tmp" "$D/heartbeat.json"
+	# On AWS the heartbeat also goes to S3 (a presigned PUT: the host needs no credentials), so `plan status`
+	# reads it without SSM. Best effort and in the background: a slow network never delays the step.
+	[ -z "${SORTIE_HEARTBEAT_URL:-}" ] || ! command -v curl >/dev/null 2>&1 ||
+		{ curl -fsS -m 10 -X PUT --data-binary @"$D/heartbeat.json" "$SORTIE_HEARTBEAT_URL" >/dev/null 2>&1 || :; } &
 }
 
 state() {

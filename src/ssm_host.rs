@@ -1,0 +1,441 @@
+//! The aws target's executor: a host is an EC2 instance reached through SSM Run Command (AWS-RunShellScript).
+//! Every `run` step goes through the same host wrapper as on the local target; this module ships the wrapper
+//! and the rendered script inside the command, and reads results back from the command's output.
+//!
+//! Host paths are prefixed with `${SORTIE_HOST_ROOT:-}` (empty on AWS), the one seam that lets several test
+//! instances share a machine (docs/TEST_ENDPOINT.md).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::types::CommandInvocationStatus;
+use indexmap::IndexMap;
+
+use crate::error::{Error, Result};
+use crate::local_host::{HostStatus, LaunchSpec, WRAPPER};
+
+/// SSM's largest executionTimeout; a longer wait is split into several commands.
+pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
+/// Documents are limited to 64 KB; keep well below it for the wrapper plus the script.
+const INLINE_LIMIT: usize = 48 * 1024;
+const OUTPUTS_MARK: &str = "===SORTIE-OUTPUTS===";
+const LOG_MARK: &str = "===SORTIE-LOG===";
+
+/// How often to ask SSM about a command: starts at `initial`, grows by half up to `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct SsmPoll {
+    pub initial: Duration,
+    pub max: Duration,
+    /// How long a just-sent command may be unknown (InvocationDoesNotExist) before that is an error.
+    pub unknown_grace: Duration,
+}
+
+impl Default for SsmPoll {
+    fn default() -> SsmPoll {
+        SsmPoll {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(15),
+            unknown_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where SSM writes command output (the full stdout; GetCommandInvocation truncates at 24,000 characters).
+#[derive(Debug, Clone)]
+pub struct OutputLocation {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SsmHost {
+    pub ssm: aws_sdk_ssm::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub instance_id: String,
+    pub output: Option<OutputLocation>,
+    pub poll: SsmPoll,
+}
+
+/// A finished command invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub command_id: String,
+    /// Success, Failed, TimedOut, Cancelled.
+    pub status: String,
+    pub details: String,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Invocation {
+    pub fn succeeded(&self) -> bool {
+        self.status == "Success"
+    }
+
+    /// One line saying how the command ended, for errors.
+    pub fn describe(&self) -> String {
+        let tail = self
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim();
+        let mut s = format!(
+            "SSM command {} {} ({}, exit {})",
+            self.command_id, self.status, self.details, self.code
+        );
+        if !tail.is_empty() {
+            let _ = write!(s, ": {tail}");
+        }
+        s
+    }
+}
+
+/// Shell-quotes one value.
+fn q(value: &str) -> String {
+    shlex::try_quote(value).map_or_else(|_| "''".to_string(), |c| c.into_owned())
+}
+
+/// The host's sortie directory and a step's status directory, as shell expressions.
+const HOME: &str = "\"${SORTIE_HOST_ROOT:-}/var/lib/sortie\"";
+
+fn step_dir(step: &str) -> String {
+    format!(
+        "\"${{SORTIE_HOST_ROOT:-}}/var/lib/sortie/steps\"/{}",
+        q(step)
+    )
+}
+
+/// Shell lines that write `bytes` to `path` (a shell expression) without any quoting hazard.
+fn write_file(out: &mut String, path: &str, bytes: &[u8]) {
+    let encoded = base64_encode(bytes);
+    let _ = writeln!(
+        out,
+        "printf '%s' '{encoded}' | base64 -d > {path}.tmp && mv -f {path}.tmp {path}"
+    );
+}
+
+impl SsmHost {
+    /// Sends `script` as one AWS-RunShellScript command; returns its command id.
+    pub async fn send(&self, script: &str, timeout: Duration) -> Result<String> {
+        let secs = timeout.as_secs().clamp(60, MAX_EXECUTION.as_secs());
+        let mut req = self
+            .ssm
+            .send_command()
+            .document_name("AWS-RunShellScript")
+            .instance_ids(&self.instance_id)
+            .parameters("commands", vec![script.to_string()])
+            .parameters("executionTimeout", vec![secs.to_string()])
+            .timeout_seconds(600);
+        if let Some(out) = &self.output {
+            req = req
+                .output_s3_bucket_name(&out.bucket)
+                .output_s3_key_prefix(&out.prefix);
+        }
+        let sent = req.send().await.map_err(|e| {
+            Error::Runtime(format!(
+                "SSM SendCommand to {} failed: {}",
+                self.instance_id,
+                aws_sdk_ssm::error::DisplayErrorContext(&e)
+            ))
+        })?;
+        sent.command()
+            .and_then(|c| c.command_id())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Runtime("SSM SendCommand returned no command id".into()))
+    }
+
+    /// Polls a command until it ends. `cancel` turns into CancelCommand.
+    pub async fn wait(
+        &self,
+        command_id: &str,
+        cancel: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Invocation> {
+        let started = tokio::time::Instant::now();
+        let mut delay = self.poll.initial;
+        loop {
+            match self
+                .ssm
+                .get_command_invocation()
+                .command_id(command_id)
+                .instance_id(&self.instance_id)
+                .send()
+                .await
+            {
+                Ok(inv) => {
+                    let status = inv
+                        .status()
+                        .cloned()
+                        .unwrap_or(CommandInvocationStatus::Pending);
+                    let finished = !matches!(
+                        status,
+                        CommandInvocationStatus::Pending
+                            | CommandInvocationStatus::InProgress
+                            | CommandInvocationStatus::Delayed
+                            | CommandInvocationStatus::Cancelling
+                    );
+                    if finished {
+                        return Ok(Invocation {
+                            command_id: command_id.to_string(),
+                            status: status.as_str().to_string(),
+                            details: inv.status_details().unwrap_or_default().to_string(),
+                            code: inv.response_code(),
+                            stdout: inv
+                                .standard_output_content()
+                                .unwrap_or_default()
+                                .to_string(),
+                            stderr: inv.standard_error_content().unwrap_or_default().to_string(),
+                        });
+                    }
+                }
+                // Right after SendCommand the invocation may not exist yet.
+                Err(e)
+                    if e.code() == Some("InvocationDoesNotExist")
+                        && started.elapsed() < self.poll.unknown_grace => {}
+                Err(e) => {
+                    return Err(Error::Runtime(format!(
+                        "SSM GetCommandInvocation {command_id} on {} failed: {}",
+                        self.instance_id,
+                        aws_sdk_ssm::error::DisplayErrorContext(&e)
+                    )))
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                changed = cancel.changed() => {
+                    if changed.is_ok() && *cancel.borrow() {
+                        self.cancel_command(command_id).await;
+                    }
+                }
+            }
+            delay = delay.mul_f64(1.5).min(self.poll.max);
+        }
+    }
+
+    /// Best effort: the command may already be over.
+    pub async fn cancel_command(&self, command_id: &str) {
+        let _ = self
+            .ssm
+            .cancel_command()
+            .command_id(command_id)
+            .instance_ids(&self.instance_id)
+            .send()
+            .await;
+    }
+
+    /// Sends a script and waits for it.
+    pub async fn run(&self, script: &str, timeout: Duration) -> Result<Invocation> {
+        let id = self.send(script, timeout).await?;
+        let (_tx, mut rx) = tokio::sync::watch::channel(false);
+        self.wait(&id, &mut rx).await
+    }
+
+    /// The command that installs the wrapper and the script, then starts `attempt` of `step` (the wrapper
+    /// refuses duplicates, so sending it twice is harmless).
+    pub fn launch_script(
+        &self,
+        step: &str,
+        attempt: u32,
+        script: &str,
+        spec: &LaunchSpec,
+        script_url: Option<&str>,
+    ) -> String {
+        let mut s = String::from("set -eu\n");
+        let _ = writeln!(s, "H={HOME}; mkdir -p \"$H/steps\" \"$H/scripts\"");
+        write_file(&mut s, "\"$H/wrapper.sh\"", WRAPPER.as_bytes());
+        let script_path = format!("\"$H/scripts\"/{}", q(&format!("{step}.{attempt}")));
+        match script_url {
+            Some(url) => {
+                let _ = writeln!(s, "curl -fsS -o {script_path} {}", q(url));
+            }
+            None => write_file(&mut s, &script_path, script.as_bytes()),
+        }
+        let mut env = spec.env.clone();
+        if let Some(t) = spec.timeout {
+            env.push(("SORTIE_TIMEOUT".into(), t.as_secs().max(1).to_string()));
+        }
+        if let Some(lock) = &spec.lock {
+            env.push(("SORTIE_LOCK".into(), lock.clone()));
+        }
+        if let Some(p) = &spec.progress {
+            env.push(("SORTIE_PROGRESS".into(), p.clone()));
+        }
+        if let Some(m) = &spec.metrics {
+            env.push(("SORTIE_METRICS".into(), m.clone()));
+        }
+        let interval = spec.heartbeat_interval.map_or(30, |d| d.as_secs().max(1));
+        env.push(("SORTIE_HEARTBEAT_INTERVAL".into(), interval.to_string()));
+        for (k, v) in &env {
+            let _ = writeln!(s, "export {k}={}", q(v));
+        }
+        let _ = writeln!(s, "export SORTIE_HOME=\"$H\"");
+        let _ = writeln!(
+            s,
+            "sh \"$H/wrapper.sh\" launch {} {attempt} {script_path}",
+            step_dir(step)
+        );
+        s
+    }
+
+    /// The command that waits for `step` on the host, then prints its outputs and its log (the full stdout is
+    /// kept in S3 by SSM, which is where `plan logs` reads the log).
+    pub fn wait_script(step: &str) -> String {
+        let d = step_dir(step);
+        format!(
+            "H={HOME}\nsh \"$H/wrapper.sh\" wait {d} 5\nrc=$?\necho {OUTPUTS_MARK}\ncat {d}/outputs 2>/dev/null\necho {LOG_MARK}\ncat {d}/output.log 2>/dev/null\nexit $rc\n"
+        )
+    }
+
+    pub fn status_script(step: &str) -> String {
+        format!("H={HOME}\nsh \"$H/wrapper.sh\" status {}\n", step_dir(step))
+    }
+
+    pub fn cancel_script(step: &str, grace: Duration) -> String {
+        format!(
+            "H={HOME}\nsh \"$H/wrapper.sh\" cancel {} {}\n",
+            step_dir(step),
+            grace.as_secs()
+        )
+    }
+
+    /// Sends the launch command; big scripts travel through S3 (a presigned GET the host fetches with curl).
+    pub async fn launch(
+        &self,
+        step: &str,
+        attempt: u32,
+        script: &str,
+        spec: &LaunchSpec,
+    ) -> Result<HostStatus> {
+        let url = if script.len() > INLINE_LIMIT {
+            Some(self.stage_script(step, attempt, script).await?)
+        } else {
+            None
+        };
+        let inv = self
+            .run(
+                &self.launch_script(step, attempt, script, spec, url.as_deref()),
+                Duration::from_secs(300),
+            )
+            .await?;
+        if !inv.succeeded() {
+            return Err(Error::Runtime(format!(
+                "cannot start step `{step}` on {}: {}",
+                self.instance_id,
+                inv.describe()
+            )));
+        }
+        Ok(parse_status(&inv.stdout))
+    }
+
+    pub async fn status(&self, step: &str) -> Result<HostStatus> {
+        let inv = self
+            .run(&Self::status_script(step), Duration::from_secs(120))
+            .await?;
+        if !inv.succeeded() {
+            return Err(Error::Runtime(format!(
+                "cannot read the status of step `{step}`: {}",
+                inv.describe()
+            )));
+        }
+        Ok(parse_status(&inv.stdout))
+    }
+
+    pub async fn cancel(&self, step: &str, grace: Duration) -> Result<HostStatus> {
+        let inv = self
+            .run(&Self::cancel_script(step, grace), Duration::from_secs(120))
+            .await?;
+        Ok(parse_status(&inv.stdout))
+    }
+
+    async fn stage_script(&self, step: &str, attempt: u32, script: &str) -> Result<String> {
+        let out = self.output.as_ref().ok_or_else(|| {
+            Error::Runtime(format!("the script of step `{step}` is larger than an SSM command allows and there is no S3 bucket to stage it in"))
+        })?;
+        let key = format!(
+            "{}/scripts/{step}.{attempt}",
+            out.prefix.trim_end_matches('/')
+        );
+        self.s3
+            .put_object()
+            .bucket(&out.bucket)
+            .key(&key)
+            .body(script.as_bytes().to_vec().into())
+            .send()
+            .await
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "cannot upload the script of `{step}` to s3://{}/{key}: {}",
+                    out.bucket,
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        let presign =
+            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
+                .map_err(|e| Error::Runtime(format!("cannot presign: {e}")))?;
+        let req = self
+            .s3
+            .get_object()
+            .bucket(&out.bucket)
+            .key(&key)
+            .presigned(presign)
+            .await
+            .map_err(|e| {
+                Error::Runtime(format!(
+                    "cannot presign s3://{}/{key}: {}",
+                    out.bucket,
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            })?;
+        Ok(req.uri().to_string())
+    }
+}
+
+/// Splits a wait command's stdout into the wrapper's status, the step's outputs and its log.
+pub fn split_wait_output(stdout: &str) -> (HostStatus, IndexMap<String, String>, String) {
+    let (head, rest) = stdout.split_once(OUTPUTS_MARK).unwrap_or((stdout, ""));
+    let (outputs, log) = rest.split_once(LOG_MARK).unwrap_or((rest, ""));
+    let outputs = outputs
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .collect();
+    (
+        parse_status(head),
+        outputs,
+        log.trim_start_matches('\n').to_string(),
+    )
+}
+
+pub use crate::local_host::parse_status;
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
+    }
+
+    #[test]
+    fn wait_output_splits_into_status_outputs_and_log() {
+        let out = format!("state=succeeded\nattempt=1\nexit_code=0\n{OUTPUTS_MARK}\na=1\nb=x=y\n{LOG_MARK}\nhello\n");
+        let (status, outputs, log) = split_wait_output(&out);
+        assert_eq!(status.state, "succeeded");
+        assert_eq!(outputs.get("b").map(String::as_str), Some("x=y"));
+        assert_eq!(log, "hello\n");
+    }
+}
