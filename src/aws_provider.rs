@@ -389,13 +389,15 @@ impl AwsProvider {
                         err.code(),
                         Some("IncorrectState" | "InvalidAttachment.NotFound")
                     ) || is_not_found(err.code()) => {}
-                Err(err) => return Err(aws_error(
-                    &format!(
+                Err(err) => {
+                    return Err(aws_error(
+                        &format!(
                         "could not detach volume {volume_id} from instance {instance} ({device})"
                     ),
-                    &err,
-                    "unmount it on the instance first if it is busy, or terminate the instance",
-                )),
+                        &err,
+                        "unmount it on the instance first if it is busy, or terminate the instance",
+                    ))
+                }
             }
         }
         let gone = self
@@ -860,10 +862,19 @@ impl AwsProvider {
                             .and_then(|r| r.message())
                             .or(instance.state_transition_reason())
                             .unwrap_or("no reason given");
+                        let help = match other {
+                            // Only an adopted instance can be found stopped: apply would adopt it again.
+                            Some(InstanceStateName::Stopped | InstanceStateName::Stopping) => format!(
+                                "it carries this step's token, so apply adopts it again: start it \
+                                 (`aws ec2 start-instances --instance-ids {instance_id}`) or terminate it, then \
+                                 apply again"
+                            ),
+                            _ => "a spot instance may have been reclaimed at once, or the image, volumes or \
+                                  profile may be unusable; apply again to launch a new one"
+                                .to_string(),
+                        };
                         Err(Error::Runtime(format!(
-                            "instance {instance_id} is {} instead of running: {reason}\n  = help: a spot instance \
-                             may have been reclaimed at once, or the image, volume or profile may be unusable; apply \
-                             again to launch a new one",
+                            "instance {instance_id} is {} instead of running: {reason}\n  = help: {help}",
                             state_str(other)
                         )))
                     }

@@ -15,6 +15,16 @@ pub enum Event {
         step: String,
         attempt: u32,
     },
+    /// An instance launch failed for capacity or a limit; the next type / zone / market is tried.
+    StepFailover {
+        step: String,
+        instance_type: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        availability_zone: Option<String>,
+        market: String,
+        code: String,
+        message: String,
+    },
     StepReattached {
         step: String,
         attempt: u32,

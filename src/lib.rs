@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod aws_provider;
+pub mod aws_steps;
 pub mod cli;
 pub mod compiler;
 pub mod dag;

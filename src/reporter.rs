@@ -123,6 +123,17 @@ fn human(event: &Event) -> String {
             format!("  retry    {step}: attempt {attempt} failed ({error}); retrying in {delay_secs:.1}s")
         }
         Event::StepProgress { step, progress } => format!("  progress {step}: {progress}"),
+        Event::StepFailover {
+            step,
+            instance_type,
+            availability_zone,
+            market,
+            code,
+            ..
+        } => format!(
+            "  failover {step}: {market} {instance_type} in {} failed ({code}); trying the next",
+            availability_zone.as_deref().unwrap_or("any zone")
+        ),
         Event::StepOutput { step, key, value } => format!("  output   {step}.{key} = {value}"),
         Event::StepFinished {
             step,

@@ -168,7 +168,7 @@ impl Walker<'_> {
     async fn run(&mut self) -> Result<i32> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let root = step_exec::local_root(self.plan)?;
+        let root = step_exec::local_root(self.plan);
         // Listen once, for the whole walk: a signal between two polls is not lost. SIGTERM (a cancelled CI job)
         // counts as a first Ctrl-C.
         let mut interrupt = signal(SignalKind::interrupt())
@@ -353,6 +353,15 @@ impl Walker<'_> {
                 cancel_previous: std::mem::take(&mut self.cancel_first[i]),
                 run_id: self.state.run_id.clone(),
                 plan_name: self.plan.name.clone(),
+                target: self.plan.target.clone(),
+                state_location: self.plan.state.clone(),
+                token: self
+                    .state
+                    .step(self.id(i))
+                    .token
+                    .clone()
+                    .unwrap_or_default(),
+                handle: self.state.step(self.id(i)).handle.clone(),
                 root: root.to_path_buf(),
                 plan_dir: self.plan.absolute_dir(),
                 vars: self.plan.vars.clone(),
@@ -383,6 +392,7 @@ impl Walker<'_> {
                 self.reporter
                     .emit(&Event::StepProgress { step: id, progress });
             }
+            Msg::Event(event) => self.reporter.emit(&event),
             Msg::Done { step, outcome } => self.done(step, outcome).await?,
         }
         Ok(())

@@ -106,7 +106,6 @@ pub struct ApplyOptions {
 
 pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
     let store = store(plan).await?;
-    step_exec::local_root(plan)?;
     let from = match &opts.from {
         Some(id) => Some(plan.index_of(id).ok_or_else(|| {
             Error::Usage(format!("--from: plan `{}` has no step `{id}`", plan.name))
@@ -379,7 +378,12 @@ async fn destroy_locked(plan: &Plan, store: &Store, found: RunState) -> Result<S
         .filter_map(|id| run.steps.get(&id).map(|s| (id, s.resources.clone())))
         .filter(|(_, r)| r.iter().any(|r| !r.destroyed))
         .collect();
-    let done = step_exec::destroy_resources(order).await?;
+    let done = match plan.target {
+        crate::plan::Target::Local { .. } => step_exec::destroy_resources(order).await?,
+        crate::plan::Target::Aws { .. } => {
+            crate::aws_steps::destroy_aws(&plan.target, &order).await?
+        }
+    };
     let mut count = 0;
     for id in &done {
         for r in &mut run.step_mut(id).resources {

@@ -75,13 +75,19 @@ impl RunStatus {
 }
 
 /// A resource a step created and owns until teardown.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
     /// `local-sandbox`, `local-volume`, `ec2-instance`, `ebs-volume`.
     pub kind: String,
     pub id: String,
     #[serde(default)]
     pub destroyed: bool,
+    /// A volume: the instance it is mounted on, so teardown can unmount it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// A volume: its mount point on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

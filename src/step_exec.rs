@@ -25,6 +25,8 @@ pub enum Msg {
         step: usize,
         progress: String,
     },
+    /// An event to pass on as it is (e.g. a capacity failover).
+    Event(crate::event::Event),
     Done {
         step: usize,
         outcome: Outcome,
@@ -60,6 +62,13 @@ pub struct Job {
     pub cancel_previous: bool,
     pub run_id: String,
     pub plan_name: String,
+    pub target: Target,
+    pub state_location: crate::plan::StateLocation,
+    /// Idempotency token of this attempt (stored in state before any create call).
+    pub token: String,
+    /// The handle recorded by the previous apply (re-attach finds its work through it).
+    pub handle: IndexMap<String, String>,
+    /// Sandbox root (local target only).
     pub root: std::path::PathBuf,
     /// The plan's directory, absolute: where local uploads may land.
     pub plan_dir: std::path::PathBuf,
@@ -74,18 +83,16 @@ pub struct Job {
     pub cancel: tokio::sync::watch::Receiver<bool>,
 }
 
-/// The sandbox root of the local target.
-pub fn local_root(plan: &Plan) -> Result<std::path::PathBuf> {
+/// The sandbox root of the local target (empty for other targets).
+pub fn local_root(plan: &Plan) -> std::path::PathBuf {
     match &plan.target {
-        Target::Local { root } => Ok(root.clone()),
-        Target::Aws { .. } => Err(Error::Runtime(
-            "the aws target is not implemented yet in this build; use `target: { provider: local }`".into(),
-        )),
+        Target::Local { root } => root.clone(),
+        Target::Aws { .. } => std::path::PathBuf::new(),
     }
 }
 
 impl Job {
-    async fn begin(&self, handle: IndexMap<String, String>) {
+    pub(crate) async fn begin(&self, handle: IndexMap<String, String>) {
         let (ack, wait) = oneshot::channel();
         if self
             .tx
@@ -105,11 +112,15 @@ impl Job {
     }
 
     pub async fn execute(self) {
-        let outcome = match self.step.kind.clone() {
-            StepKind::Instance(_) => self.instance().await,
-            StepKind::Volume(v) => self.volume(&v.attach_to, &v.mount).await,
-            StepKind::Run(_) => self.run().await,
-            StepKind::Teardown(t) => self.teardown(&t.destroys).await,
+        let aws = matches!(self.target, Target::Aws { .. });
+        let outcome = match (self.step.kind.clone(), aws) {
+            (StepKind::Instance(_), false) => self.instance().await,
+            (StepKind::Instance(_), true) => self.aws_instance().await,
+            (StepKind::Volume(v), false) => self.volume(&v.attach_to, &v.mount).await,
+            (StepKind::Volume(_), true) => self.aws_volume().await,
+            (StepKind::Run(_), _) => self.run().await,
+            (StepKind::Teardown(t), false) => self.teardown(&t.destroys).await,
+            (StepKind::Teardown(t), true) => self.aws_destroy(&t.destroys).await,
         };
         let outcome = outcome.unwrap_or_else(|e| Outcome::Failed {
             error: e.to_string().trim_start_matches("error: ").to_string(),
@@ -143,6 +154,7 @@ impl Job {
             kind: "local-sandbox".into(),
             id: host.home.display().to_string(),
             destroyed: false,
+            ..Resource::default()
         }];
         Ok(Outcome::Succeeded { outputs, resources })
     }
@@ -178,12 +190,13 @@ impl Job {
             kind: "local-volume".into(),
             id: volume.dir.display().to_string(),
             destroyed: false,
+            ..Resource::default()
         }];
         Ok(Outcome::Succeeded { outputs, resources })
     }
 
     /// The data templates see at run time.
-    fn context(&self, host: Option<&LocalHost>) -> minijinja::Value {
+    fn context(&self, host: Option<serde_json::Value>) -> minijinja::Value {
         let mut steps = serde_json::Map::new();
         for (id, outputs) in &self.outputs {
             let entry = serde_json::json!({ "outputs": outputs });
@@ -194,11 +207,11 @@ impl Job {
             "vars": self.vars,
             "run": { "id": self.run_id, "plan": self.plan_name, "attempt": self.attempt, "plan_dir": self.plan_dir },
             "steps": steps,
-            "host": host.map(|h| serde_json::json!({ "home": h.home, "name": h.home.file_name().map(|n| n.to_string_lossy().to_string()) })),
+            "host": host,
         }))
     }
 
-    fn render_plain(&self, field: &str, text: &str) -> Result<String> {
+    pub(crate) fn render_plain(&self, field: &str, text: &str) -> Result<String> {
         if !template::is_template(text) {
             return Ok(text.to_string());
         }
@@ -221,6 +234,17 @@ impl Job {
         let StepKind::Run(spec) = &self.step.kind else {
             return Err(Error::Runtime("not a run step".into()));
         };
+        if let Target::Aws { .. } = self.target {
+            let instance = self
+                .outputs
+                .get(&spec.on)
+                .and_then(|o| o.get("instance_id"))
+                .cloned()
+                .unwrap_or_default();
+            let host = serde_json::json!({ "home": "/var/lib/sortie", "name": spec.on, "instance_id": instance });
+            let (script, launch) = self.prepare_launch(host, None)?;
+            return self.aws_run(script, launch).await;
+        }
         let host = self.host_of(&spec.on);
         if !host.exists() {
             return Err(Error::Runtime(format!(
@@ -244,30 +268,12 @@ impl Job {
         let already =
             self.reattach && status.attempt == Some(self.attempt) && status.state != "absent";
         if !already {
-            let env_tmpl = template::environment();
-            let ctx = self.context(Some(&host));
-            let script =
-                template::render_str(&env_tmpl, &spec.script.name, &spec.script.source, &ctx)
-                    .map_err(|e| {
-                        let at = e.line().map(|l| format!(":{l}")).unwrap_or_default();
-                        Error::Runtime(format!(
-                            "cannot render {}{at}: {}",
-                            spec.script.name,
-                            template::error_message(&e)
-                        ))
-                    })?;
-            let mut env = vec![("SORTIE_HOME".to_string(), host.home.display().to_string())];
-            for (k, v) in &self.step.env {
-                env.push((k.clone(), self.render_plain(&format!("env.{k}"), v)?));
-            }
-            let launch = LaunchSpec {
-                env,
-                timeout: self.step.timeout,
-                lock: spec.lock.clone(),
-                progress: spec.heartbeat.progress.clone(),
-                metrics: spec.heartbeat.metrics.clone(),
-                heartbeat_interval: spec.heartbeat.interval,
-            };
+            let host_ctx = serde_json::json!({
+                "home": host.home,
+                "name": host.home.file_name().map(|n| n.to_string_lossy().to_string()),
+            });
+            let (script, launch) =
+                self.prepare_launch(host_ctx, Some(host.home.display().to_string()))?;
             self.begin(IndexMap::from([(
                 "status_dir".to_string(),
                 host.status_dir(&id).display().to_string(),
@@ -353,6 +359,48 @@ impl Job {
                 })
             }
         }
+    }
+
+    /// Renders the script and the environment of a run step for its host.
+    fn prepare_launch(
+        &self,
+        host: serde_json::Value,
+        home: Option<String>,
+    ) -> Result<(String, LaunchSpec)> {
+        let StepKind::Run(spec) = &self.step.kind else {
+            return Err(Error::Runtime("not a run step".into()));
+        };
+        let ctx = self.context(Some(host));
+        let script = template::render_str(
+            &template::environment(),
+            &spec.script.name,
+            &spec.script.source,
+            &ctx,
+        )
+        .map_err(|e| {
+            let at = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+            Error::Runtime(format!(
+                "cannot render {}{at}: {}",
+                spec.script.name,
+                template::error_message(&e)
+            ))
+        })?;
+        let mut env: Vec<(String, String)> = home
+            .map(|h| ("SORTIE_HOME".to_string(), h))
+            .into_iter()
+            .collect();
+        for (k, v) in &self.step.env {
+            env.push((k.clone(), self.render_plain(&format!("env.{k}"), v)?));
+        }
+        let launch = LaunchSpec {
+            env,
+            timeout: self.step.timeout,
+            lock: spec.lock.clone(),
+            progress: spec.heartbeat.progress.clone(),
+            metrics: spec.heartbeat.metrics.clone(),
+            heartbeat_interval: spec.heartbeat.interval,
+        };
+        Ok((script, launch))
     }
 
     async fn teardown(&self, destroys: &[String]) -> Result<Outcome> {

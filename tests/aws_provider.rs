@@ -1,8 +1,9 @@
 //! The `aws` provider (src/aws_provider.rs) against the real test endpoint (moto + sortie's SSM extension):
 //! instances, capacity failover, idempotency by token tag, volumes, teardown.
 //!
-//! Every test starts its own endpoint (faults and call counters are per server), with the instance profile
-//! seeded and `--require-instance-profile`, so an instance without a profile never gets Online, as on AWS.
+//! Each test starts its own endpoint, with the instance profile seeded and `--require-instance-profile` (so an
+//! instance without a profile never gets Online, as on AWS), and runs a few scenarios on it in sequence: faults
+//! and call counters are per server, so each scenario starts by clearing them, and uses its own run names.
 //! Every test body is bounded by `BOUND`, and the provider's waits by `fast_poll()`.
 
 use std::future::Future;
@@ -167,6 +168,13 @@ fn calls(ep: &Endpoint, op: &str) -> u64 {
     ep.calls().get(op).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Disarms every fault and zeroes the call counters (state stays: each scenario uses its own run names).
+fn clear(ep: &Endpoint) {
+    let (status, body) = ep.http("DELETE", "/_sortie/faults", None);
+    assert!(status < 300, "clear faults: {status} {body}");
+    reset_calls(ep);
+}
+
 fn reset_calls(ep: &Endpoint) {
     let (status, body) = ep.http("DELETE", "/_sortie/calls", None);
     assert!(status < 300, "reset calls: {status} {body}");
@@ -205,379 +213,753 @@ fn ice_fault(matching: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_instance_is_running_online_tagged_and_hardened() {
-    bounded(async {
-        let w = world().await;
-        let tags = tags("run-hardened", "instance");
-        let before = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs();
-        let (out, events) = create(&w, &spec(&["g5.2xlarge", "g6.2xlarge"]), &tags).await;
-        let out = out.expect("create instance");
-        assert!(events.is_empty(), "{events:?}");
-        assert!(out.instance_id.starts_with("i-"), "{out:?}");
-        assert_eq!(out.instance_type, "g5.2xlarge");
-        assert_eq!(out.market, "on-demand");
-        // No zone in the spec: the first zone offering the type, in order.
-        assert_eq!(out.availability_zone, "us-east-1a");
-        assert!(!out.private_ip.is_empty(), "{out:?}");
+async fn instance_is_running_online_tagged_and_hardened(w: &World) {
+    clear(&w.ep);
+    let tags = tags("run-hardened", "instance");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let (out, events) = create(w, &spec(&["g5.2xlarge", "g6.2xlarge"]), &tags).await;
+    let out = out.expect("create instance");
+    assert!(events.is_empty(), "{events:?}");
+    assert!(out.instance_id.starts_with("i-"), "{out:?}");
+    assert_eq!(out.instance_type, "g5.2xlarge");
+    assert_eq!(out.market, "on-demand");
+    // No zone in the spec: the first zone offering the type, in order.
+    assert_eq!(out.availability_zone, "us-east-1a");
+    assert!(!out.private_ip.is_empty(), "{out:?}");
 
-        let i = describe_instance(&w, &out.instance_id).await;
-        assert_eq!(
-            i.state().and_then(|s| s.name()).map(|n| n.as_str()),
-            Some("running")
-        );
-        assert_eq!(i.private_ip_address(), Some(out.private_ip.as_str()));
-        // The five tags.
-        assert_eq!(
-            tag(i.tags(), "Name"),
-            Some("mistral-qlora/run-hardened/instance")
-        );
-        assert_eq!(tag(i.tags(), "sortie:plan"), Some("mistral-qlora"));
-        assert_eq!(tag(i.tags(), "sortie:run"), Some("run-hardened"));
-        assert_eq!(tag(i.tags(), "sortie:step"), Some("instance"));
-        assert_eq!(
-            tag(i.tags(), "sortie:token"),
-            Some("run-hardened.instance.1")
-        );
-        // IMDSv2 only.
-        let md = i.metadata_options().expect("metadata options");
-        assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"));
-        assert_eq!(md.http_endpoint().map(|t| t.as_str()), Some("enabled"));
-        // The instance profile.
-        let arn = i
-            .iam_instance_profile()
-            .and_then(|p| p.arn())
-            .unwrap_or_default();
-        assert!(
-            arn.ends_with(&format!("instance-profile/{PROFILE}")),
-            "{arn}"
-        );
-        // The root volume: at the image's root device, encrypted gp3 of the given size, tagged too.
-        let root_name = i.root_device_name().expect("root device name").to_string();
-        assert_eq!(root_name, "/dev/xvda", "al2023's root device");
-        let root_id = i
-            .block_device_mappings()
-            .iter()
-            .find(|m| m.device_name() == Some(root_name.as_str()))
-            .and_then(|m| m.ebs())
-            .and_then(|e| e.volume_id())
-            .expect("root volume mapped");
-        let root = describe_volume(&w, root_id).await.expect("root volume");
-        assert_eq!(root.encrypted(), Some(true));
-        assert_eq!(root.volume_type().map(|t| t.as_str()), Some("gp3"));
-        assert_eq!(root.size(), Some(40));
-        assert_eq!(tag(root.tags(), "sortie:run"), Some("run-hardened"));
-        // Shutdown from inside terminates.
-        let attr = w
-            .ec2
-            .describe_instance_attribute()
-            .instance_id(&out.instance_id)
-            .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
-            .send()
-            .await
-            .expect("shutdown behaviour");
-        assert_eq!(
-            attr.instance_initiated_shutdown_behavior()
-                .and_then(|v| v.value()),
-            Some("terminate")
-        );
-        // The user data arms the lifetime timer at launch + 2h.
-        let attr = w
-            .ec2
-            .describe_instance_attribute()
-            .instance_id(&out.instance_id)
-            .attribute(InstanceAttributeName::UserData)
-            .send()
-            .await
-            .expect("user data");
-        let user_data = String::from_utf8(base64_decode(
-            attr.user_data()
-                .and_then(|v| v.value())
-                .expect("user data set"),
-        ))
-        .expect("utf-8 user data");
-        assert!(user_data.starts_with("#!/bin/sh\n"), "{user_data}");
-        assert!(
-            user_data.contains("systemd-run --unit=sortie-max-lifetime"),
-            "{user_data}"
-        );
-        assert!(user_data.contains("shutdown -h now"), "{user_data}");
-        let deadline: u64 = user_data
-            .lines()
-            .find_map(|l| l.strip_prefix("deadline="))
-            .and_then(|d| d.parse().ok())
-            .expect("deadline= line");
-        assert!(
-            (before + 7200..=before + 7200 + 60).contains(&deadline),
-            "deadline {deadline} is not launch + 2h ({before} + 7200)"
-        );
-        // SSM sees it Online (the provider waited for that).
-        let info = w
-            .ssm
-            .describe_instance_information()
-            .filters(
-                aws_sdk_ssm::types::InstanceInformationStringFilter::builder()
-                    .key("InstanceIds")
-                    .values(&out.instance_id)
-                    .build()
-                    .expect("filter"),
-            )
-            .send()
-            .await
-            .expect("describe instance information");
-        assert_eq!(
-            info.instance_information_list()[0]
-                .ping_status()
-                .map(|p| p.as_str()),
-            Some("Online")
-        );
-        // Found by its token.
-        assert_eq!(
-            w.provider
-                .find_instance_by_token("run-hardened.instance.1")
-                .await
-                .expect("find"),
-            Some(out.instance_id.clone())
-        );
-        assert_eq!(
-            w.provider
-                .find_instance_by_token("other")
-                .await
-                .expect("find"),
-            None
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_capacity_failover_moves_to_the_next_type() {
-    bounded(async {
-        let w = world().await;
-        w.ep.add_fault(&ice_fault(r#"{"InstanceType": "g5.2xlarge"}"#));
-        let (out, events) = create(
-            &w,
-            &spec(&["g5.2xlarge", "g6.2xlarge"]),
-            &tags("run-ice", "instance"),
+    let i = describe_instance(w, &out.instance_id).await;
+    assert_eq!(
+        i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+        Some("running")
+    );
+    assert_eq!(i.private_ip_address(), Some(out.private_ip.as_str()));
+    // The five tags.
+    assert_eq!(
+        tag(i.tags(), "Name"),
+        Some("mistral-qlora/run-hardened/instance")
+    );
+    assert_eq!(tag(i.tags(), "sortie:plan"), Some("mistral-qlora"));
+    assert_eq!(tag(i.tags(), "sortie:run"), Some("run-hardened"));
+    assert_eq!(tag(i.tags(), "sortie:step"), Some("instance"));
+    assert_eq!(
+        tag(i.tags(), "sortie:token"),
+        Some("run-hardened.instance.1")
+    );
+    // IMDSv2 only.
+    let md = i.metadata_options().expect("metadata options");
+    assert_eq!(md.http_tokens().map(|t| t.as_str()), Some("required"));
+    assert_eq!(md.http_endpoint().map(|t| t.as_str()), Some("enabled"));
+    // The instance profile.
+    let arn = i
+        .iam_instance_profile()
+        .and_then(|p| p.arn())
+        .unwrap_or_default();
+    assert!(
+        arn.ends_with(&format!("instance-profile/{PROFILE}")),
+        "{arn}"
+    );
+    // The root volume: at the image's root device, encrypted gp3 of the given size, tagged too.
+    let root_name = i.root_device_name().expect("root device name").to_string();
+    assert_eq!(root_name, "/dev/xvda", "al2023's root device");
+    let root_id = i
+        .block_device_mappings()
+        .iter()
+        .find(|m| m.device_name() == Some(root_name.as_str()))
+        .and_then(|m| m.ebs())
+        .and_then(|e| e.volume_id())
+        .expect("root volume mapped");
+    let root = describe_volume(w, root_id).await.expect("root volume");
+    assert_eq!(root.encrypted(), Some(true));
+    assert_eq!(root.volume_type().map(|t| t.as_str()), Some("gp3"));
+    assert_eq!(root.size(), Some(40));
+    assert_eq!(tag(root.tags(), "sortie:run"), Some("run-hardened"));
+    // Shutdown from inside terminates.
+    let attr = w
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&out.instance_id)
+        .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+        .send()
+        .await
+        .expect("shutdown behaviour");
+    assert_eq!(
+        attr.instance_initiated_shutdown_behavior()
+            .and_then(|v| v.value()),
+        Some("terminate")
+    );
+    // The user data arms the lifetime timer at launch + 2h.
+    let attr = w
+        .ec2
+        .describe_instance_attribute()
+        .instance_id(&out.instance_id)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .expect("user data");
+    let user_data = String::from_utf8(base64_decode(
+        attr.user_data()
+            .and_then(|v| v.value())
+            .expect("user data set"),
+    ))
+    .expect("utf-8 user data");
+    assert!(user_data.starts_with("#!/bin/sh\n"), "{user_data}");
+    assert!(
+        user_data.contains("systemd-run --unit=sortie-max-lifetime"),
+        "{user_data}"
+    );
+    assert!(user_data.contains("shutdown -h now"), "{user_data}");
+    let deadline: u64 = user_data
+        .lines()
+        .find_map(|l| l.strip_prefix("deadline="))
+        .and_then(|d| d.parse().ok())
+        .expect("deadline= line");
+    assert!(
+        (before + 7200..=before + 7200 + 60).contains(&deadline),
+        "deadline {deadline} is not launch + 2h ({before} + 7200)"
+    );
+    // SSM sees it Online (the provider waited for that).
+    let info = w
+        .ssm
+        .describe_instance_information()
+        .filters(
+            aws_sdk_ssm::types::InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .values(&out.instance_id)
+                .build()
+                .expect("filter"),
         )
-        .await;
-        let out = out.expect("create instance after failover");
-        assert_eq!(out.instance_type, "g6.2xlarge");
-        assert_eq!(out.availability_zone, "us-east-1a");
-        // Every zone that offers g5.2xlarge was tried, in order, once each: the SDK does not retry a
-        // capacity error (it would otherwise spend 3 attempts with backoff on each).
-        let zones: Vec<Option<&str>> = events
-            .iter()
-            .map(
-                |ProvisionEvent::Failover {
-                     availability_zone, ..
-                 }| availability_zone.as_deref(),
-            )
-            .collect();
-        assert_eq!(
-            zones,
-            [
-                "us-east-1a",
-                "us-east-1b",
-                "us-east-1c",
-                "us-east-1d",
-                "us-east-1f"
-            ]
-            .map(Some)
-        );
-        for ProvisionEvent::Failover {
-            instance_type,
-            market,
-            code,
-            message,
-            ..
-        } in &events
-        {
-            assert_eq!(instance_type, "g5.2xlarge");
-            assert_eq!(market, "on-demand");
-            assert_eq!(code, "InsufficientInstanceCapacity");
-            assert!(message.contains("sufficient capacity"), "{message}");
-        }
-        assert_eq!(calls(&w.ep, "ec2:RunInstances"), events.len() as u64 + 1);
-        assert_eq!(
-            live_instances_of_run(&w, "run-ice").await,
-            vec![out.instance_id]
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_capacity_failover_across_the_given_zones() {
-    bounded(async {
-        let w = world().await;
-        w.ep.add_fault(&ice_fault(
-            r#"{"InstanceType": "g5.2xlarge", "AvailabilityZone": "us-east-1c"}"#,
-        ));
-        let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
-        spec.availability_zones = vec!["us-east-1c".into(), "us-east-1b".into()];
-        let (out, events) = create(&w, &spec, &tags("run-zones", "instance")).await;
-        let out = out.expect("create instance");
-        assert_eq!((out.instance_type.as_str(), out.availability_zone.as_str()), ("g5.2xlarge", "us-east-1b"));
-        assert_eq!(
-            events,
-            vec![ProvisionEvent::Failover {
-                instance_type: "g5.2xlarge".into(),
-                availability_zone: Some("us-east-1c".into()),
-                market: "on-demand".into(),
-                code: "InsufficientInstanceCapacity".into(),
-                message: "We currently do not have sufficient capacity in the Availability Zone you requested."
-                    .into(),
-            }]
-        );
-        // The step's zones are used as given: no offerings lookup.
-        assert_eq!(calls(&w.ep, "ec2:DescribeInstanceTypeOfferings"), 0);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_spot_then_on_demand_falls_back_after_every_spot_type() {
-    bounded(async {
-        let w = world().await;
-        w.ep.add_fault(
-            r#"{"action": "RunInstances", "match": {"InstanceMarketOptions.MarketType": "spot"},
-                "error": {"code": "MaxSpotInstanceCountExceeded", "message": "Max spot instance count exceeded"},
-                "times": -1}"#,
-        );
-        let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
-        spec.market = Market::SpotThenOnDemand;
-        let (out, events) = create(&w, &spec, &tags("run-spot", "instance")).await;
-        let out = out.expect("create instance");
-        assert_eq!(out.market, "on-demand");
-        assert_eq!(out.instance_type, "g5.2xlarge", "on-demand starts again at the first type");
-        // A spot quota is not a zone's problem: one attempt per type, then on to the next type.
-        let tried: Vec<(&str, &str, &str)> = events
-            .iter()
-            .map(|ProvisionEvent::Failover { instance_type, market, code, .. }| {
-                (instance_type.as_str(), market.as_str(), code.as_str())
-            })
-            .collect();
-        assert_eq!(
-            tried,
-            vec![
-                ("g5.2xlarge", "spot", "MaxSpotInstanceCountExceeded"),
-                ("g6.2xlarge", "spot", "MaxSpotInstanceCountExceeded"),
-            ]
-        );
-        let i = describe_instance(&w, &out.instance_id).await;
-        assert_eq!(i.instance_lifecycle(), None, "an on-demand instance");
-
-        // Spot alone, with capacity: a spot instance.
-        w.ep.http("DELETE", "/_sortie/faults", None);
-        spec.market = Market::Spot;
-        let (out, events) = create(&w, &spec, &tags("run-spot", "instance-2")).await;
-        let out = out.expect("create spot instance");
-        assert!(events.is_empty(), "{events:?}");
-        assert_eq!(out.market, "spot");
-        let i = describe_instance(&w, &out.instance_id).await;
-        assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_no_capacity_anywhere_names_every_attempt() {
-    bounded(async {
-        let w = world().await;
-        w.ep.add_fault(&ice_fault("{}"));
-        let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
-        spec.availability_zones = vec!["us-east-1a".into(), "us-east-1b".into()];
-        let (out, events) = create(&w, &spec, &tags("run-none", "instance")).await;
-        let err = out.expect_err("no capacity anywhere").to_string();
-        assert_eq!(events.len(), 4, "{events:?}");
-        assert!(
-            err.contains("no capacity for instance step instance"),
-            "{err}"
-        );
-        for slot in [
-            "g5.2xlarge in us-east-1a (on-demand): InsufficientInstanceCapacity",
-            "g5.2xlarge in us-east-1b (on-demand): InsufficientInstanceCapacity",
-            "g6.2xlarge in us-east-1a (on-demand): InsufficientInstanceCapacity",
-            "g6.2xlarge in us-east-1b (on-demand): InsufficientInstanceCapacity",
-        ] {
-            assert!(err.contains(slot), "missing {slot:?} in:\n{err}");
-        }
-        assert!(err.contains("help:"), "{err}");
-        assert!(live_instances_of_run(&w, "run-none").await.is_empty());
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_other_launch_errors_do_not_fail_over() {
-    bounded(async {
-        let w = world().await;
-        let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
-        spec.image = Some("ami-0123456789abcdef0".into());
-        let (out, events) = create(&w, &spec, &tags("run-bad-ami", "instance")).await;
-        let err = out.expect_err("an unknown AMI").to_string();
-        assert!(events.is_empty(), "{events:?}");
-        assert!(
-            err.contains("could not launch g5.2xlarge in us-east-1a (on-demand)"),
-            "{err}"
-        );
-        assert!(err.contains("InvalidAMIID"), "{err}");
-        assert!(err.contains("not a capacity error"), "{err}");
-        assert_eq!(calls(&w.ep, "ec2:RunInstances"), 1);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_create_instance_is_idempotent_by_token() {
-    bounded(async {
-        let w = world().await;
-        let spec = spec(&["g5.2xlarge"]);
-        let tags = tags("run-idem", "instance");
-        let first = create(&w, &spec, &tags).await.0.expect("first create");
-        // A second apply (another process: a new SDK ClientToken, which moto ignores anyway) adopts it.
-        let second = create(&w, &spec, &tags).await.0.expect("second create");
-        assert_eq!(first, second);
-        assert_eq!(calls(&w.ep, "ec2:RunInstances"), 1);
-        assert_eq!(
-            live_instances_of_run(&w, "run-idem").await,
-            vec![first.instance_id.clone()]
-        );
-        let resources = w
-            .provider
-            .resources_of_run("run-idem")
-            .await
-            .expect("resources");
-        let instances: Vec<_> = resources
-            .iter()
-            .filter(|(k, _)| k == KIND_INSTANCE)
-            .collect();
-        assert_eq!(
-            instances,
-            vec![&(KIND_INSTANCE.to_string(), first.instance_id.clone())]
-        );
-
-        // Another attempt (a new token) is a new instance; a terminated one is never adopted.
+        .send()
+        .await
+        .expect("describe instance information");
+    assert_eq!(
+        info.instance_information_list()[0]
+            .ping_status()
+            .map(|p| p.as_str()),
+        Some("Online")
+    );
+    // Found by its token.
+    assert_eq!(
         w.provider
-            .terminate_instance(&first.instance_id)
+            .find_instance_by_token("run-hardened.instance.1")
             .await
-            .expect("terminate");
-        assert_eq!(
-            w.provider
-                .find_instance_by_token(&tags.token)
-                .await
-                .expect("find"),
-            None
-        );
-        let third = create(&w, &spec, &tags)
+            .expect("find"),
+        Some(out.instance_id.clone())
+    );
+    assert_eq!(
+        w.provider
+            .find_instance_by_token("other")
             .await
-            .0
-            .expect("create after terminate");
-        assert_ne!(third.instance_id, first.instance_id);
+            .expect("find"),
+        None
+    );
+}
+
+async fn capacity_failover_moves_to_the_next_type(w: &World) {
+    clear(&w.ep);
+    w.ep.add_fault(&ice_fault(r#"{"InstanceType": "g5.2xlarge"}"#));
+    let (out, events) = create(
+        w,
+        &spec(&["g5.2xlarge", "g6.2xlarge"]),
+        &tags("run-ice", "instance"),
+    )
+    .await;
+    let out = out.expect("create instance after failover");
+    assert_eq!(out.instance_type, "g6.2xlarge");
+    assert_eq!(out.availability_zone, "us-east-1a");
+    // Every zone that offers g5.2xlarge was tried, in order, once each: the SDK does not retry a
+    // capacity error (it would otherwise spend 3 attempts with backoff on each).
+    let zones: Vec<Option<&str>> = events
+        .iter()
+        .map(
+            |ProvisionEvent::Failover {
+                 availability_zone, ..
+             }| availability_zone.as_deref(),
+        )
+        .collect();
+    assert_eq!(
+        zones,
+        [
+            "us-east-1a",
+            "us-east-1b",
+            "us-east-1c",
+            "us-east-1d",
+            "us-east-1f"
+        ]
+        .map(Some)
+    );
+    for ProvisionEvent::Failover {
+        instance_type,
+        market,
+        code,
+        message,
+        ..
+    } in &events
+    {
+        assert_eq!(instance_type, "g5.2xlarge");
+        assert_eq!(market, "on-demand");
+        assert_eq!(code, "InsufficientInstanceCapacity");
+        assert!(message.contains("sufficient capacity"), "{message}");
+    }
+    assert_eq!(calls(&w.ep, "ec2:RunInstances"), events.len() as u64 + 1);
+    assert_eq!(
+        live_instances_of_run(w, "run-ice").await,
+        vec![out.instance_id]
+    );
+}
+
+async fn capacity_failover_across_the_given_zones(w: &World) {
+    clear(&w.ep);
+    w.ep.add_fault(&ice_fault(
+        r#"{"InstanceType": "g5.2xlarge", "AvailabilityZone": "us-east-1c"}"#,
+    ));
+    let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
+    spec.availability_zones = vec!["us-east-1c".into(), "us-east-1b".into()];
+    let (out, events) = create(w, &spec, &tags("run-zones", "instance")).await;
+    let out = out.expect("create instance");
+    assert_eq!(
+        (out.instance_type.as_str(), out.availability_zone.as_str()),
+        ("g5.2xlarge", "us-east-1b")
+    );
+    assert_eq!(
+        events,
+        vec![ProvisionEvent::Failover {
+            instance_type: "g5.2xlarge".into(),
+            availability_zone: Some("us-east-1c".into()),
+            market: "on-demand".into(),
+            code: "InsufficientInstanceCapacity".into(),
+            message: "We currently do not have sufficient capacity in the Availability Zone you requested."
+                .into(),
+        }]
+    );
+    // The step's zones are used as given: no offerings lookup.
+    assert_eq!(calls(&w.ep, "ec2:DescribeInstanceTypeOfferings"), 0);
+}
+
+async fn spot_then_on_demand_falls_back_after_every_spot_type(w: &World) {
+    clear(&w.ep);
+    w.ep.add_fault(
+        r#"{"action": "RunInstances", "match": {"InstanceMarketOptions.MarketType": "spot"},
+            "error": {"code": "MaxSpotInstanceCountExceeded", "message": "Max spot instance count exceeded"},
+            "times": -1}"#,
+    );
+    let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
+    spec.market = Market::SpotThenOnDemand;
+    let (out, events) = create(w, &spec, &tags("run-spot", "instance")).await;
+    let out = out.expect("create instance");
+    assert_eq!(out.market, "on-demand");
+    assert_eq!(
+        out.instance_type, "g5.2xlarge",
+        "on-demand starts again at the first type"
+    );
+    // A spot quota is not a zone's problem: one attempt per type, then on to the next type.
+    let tried: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(
+            |ProvisionEvent::Failover {
+                 instance_type,
+                 market,
+                 code,
+                 ..
+             }| { (instance_type.as_str(), market.as_str(), code.as_str()) },
+        )
+        .collect();
+    assert_eq!(
+        tried,
+        vec![
+            ("g5.2xlarge", "spot", "MaxSpotInstanceCountExceeded"),
+            ("g6.2xlarge", "spot", "MaxSpotInstanceCountExceeded"),
+        ]
+    );
+    let i = describe_instance(w, &out.instance_id).await;
+    assert_eq!(i.instance_lifecycle(), None, "an on-demand instance");
+
+    // Spot alone, with capacity: a spot instance.
+    w.ep.http("DELETE", "/_sortie/faults", None);
+    spec.market = Market::Spot;
+    let (out, events) = create(w, &spec, &tags("run-spot", "instance-2")).await;
+    let out = out.expect("create spot instance");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(out.market, "spot");
+    let i = describe_instance(w, &out.instance_id).await;
+    assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+}
+
+async fn no_capacity_anywhere_names_every_attempt(w: &World) {
+    clear(&w.ep);
+    w.ep.add_fault(&ice_fault("{}"));
+    let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
+    spec.availability_zones = vec!["us-east-1a".into(), "us-east-1b".into()];
+    let (out, events) = create(w, &spec, &tags("run-none", "instance")).await;
+    let err = out.expect_err("no capacity anywhere").to_string();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(
+        err.contains("no capacity for instance step instance"),
+        "{err}"
+    );
+    for slot in [
+        "g5.2xlarge in us-east-1a (on-demand): InsufficientInstanceCapacity",
+        "g5.2xlarge in us-east-1b (on-demand): InsufficientInstanceCapacity",
+        "g6.2xlarge in us-east-1a (on-demand): InsufficientInstanceCapacity",
+        "g6.2xlarge in us-east-1b (on-demand): InsufficientInstanceCapacity",
+    ] {
+        assert!(err.contains(slot), "missing {slot:?} in:\n{err}");
+    }
+    assert!(err.contains("help:"), "{err}");
+    assert!(live_instances_of_run(w, "run-none").await.is_empty());
+}
+
+async fn other_launch_errors_do_not_fail_over(w: &World) {
+    clear(&w.ep);
+    let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
+    spec.profile = Some("no-such-profile".into());
+    let (out, events) = create(w, &spec, &tags("run-bad-profile", "instance")).await;
+    let err = out.expect_err("an unknown instance profile").to_string();
+    assert!(events.is_empty(), "{events:?}");
+    assert!(
+        err.contains("could not launch g5.2xlarge in us-east-1a (on-demand)"),
+        "{err}"
+    );
+    assert!(err.contains("NoSuchEntity"), "{err}");
+    assert!(err.contains("not a capacity error"), "{err}");
+    assert_eq!(calls(&w.ep, "ec2:RunInstances"), 1);
+}
+
+async fn create_instance_is_idempotent_by_token(w: &World) {
+    clear(&w.ep);
+    let spec = spec(&["g5.2xlarge"]);
+    let tags = tags("run-idem", "instance");
+    let first = create(w, &spec, &tags).await.0.expect("first create");
+    // A second apply (another process: a new SDK ClientToken, which moto ignores anyway) adopts it.
+    let second = create(w, &spec, &tags).await.0.expect("second create");
+    assert_eq!(first, second);
+    assert_eq!(calls(&w.ep, "ec2:RunInstances"), 1);
+    assert_eq!(
+        live_instances_of_run(w, "run-idem").await,
+        vec![first.instance_id.clone()]
+    );
+    let resources = w
+        .provider
+        .resources_of_run("run-idem")
+        .await
+        .expect("resources");
+    let instances: Vec<_> = resources
+        .iter()
+        .filter(|(k, _)| k == KIND_INSTANCE)
+        .collect();
+    assert_eq!(
+        instances,
+        vec![&(KIND_INSTANCE.to_string(), first.instance_id.clone())]
+    );
+
+    // Another attempt (a new token) is a new instance; a terminated one is never adopted.
+    w.provider
+        .terminate_instance(&first.instance_id)
+        .await
+        .expect("terminate");
+    assert_eq!(
+        w.provider
+            .find_instance_by_token(&tags.token)
+            .await
+            .expect("find"),
+        None
+    );
+    let third = create(w, &spec, &tags)
+        .await
+        .0
+        .expect("create after terminate");
+    assert_ne!(third.instance_id, first.instance_id);
+
+    // A stopped instance with the token is adopted, and apply says what to do rather than launching another.
+    w.ec2
+        .stop_instances()
+        .instance_ids(&third.instance_id)
+        .send()
+        .await
+        .expect("stop by hand");
+    let err = create(w, &spec, &tags)
+        .await
+        .0
+        .expect_err("a stopped instance is not usable")
+        .to_string();
+    assert!(
+        err.contains(&format!("instance {} is stopped", third.instance_id)),
+        "{err}"
+    );
+    assert!(err.contains("start-instances"), "{err}");
+    assert_eq!(
+        calls(&w.ep, "ec2:RunInstances"),
+        2,
+        "the first and the third"
+    );
+}
+
+async fn volume_create_attach_adopt_delete(w: &World) {
+    clear(&w.ep);
+    let instance = create(w, &spec(&["g5.2xlarge"]), &tags("run-vol", "instance"))
+        .await
+        .0
+        .expect("create instance");
+    let vtags = tags("run-vol", "volume");
+    // 299.5 GiB rounds up to 300.
+    let spec = volume_spec(300 * GIB - GIB / 2);
+    let vol = w
+        .provider
+        .create_volume(
+            &spec,
+            &instance.instance_id,
+            &instance.availability_zone,
+            &vtags,
+        )
+        .await
+        .expect("create volume");
+    assert_eq!(vol.device, "/dev/sdf");
+    let v = describe_volume(w, &vol.volume_id)
+        .await
+        .expect("volume exists");
+    assert_eq!(v.size(), Some(300));
+    assert_eq!(v.volume_type().map(|t| t.as_str()), Some("gp3"));
+    assert_eq!(v.iops(), Some(4000));
+    assert_eq!(v.encrypted(), Some(true));
+    assert_eq!(
+        v.availability_zone(),
+        Some(instance.availability_zone.as_str())
+    );
+    assert_eq!(v.state().map(|s| s.as_str()), Some("in-use"));
+    assert_eq!(v.attachments().len(), 1);
+    assert_eq!(
+        v.attachments()[0].instance_id(),
+        Some(instance.instance_id.as_str())
+    );
+    assert_eq!(v.attachments()[0].device(), Some("/dev/sdf"));
+    assert_eq!(tag(v.tags(), "sortie:token"), Some("run-vol.volume.1"));
+    assert_eq!(tag(v.tags(), "Name"), Some("mistral-qlora/run-vol/volume"));
+    // The fake host sees it as a Nitro instance would.
+    let serial = vol.volume_id.replace('-', "");
+    let by_id =
+        w.ep.sandbox_root()
+            .join(&instance.instance_id)
+            .join(format!(
+                "dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}"
+            ));
+    assert!(by_id.exists(), "{} missing", by_id.display());
+
+    // Again with the same token: adopted as it is, nothing created or attached twice.
+    let again = w
+        .provider
+        .create_volume(
+            &spec,
+            &instance.instance_id,
+            &instance.availability_zone,
+            &vtags,
+        )
+        .await
+        .expect("create volume again");
+    assert_eq!(again, vol);
+    assert_eq!(calls(&w.ep, "ec2:CreateVolume"), 1);
+    assert_eq!(calls(&w.ep, "ec2:AttachVolume"), 1);
+
+    // A second volume takes the next free device name.
+    let second = w
+        .provider
+        .create_volume(
+            &volume_spec(GIB),
+            &instance.instance_id,
+            &instance.availability_zone,
+            &tags("run-vol", "scratch"),
+        )
+        .await
+        .expect("second volume");
+    assert_eq!(second.device, "/dev/sdg");
+    assert_ne!(second.volume_id, vol.volume_id);
+
+    // A volume created for this token but left detached (a crash between create and attach) is attached.
+    w.ec2
+        .detach_volume()
+        .volume_id(&second.volume_id)
+        .instance_id(&instance.instance_id)
+        .device(&second.device)
+        .send()
+        .await
+        .expect("detach by hand");
+    let reattached = w
+        .provider
+        .create_volume(
+            &volume_spec(GIB),
+            &instance.instance_id,
+            &instance.availability_zone,
+            &tags("run-vol", "scratch"),
+        )
+        .await
+        .expect("adopt a detached volume");
+    assert_eq!(reattached.volume_id, second.volume_id);
+
+    // Delete: detached, deleted, gone; and again is fine.
+    w.provider
+        .delete_volume(&vol.volume_id)
+        .await
+        .expect("delete volume");
+    assert!(describe_volume(w, &vol.volume_id)
+        .await
+        .is_none_or(|v| v.state().map(|s| s.as_str()) == Some("deleted")));
+    w.provider
+        .delete_volume(&vol.volume_id)
+        .await
+        .expect("delete volume again");
+    w.provider
+        .delete_volume(&second.volume_id)
+        .await
+        .expect("delete second volume");
+    // After the volume steps are gone, only the instance (and its root volume) is left.
+    let left = w
+        .provider
+        .resources_of_run("run-vol")
+        .await
+        .expect("resources");
+    assert!(
+        left.contains(&(KIND_INSTANCE.to_string(), instance.instance_id.clone())),
+        "{left:?}"
+    );
+    assert!(
+        !left
+            .iter()
+            .any(|(_, id)| id == &vol.volume_id || id == &second.volume_id),
+        "{left:?}"
+    );
+    w.provider
+        .terminate_instance(&instance.instance_id)
+        .await
+        .expect("terminate");
+    assert_eq!(
+        w.provider
+            .resources_of_run("run-vol")
+            .await
+            .expect("resources"),
+        vec![]
+    );
+}
+
+async fn volume_in_another_zone_is_refused(w: &World) {
+    clear(&w.ep);
+    let instance = create(w, &spec(&["g5.2xlarge"]), &tags("run-az", "instance"))
+        .await
+        .0
+        .expect("create instance");
+    let vtags = tags("run-az", "volume");
+    w.ec2
+        .create_volume()
+        .availability_zone("us-east-1d")
+        .size(1)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key("sortie:token")
+                        .value(&vtags.token)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("a stray volume with the token");
+    let err = w
+        .provider
+        .create_volume(
+            &volume_spec(GIB),
+            &instance.instance_id,
+            &instance.availability_zone,
+            &vtags,
+        )
+        .await
+        .expect_err("a volume in another zone cannot be attached")
+        .to_string();
+    assert!(err.contains("is in us-east-1d, but instance"), "{err}");
+    assert_eq!(calls(&w.ep, "ec2:AttachVolume"), 0);
+}
+
+async fn ssm_online_timeout_names_the_usual_causes(w: &World) {
+    let mut poll = fast_poll();
+    poll.ssm_online_timeout = Duration::from_secs(1);
+    clear(&w.ep);
+    let provider = AwsProvider::from_config(&w.ep.sdk_config().await, poll);
+    // No instance profile: with --require-instance-profile, SSM never sees the instance (as on AWS).
+    let mut spec = spec(&["g5.2xlarge"]);
+    spec.profile = None;
+    let started = std::time::Instant::now();
+    let out = provider
+        .create_instance(&spec, &tags("run-offline", "instance"), &mut |_| {})
+        .await;
+    let err = out.expect_err("never Online").to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the wait is bounded"
+    );
+    assert!(err.contains("Online in SSM"), "{err}");
+    assert!(err.contains("no instance profile"), "{err}");
+    assert!(err.contains("AmazonSSMManagedInstanceCore"), "{err}");
+    assert!(err.contains("NAT gateway"), "{err}");
+    assert!(err.contains("VPC interface endpoints"), "{err}");
+    let polls = calls(&w.ep, "ssm:DescribeInstanceInformation");
+    assert!(
+        (2..=8).contains(&polls),
+        "backoff from 100 ms to 500 ms within 1 s: {polls} polls"
+    );
+}
+
+async fn terminate_is_idempotent(w: &World) {
+    clear(&w.ep);
+    let out = create(w, &spec(&["g5.2xlarge"]), &tags("run-term", "instance"))
+        .await
+        .0
+        .expect("create instance");
+    w.provider
+        .terminate_instance(&out.instance_id)
+        .await
+        .expect("terminate");
+    let i = describe_instance(w, &out.instance_id).await;
+    assert_eq!(
+        i.state().and_then(|s| s.name()).map(|n| n.as_str()),
+        Some("terminated")
+    );
+    w.provider
+        .terminate_instance(&out.instance_id)
+        .await
+        .expect("terminate again");
+    w.provider
+        .terminate_instance("i-0123456789abcdef0")
+        .await
+        .expect("terminate an instance that never existed");
+    assert_eq!(
+        w.provider
+            .resources_of_run("run-term")
+            .await
+            .expect("resources"),
+        vec![]
+    );
+}
+
+/// One create_instance + create_volume + delete_volume + terminate_instance: the run's resources are listed
+/// while they live and nothing is left afterwards; the API calls are counted (for docs/BENCHMARKS.md). moto makes
+/// every state final at once, so each wait is one poll.
+async fn lifecycle_leaves_nothing_and_counts_calls(w: &World) {
+    clear(&w.ep);
+    let run = "run-count";
+    let instance = create(
+        w,
+        &spec(&["g5.2xlarge", "g6.2xlarge"]),
+        &tags(run, "instance"),
+    )
+    .await
+    .0
+    .expect("create instance");
+    let created = w.ep.calls();
+    let vol = w
+        .provider
+        .create_volume(
+            &volume_spec(100 * GIB),
+            &instance.instance_id,
+            &instance.availability_zone,
+            &tags(run, "volume"),
+        )
+        .await
+        .expect("create volume");
+    let attached = w.ep.calls();
+    let during = w.provider.resources_of_run(run).await.expect("resources");
+    reset_calls(&w.ep);
+    w.provider
+        .delete_volume(&vol.volume_id)
+        .await
+        .expect("delete volume");
+    w.provider
+        .terminate_instance(&instance.instance_id)
+        .await
+        .expect("terminate");
+    let teardown = w.ep.calls();
+    eprintln!(
+        "calls of create_instance: {created}\ncalls of create_instance + create_volume: {attached}\n\
+         calls of delete_volume + terminate_instance: {teardown}"
+    );
+
+    assert!(
+        during.contains(&(KIND_INSTANCE.to_string(), instance.instance_id.clone())),
+        "{during:?}"
+    );
+    assert!(
+        during.contains(&(KIND_VOLUME.to_string(), vol.volume_id.clone())),
+        "{during:?}"
+    );
+    assert_eq!(
+        w.provider.resources_of_run(run).await.expect("resources"),
+        vec![]
+    );
+    assert!(live_instances_of_run(w, run).await.is_empty());
+
+    let expected_create = serde_json::json!({
+        "ec2:DescribeInstances": 2,             // the token lookup, running
+        "ssm:GetParameter": 1,                  // the image
+        "ec2:DescribeImages": 1,                // its root device name
+        "ec2:DescribeInstanceTypeOfferings": 1, // the zones of the first type
+        "ec2:RunInstances": 1,
+        "ssm:DescribeInstanceInformation": 1,   // Online
+    });
+    assert_eq!(created, expected_create);
+    let expected_volume = serde_json::json!({
+        "ec2:DescribeInstances": 2 + 1,         // + the free device name
+        "ssm:GetParameter": 1,
+        "ec2:DescribeImages": 1,
+        "ec2:DescribeInstanceTypeOfferings": 1,
+        "ec2:RunInstances": 1,
+        "ssm:DescribeInstanceInformation": 1,
+        "ec2:DescribeVolumes": 3,               // the token lookup, available, in-use
+        "ec2:CreateVolume": 1,
+        "ec2:AttachVolume": 1,
+    });
+    assert_eq!(attached, expected_volume);
+    let expected_teardown = serde_json::json!({
+        "ec2:DescribeVolumes": 3,               // the volume, detached, gone
+        "ec2:DetachVolume": 1,
+        "ec2:DeleteVolume": 1,
+        "ec2:TerminateInstances": 1,
+        "ec2:DescribeInstances": 1,             // terminated
+    });
+    assert_eq!(teardown, expected_teardown);
+}
+
+// ---- the tests: one endpoint each, scenarios in sequence (an endpoint costs ~3 s of CPU to start) ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_int_aws_instance_running_online_tagged_hardened_idempotent() {
+    bounded(async {
+        let w = world().await;
+        instance_is_running_online_tagged_and_hardened(&w).await;
+        create_instance_is_idempotent_by_token(&w).await;
+        terminate_is_idempotent(&w).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_int_aws_capacity_failover_across_types_and_zones() {
+    bounded(async {
+        let w = world().await;
+        capacity_failover_moves_to_the_next_type(&w).await;
+        capacity_failover_across_the_given_zones(&w).await;
+        no_capacity_anywhere_names_every_attempt(&w).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_int_aws_market_failover_and_launch_errors() {
+    bounded(async {
+        let w = world().await;
+        spot_then_on_demand_falls_back_after_every_spot_type(&w).await;
+        other_launch_errors_do_not_fail_over(&w).await;
+        ssm_online_timeout_names_the_usual_causes(&w).await;
     })
     .await;
 }
@@ -586,397 +968,17 @@ async fn test_int_aws_create_instance_is_idempotent_by_token() {
 async fn test_int_aws_volume_create_attach_adopt_delete() {
     bounded(async {
         let w = world().await;
-        let instance = create(&w, &spec(&["g5.2xlarge"]), &tags("run-vol", "instance"))
-            .await
-            .0
-            .expect("create instance");
-        let vtags = tags("run-vol", "volume");
-        // 299.5 GiB rounds up to 300.
-        let spec = volume_spec(300 * GIB - GIB / 2);
-        let vol = w
-            .provider
-            .create_volume(
-                &spec,
-                &instance.instance_id,
-                &instance.availability_zone,
-                &vtags,
-            )
-            .await
-            .expect("create volume");
-        assert_eq!(vol.device, "/dev/sdf");
-        let v = describe_volume(&w, &vol.volume_id)
-            .await
-            .expect("volume exists");
-        assert_eq!(v.size(), Some(300));
-        assert_eq!(v.volume_type().map(|t| t.as_str()), Some("gp3"));
-        assert_eq!(v.iops(), Some(4000));
-        assert_eq!(v.encrypted(), Some(true));
-        assert_eq!(
-            v.availability_zone(),
-            Some(instance.availability_zone.as_str())
-        );
-        assert_eq!(v.state().map(|s| s.as_str()), Some("in-use"));
-        assert_eq!(v.attachments().len(), 1);
-        assert_eq!(
-            v.attachments()[0].instance_id(),
-            Some(instance.instance_id.as_str())
-        );
-        assert_eq!(v.attachments()[0].device(), Some("/dev/sdf"));
-        assert_eq!(tag(v.tags(), "sortie:token"), Some("run-vol.volume.1"));
-        assert_eq!(tag(v.tags(), "Name"), Some("mistral-qlora/run-vol/volume"));
-        // The fake host sees it as a Nitro instance would.
-        let serial = vol.volume_id.replace('-', "");
-        let by_id =
-            w.ep.sandbox_root()
-                .join(&instance.instance_id)
-                .join(format!(
-                    "dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{serial}"
-                ));
-        assert!(by_id.exists(), "{} missing", by_id.display());
-
-        // Again with the same token: adopted as it is, nothing created or attached twice.
-        let again = w
-            .provider
-            .create_volume(
-                &spec,
-                &instance.instance_id,
-                &instance.availability_zone,
-                &vtags,
-            )
-            .await
-            .expect("create volume again");
-        assert_eq!(again, vol);
-        assert_eq!(calls(&w.ep, "ec2:CreateVolume"), 1);
-        assert_eq!(calls(&w.ep, "ec2:AttachVolume"), 1);
-
-        // A second volume takes the next free device name.
-        let second = w
-            .provider
-            .create_volume(
-                &volume_spec(GIB),
-                &instance.instance_id,
-                &instance.availability_zone,
-                &tags("run-vol", "scratch"),
-            )
-            .await
-            .expect("second volume");
-        assert_eq!(second.device, "/dev/sdg");
-        assert_ne!(second.volume_id, vol.volume_id);
-
-        // A volume created for this token but left detached (a crash between create and attach) is attached.
-        w.ec2
-            .detach_volume()
-            .volume_id(&second.volume_id)
-            .instance_id(&instance.instance_id)
-            .device(&second.device)
-            .send()
-            .await
-            .expect("detach by hand");
-        let reattached = w
-            .provider
-            .create_volume(
-                &volume_spec(GIB),
-                &instance.instance_id,
-                &instance.availability_zone,
-                &tags("run-vol", "scratch"),
-            )
-            .await
-            .expect("adopt a detached volume");
-        assert_eq!(reattached.volume_id, second.volume_id);
-
-        // Delete: detached, deleted, gone; and again is fine.
-        w.provider
-            .delete_volume(&vol.volume_id)
-            .await
-            .expect("delete volume");
-        assert!(describe_volume(&w, &vol.volume_id)
-            .await
-            .is_none_or(|v| v.state().map(|s| s.as_str()) == Some("deleted")));
-        w.provider
-            .delete_volume(&vol.volume_id)
-            .await
-            .expect("delete volume again");
-        w.provider
-            .delete_volume(&second.volume_id)
-            .await
-            .expect("delete second volume");
-        // After the volume steps are gone, only the instance (and its root volume) is left.
-        let left = w
-            .provider
-            .resources_of_run("run-vol")
-            .await
-            .expect("resources");
-        assert!(
-            left.contains(&(KIND_INSTANCE.to_string(), instance.instance_id.clone())),
-            "{left:?}"
-        );
-        assert!(
-            !left
-                .iter()
-                .any(|(_, id)| id == &vol.volume_id || id == &second.volume_id),
-            "{left:?}"
-        );
-        w.provider
-            .terminate_instance(&instance.instance_id)
-            .await
-            .expect("terminate");
-        assert_eq!(
-            w.provider
-                .resources_of_run("run-vol")
-                .await
-                .expect("resources"),
-            vec![]
-        );
+        volume_create_attach_adopt_delete(&w).await;
+        volume_in_another_zone_is_refused(&w).await;
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_volume_in_another_zone_is_refused() {
+async fn test_int_aws_lifecycle_leaves_nothing_and_counts_calls() {
     bounded(async {
         let w = world().await;
-        let instance = create(&w, &spec(&["g5.2xlarge"]), &tags("run-az", "instance"))
-            .await
-            .0
-            .expect("create instance");
-        let vtags = tags("run-az", "volume");
-        w.ec2
-            .create_volume()
-            .availability_zone("us-east-1d")
-            .size(1)
-            .tag_specifications(
-                aws_sdk_ec2::types::TagSpecification::builder()
-                    .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
-                    .tags(
-                        aws_sdk_ec2::types::Tag::builder()
-                            .key("sortie:token")
-                            .value(&vtags.token)
-                            .build(),
-                    )
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("a stray volume with the token");
-        let err = w
-            .provider
-            .create_volume(
-                &volume_spec(GIB),
-                &instance.instance_id,
-                &instance.availability_zone,
-                &vtags,
-            )
-            .await
-            .expect_err("a volume in another zone cannot be attached")
-            .to_string();
-        assert!(err.contains("is in us-east-1d, but instance"), "{err}");
-        assert_eq!(calls(&w.ep, "ec2:AttachVolume"), 0);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_ssm_online_timeout_names_the_usual_causes() {
-    bounded(async {
-        let mut poll = fast_poll();
-        poll.ssm_online_timeout = Duration::from_secs(1);
-        let w = world_with(poll).await;
-        // No instance profile: with --require-instance-profile, SSM never sees the instance (as on AWS).
-        let mut spec = spec(&["g5.2xlarge"]);
-        spec.profile = None;
-        let started = std::time::Instant::now();
-        let (out, _) = create(&w, &spec, &tags("run-offline", "instance")).await;
-        let err = out.expect_err("never Online").to_string();
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the wait is bounded"
-        );
-        assert!(err.contains("Online in SSM"), "{err}");
-        assert!(err.contains("no instance profile"), "{err}");
-        assert!(err.contains("AmazonSSMManagedInstanceCore"), "{err}");
-        assert!(err.contains("NAT gateway"), "{err}");
-        assert!(err.contains("VPC interface endpoints"), "{err}");
-        let polls = calls(&w.ep, "ssm:DescribeInstanceInformation");
-        assert!(
-            (2..=8).contains(&polls),
-            "backoff from 100 ms to 500 ms within 1 s: {polls} polls"
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_terminate_is_idempotent() {
-    bounded(async {
-        let w = world().await;
-        let out = create(&w, &spec(&["g5.2xlarge"]), &tags("run-term", "instance"))
-            .await
-            .0
-            .expect("create instance");
-        w.provider
-            .terminate_instance(&out.instance_id)
-            .await
-            .expect("terminate");
-        let i = describe_instance(&w, &out.instance_id).await;
-        assert_eq!(
-            i.state().and_then(|s| s.name()).map(|n| n.as_str()),
-            Some("terminated")
-        );
-        w.provider
-            .terminate_instance(&out.instance_id)
-            .await
-            .expect("terminate again");
-        w.provider
-            .terminate_instance("i-0123456789abcdef0")
-            .await
-            .expect("terminate an instance that never existed");
-        assert_eq!(
-            w.provider
-                .resources_of_run("run-term")
-                .await
-                .expect("resources"),
-            vec![]
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_full_lifecycle_leaves_nothing_and_counts_calls() {
-    bounded(async {
-        let w = world().await;
-        // Warm moto's AMI catalogue first, so the counts are of the product only.
-        w.ec2
-            .describe_images()
-            .image_ids("ami-0123456789abcdef0")
-            .send()
-            .await
-            .ok();
-        reset_calls(&w.ep);
-        let run = "run-full";
-        let instance = create(
-            &w,
-            &spec(&["g5.2xlarge", "g6.2xlarge"]),
-            &tags(run, "instance"),
-        )
-        .await
-        .0
-        .expect("create instance");
-        let vol = w
-            .provider
-            .create_volume(
-                &volume_spec(100 * GIB),
-                &instance.instance_id,
-                &instance.availability_zone,
-                &tags(run, "volume"),
-            )
-            .await
-            .expect("create volume");
-        let during = w.provider.resources_of_run(run).await.expect("resources");
-        assert!(
-            during.contains(&(KIND_INSTANCE.to_string(), instance.instance_id.clone())),
-            "{during:?}"
-        );
-        assert!(
-            during.contains(&(KIND_VOLUME.to_string(), vol.volume_id.clone())),
-            "{during:?}"
-        );
-        reset_calls(&w.ep);
-        w.provider
-            .delete_volume(&vol.volume_id)
-            .await
-            .expect("delete volume");
-        w.provider
-            .terminate_instance(&instance.instance_id)
-            .await
-            .expect("terminate");
-        let teardown = w.ep.calls();
-        assert_eq!(
-            w.provider.resources_of_run(run).await.expect("resources"),
-            vec![]
-        );
-        assert!(live_instances_of_run(&w, run).await.is_empty());
-        eprintln!("calls of delete_volume + terminate_instance: {teardown}");
-        assert_eq!(
-            teardown.get("ec2:DetachVolume").and_then(Value::as_u64),
-            Some(1)
-        );
-        assert_eq!(
-            teardown.get("ec2:DeleteVolume").and_then(Value::as_u64),
-            Some(1)
-        );
-        assert_eq!(
-            teardown
-                .get("ec2:TerminateInstances")
-                .and_then(Value::as_u64),
-            Some(1)
-        );
-    })
-    .await;
-}
-
-/// The call counts of one create_instance + create_volume + delete_volume + terminate_instance, for the
-/// record (docs/BENCHMARKS.md): moto makes every state final at once, so each wait is one poll.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_int_aws_call_counts_of_one_lifecycle() {
-    bounded(async {
-        let w = world().await;
-        w.ec2
-            .describe_images()
-            .image_ids("ami-0123456789abcdef0")
-            .send()
-            .await
-            .ok();
-        reset_calls(&w.ep);
-        let run = "run-count";
-        let instance = create(&w, &spec(&["g5.2xlarge"]), &tags(run, "instance"))
-            .await
-            .0
-            .expect("create instance");
-        let created = w.ep.calls();
-        let vol = w
-            .provider
-            .create_volume(
-                &volume_spec(100 * GIB),
-                &instance.instance_id,
-                &instance.availability_zone,
-                &tags(run, "volume"),
-            )
-            .await
-            .expect("create volume");
-        w.provider
-            .delete_volume(&vol.volume_id)
-            .await
-            .expect("delete volume");
-        w.provider
-            .terminate_instance(&instance.instance_id)
-            .await
-            .expect("terminate");
-        let all = w.ep.calls();
-        eprintln!("calls of create_instance: {created}\ncalls of the whole lifecycle: {all}");
-        let total: u64 = all
-            .as_object()
-            .expect("object")
-            .values()
-            .filter_map(Value::as_u64)
-            .sum();
-        let expected = serde_json::json!({
-            // create_instance: token lookup, image, root device, zones, launch, running, Online.
-            "ec2:DescribeInstances": 1 + 1 + 1 + 1,   // token, running, free device, terminated
-            "ssm:GetParameter": 1,
-            "ec2:DescribeImages": 1,
-            "ec2:DescribeInstanceTypeOfferings": 1,
-            "ec2:RunInstances": 1,
-            "ssm:DescribeInstanceInformation": 1,
-            // create_volume: token lookup, create, available, attach, in-use.
-            "ec2:DescribeVolumes": 1 + 1 + 1 + 1 + 1 + 1,  // token, available, in-use, delete: describe, detached, gone
-            "ec2:CreateVolume": 1,
-            "ec2:AttachVolume": 1,
-            "ec2:DetachVolume": 1,
-            "ec2:DeleteVolume": 1,
-            "ec2:TerminateInstances": 1,
-        });
-        assert_eq!(all, expected, "total {total}");
+        lifecycle_leaves_nothing_and_counts_calls(&w).await;
     })
     .await;
 }

@@ -4,6 +4,7 @@ mod aws_endpoint;
 mod test_builder;
 
 mod apply;
+mod aws_apply;
 mod aws_provider;
 mod examples;
 mod graph;

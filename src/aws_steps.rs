@@ -1,0 +1,414 @@
+//! How each step kind applies and is destroyed on the aws target: EC2 instances and EBS volumes through
+//! `aws_provider`, scripts through `ssm_host` and the host wrapper. The local twin is `step_exec`.
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use crate::aws_provider::{self, AwsProvider, PollConfig, ProvisionEvent, Tags};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::local_host::{HostStatus, LaunchSpec};
+use crate::plan::{StateLocation, StepKind, Target};
+use crate::ssm_host::{self, OutputLocation, SsmHost, SsmPoll};
+use crate::state::Resource;
+use crate::step_exec::{Job, Msg, Outcome};
+
+/// The volume script (docs/HOST_PROTOCOL.md): find the NVMe device by volume id, mkfs only when empty, mount, fstab.
+pub const VOLUME_SCRIPT: &str = include_str!("host/volume.sh");
+
+/// `SORTIE_POLL_INTERVAL` (e.g. `200ms`) shortens every AWS poll: real AWS needs seconds, a test endpoint not.
+fn poll_override() -> Option<Duration> {
+    std::env::var("SORTIE_POLL_INTERVAL")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+}
+
+pub fn provider_poll() -> PollConfig {
+    match poll_override() {
+        Some(d) => PollConfig {
+            initial: d,
+            max: d * 4,
+            ..PollConfig::default()
+        },
+        None => PollConfig::default(),
+    }
+}
+
+fn ssm_poll() -> SsmPoll {
+    match poll_override() {
+        Some(d) => SsmPoll {
+            initial: d,
+            max: d * 4,
+            ..SsmPoll::default()
+        },
+        None => SsmPoll::default(),
+    }
+}
+
+/// The run's SSM output location: beside the state when state is in S3.
+pub fn output_location(state: &StateLocation, plan: &str, run: &str) -> Option<OutputLocation> {
+    match state {
+        StateLocation::S3 { bucket, prefix } => Some(OutputLocation {
+            bucket: bucket.clone(),
+            prefix: [prefix.as_str(), plan, run, "ssm"]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("/"),
+        }),
+        StateLocation::Dir(_) => None,
+    }
+}
+
+impl Job {
+    fn tags(&self) -> Tags {
+        Tags {
+            plan: self.plan_name.clone(),
+            run: self.run_id.clone(),
+            step: self.step.id.clone(),
+            token: self.token.clone(),
+        }
+    }
+
+    fn output_of(&self, step: &str, key: &str) -> Result<String> {
+        self.outputs
+            .get(step)
+            .and_then(|o| o.get(key))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Runtime(format!(
+                    "step `{step}` has no output `{key}` (has it succeeded in this run?)"
+                ))
+            })
+    }
+
+    async fn ssm_host(&self, host_step: &str) -> Result<SsmHost> {
+        let config = crate::aws::sdk_config(&self.target).await;
+        Ok(SsmHost {
+            ssm: aws_sdk_ssm::Client::new(&config),
+            s3: crate::aws::s3_client(&config),
+            instance_id: self.output_of(host_step, "instance_id")?,
+            output: output_location(&self.state_location, &self.plan_name, &self.run_id),
+            poll: ssm_poll(),
+        })
+    }
+
+    pub(crate) async fn aws_instance(&self) -> Result<Outcome> {
+        let StepKind::Instance(spec) = &self.step.kind else {
+            return Err(Error::Runtime("not an instance step".into()));
+        };
+        self.begin(IndexMap::from([("token".to_string(), self.token.clone())]))
+            .await;
+        let provider = AwsProvider::new(&self.target, provider_poll()).await;
+        let tx = self.tx.clone();
+        let step = self.step.id.clone();
+        let mut on_event = move |event: ProvisionEvent| {
+            let ProvisionEvent::Failover {
+                instance_type,
+                availability_zone,
+                market,
+                code,
+                message,
+            } = event;
+            let _ = tx.send(Msg::Event(Event::StepFailover {
+                step: step.clone(),
+                instance_type,
+                availability_zone,
+                market,
+                code,
+                message,
+            }));
+        };
+        let out = provider
+            .create_instance(spec, &self.tags(), &mut on_event)
+            .await?;
+        let outputs = IndexMap::from([
+            ("instance_id".to_string(), out.instance_id.clone()),
+            ("availability_zone".to_string(), out.availability_zone),
+            ("private_ip".to_string(), out.private_ip),
+            ("instance_type".to_string(), out.instance_type),
+            ("market".to_string(), out.market),
+            (
+                "connect".to_string(),
+                format!("aws ssm start-session --target {}", out.instance_id),
+            ),
+        ]);
+        let resources = vec![Resource {
+            kind: aws_provider::KIND_INSTANCE.into(),
+            id: out.instance_id,
+            ..Resource::default()
+        }];
+        Ok(Outcome::Succeeded { outputs, resources })
+    }
+
+    pub(crate) async fn aws_volume(&self) -> Result<Outcome> {
+        let StepKind::Volume(spec) = &self.step.kind else {
+            return Err(Error::Runtime("not a volume step".into()));
+        };
+        let instance_id = self.output_of(&spec.attach_to, "instance_id")?;
+        let az = self.output_of(&spec.attach_to, "availability_zone")?;
+        self.begin(IndexMap::from([("token".to_string(), self.token.clone())]))
+            .await;
+        let provider = AwsProvider::new(&self.target, provider_poll()).await;
+        let vol = provider
+            .create_volume(spec, &instance_id, &az, &self.tags())
+            .await?;
+        let host = self.ssm_host(&spec.attach_to).await?;
+        let mount = self.render_plain("mount", &spec.mount)?;
+        let kind = if spec.keep {
+            format!("{}-kept", aws_provider::KIND_VOLUME)
+        } else {
+            aws_provider::KIND_VOLUME.to_string()
+        };
+        let resources = vec![Resource {
+            kind,
+            id: vol.volume_id.clone(),
+            host: Some(instance_id.clone()),
+            mount: Some(mount.clone()),
+            ..Resource::default()
+        }];
+        let script = format!(
+            "cat > /tmp/sortie-volume.sh <<'SORTIE_VOLUME_EOF'\n{VOLUME_SCRIPT}SORTIE_VOLUME_EOF\nsh /tmp/sortie-volume.sh mount {} {} {}\n",
+            shlex::try_quote(&vol.volume_id).unwrap_or_default(),
+            shlex::try_quote(&vol.device).unwrap_or_default(),
+            shlex::try_quote(&mount).unwrap_or_default(),
+        );
+        let inv = host.run(&script, Duration::from_secs(600)).await?;
+        if !inv.succeeded() {
+            return Err(Error::Runtime(format!(
+                "cannot mount volume {} at {mount}: {}",
+                vol.volume_id,
+                inv.describe()
+            )));
+        }
+        let mut outputs: IndexMap<String, String> = inv
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| matches!(*k, "volume_id" | "device" | "mount_path"))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        outputs.entry("volume_id".into()).or_insert(vol.volume_id);
+        Ok(Outcome::Succeeded { outputs, resources })
+    }
+
+    pub(crate) async fn aws_run(&self, script: String, launch: LaunchSpec) -> Result<Outcome> {
+        let StepKind::Run(spec) = &self.step.kind else {
+            return Err(Error::Runtime("not a run step".into()));
+        };
+        let host = self.ssm_host(&spec.on).await?;
+        let id = self.step.id.clone();
+        if self.cancel_previous {
+            let previous = host.status(&id).await?;
+            if matches!(previous.state.as_str(), "running" | "starting") {
+                host.cancel(&id, Duration::from_secs(30)).await?;
+            }
+        }
+        let mut wait_command = if self.reattach {
+            self.handle.get("wait_command").cloned()
+        } else {
+            None
+        };
+        let already = self.reattach && {
+            let st = host.status(&id).await?;
+            st.attempt == Some(self.attempt) && st.state != "absent"
+        };
+        if !already {
+            self.begin(IndexMap::from([(
+                "host".to_string(),
+                host.instance_id.clone(),
+            )]))
+            .await;
+            let status = host.launch(&id, self.attempt, &script, &launch).await?;
+            if status.is_finished() && status.state == "failed" && status.exit_code == Some(75) {
+                return Ok(Outcome::Failed {
+                    error: status.error.unwrap_or_else(|| "lock busy".into()),
+                });
+            }
+        }
+        if spec.detach && !self.wait_detached {
+            return Ok(Outcome::LeftRunning);
+        }
+        let mut cancel = self.cancel.clone();
+        loop {
+            let command = match wait_command.take() {
+                Some(c) => c,
+                None => {
+                    // One command waits on the host for the whole step (bounded by SSM's 48 h), so polling
+                    // costs one GetCommandInvocation per interval, not a status command.
+                    let timeout = self
+                        .step
+                        .timeout
+                        .map_or(ssm_host::MAX_EXECUTION, |t| t + Duration::from_secs(300));
+                    let c = host.send(&SsmHost::wait_script(&id), timeout).await?;
+                    self.begin(IndexMap::from([
+                        ("host".to_string(), host.instance_id.clone()),
+                        ("wait_command".to_string(), c.clone()),
+                    ]))
+                    .await;
+                    c
+                }
+            };
+            let inv = match host.wait(&command, &mut cancel).await {
+                Ok(inv) => inv,
+                // A command from before a crash may have expired: wait again with a new one.
+                Err(e) if self.reattach => {
+                    tracing::warn!("re-attaching {id}: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if *cancel.borrow() {
+                host.cancel(&id, Duration::from_secs(30)).await?;
+                return Ok(Outcome::Cancelled);
+            }
+            let (status, outputs, _log) = ssm_host::split_wait_output(&inv.stdout);
+            if !status.is_finished() && inv.status == "TimedOut" && spec.detach {
+                // Longer than one SSM command may last: keep waiting with another.
+                continue;
+            }
+            return Ok(outcome_of(&status, outputs, &inv, self.step.timeout));
+        }
+    }
+
+    pub(crate) async fn aws_destroy(&self, destroys: &[String]) -> Result<Outcome> {
+        self.begin(IndexMap::new()).await;
+        let resources: Vec<(String, Vec<Resource>)> = destroys
+            .iter()
+            .rev()
+            .filter_map(|s| self.resources.get(s).map(|r| (s.clone(), r.clone())))
+            .collect();
+        let done = destroy_aws(&self.target, &resources).await?;
+        let provider = AwsProvider::new(&self.target, provider_poll()).await;
+        let left: Vec<(String, String)> = provider
+            .resources_of_run(&self.run_id)
+            .await?
+            .into_iter()
+            .filter(|(_, id)| {
+                !resources
+                    .iter()
+                    .flat_map(|(_, r)| r)
+                    .any(|r| r.kind.ends_with("-kept") && r.id == *id)
+            })
+            .collect();
+        if !left.is_empty() {
+            return Err(Error::Runtime(format!(
+                "teardown finished but these resources of run {} still exist: {}",
+                self.run_id,
+                left.iter()
+                    .map(|(k, id)| format!("{k} {id}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(Outcome::Destroyed { steps: done })
+    }
+}
+
+/// Unmounts a volume before it is detached, so no write is lost. Best effort: the instance may be gone already.
+async fn unmount(config: &aws_config::SdkConfig, instance: &str, mount: &str) {
+    let host = SsmHost {
+        ssm: aws_sdk_ssm::Client::new(config),
+        s3: crate::aws::s3_client(config),
+        instance_id: instance.to_string(),
+        output: None,
+        poll: ssm_poll(),
+    };
+    let script = format!(
+        "cat > /tmp/sortie-volume.sh <<'SORTIE_VOLUME_EOF'\n{VOLUME_SCRIPT}SORTIE_VOLUME_EOF\nsh /tmp/sortie-volume.sh unmount {}\n",
+        shlex::try_quote(mount).unwrap_or_default()
+    );
+    match tokio::time::timeout(
+        Duration::from_secs(180),
+        host.run(&script, Duration::from_secs(120)),
+    )
+    .await
+    {
+        Ok(Ok(inv)) if inv.succeeded() => {}
+        Ok(Ok(inv)) => tracing::warn!("unmounting {mount} on {instance}: {}", inv.describe()),
+        Ok(Err(e)) => tracing::warn!("unmounting {mount} on {instance}: {e}"),
+        Err(_) => {
+            tracing::warn!("unmounting {mount} on {instance} took too long; detaching anyway")
+        }
+    }
+}
+
+fn outcome_of(
+    status: &HostStatus,
+    outputs: IndexMap<String, String>,
+    inv: &ssm_host::Invocation,
+    timeout: Option<Duration>,
+) -> Outcome {
+    match status.state.as_str() {
+        "succeeded" => Outcome::Succeeded {
+            outputs,
+            resources: Vec::new(),
+        },
+        "timed_out" => Outcome::Failed {
+            error: format!(
+                "timed out after {}",
+                timeout
+                    .map(|t| humantime::format_duration(t).to_string())
+                    .unwrap_or_default()
+            ),
+        },
+        "cancelled" => Outcome::Cancelled,
+        "failed" => Outcome::Failed {
+            error: format!(
+                "exit code {}{}",
+                status
+                    .exit_code
+                    .map_or_else(|| "?".into(), |c| c.to_string()),
+                status
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+        },
+        "lost" => Outcome::Failed {
+            error: "the step's processes vanished without an exit code (instance rebooted?)".into(),
+        },
+        _ => Outcome::Failed {
+            error: format!(
+                "the wait on the host ended without a result: {}",
+                inv.describe()
+            ),
+        },
+    }
+}
+
+/// Destroys AWS resources, volumes before instances: unmount (best effort), detach, delete; terminate.
+pub async fn destroy_aws(
+    target: &Target,
+    resources: &[(String, Vec<Resource>)],
+) -> Result<Vec<String>> {
+    let provider = AwsProvider::new(target, provider_poll()).await;
+    let config = crate::aws::sdk_config(target).await;
+    let mut done = Vec::new();
+    let mut ordered: Vec<&(String, Vec<Resource>)> = resources.iter().collect();
+    ordered.sort_by_key(|(_, rs)| rs.iter().any(|r| r.kind == aws_provider::KIND_INSTANCE));
+    for (step, rs) in ordered {
+        for r in rs.iter().filter(|r| !r.destroyed) {
+            match r.kind.as_str() {
+                aws_provider::KIND_VOLUME => {
+                    if let (Some(instance), Some(mount)) = (&r.host, &r.mount) {
+                        unmount(&config, instance, mount).await;
+                    }
+                    provider.delete_volume(&r.id).await?
+                }
+                aws_provider::KIND_INSTANCE => provider.terminate_instance(&r.id).await?,
+                k if k.ends_with("-kept") => {}
+                other => {
+                    return Err(Error::Runtime(format!(
+                        "cannot destroy a `{other}` resource on the aws target"
+                    )))
+                }
+            }
+        }
+        done.push(step.clone());
+    }
+    Ok(done)
+}

@@ -1,0 +1,247 @@
+//! `plan apply` on the aws target, end to end against the test endpoint (moto with SSM commands that really
+//! run in a per-instance sandbox): instance, volume (mounted on a real loop device), run steps through SSM,
+//! teardown — and afterwards nothing of the run is left.
+
+use aws_sdk_ec2::types::Filter;
+
+use crate::aws_endpoint::Endpoint;
+use crate::test_builder::Test;
+
+const PROFILE: &str = "sortie-ssm";
+
+fn plan(fail: bool) -> String {
+    let check = if fail {
+        "exit 3"
+    } else {
+        "test -s \"$data/train.jsonl\""
+    };
+    format!(
+        "plan: awsquick
+target: {{ provider: aws, region: us-east-1 }}
+state: s3://sortie-state/runs
+defaults: {{ timeout: 5m }}
+steps:
+  instance:
+    kind: instance
+    instance_types: [g5.2xlarge, g6.2xlarge]
+    image: ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
+    profile: {PROFILE}
+    root_size: 20GiB
+    max_lifetime: 2h
+  volume:
+    kind: volume
+    attach_to: instance
+    size: 1GiB
+    mount: /mnt/training
+  prep-data:
+    kind: run
+    run: |
+      set -eu
+      data={{{{ steps.volume.outputs.mount_path }}}}/data
+      mkdir -p \"$data\"
+      for i in 1 2 3; do echo '{{\"text\": \"row\"}}'; done > \"$data/train.jsonl\"
+      echo \"rows=$(wc -l < \"$data/train.jsonl\")\" >> \"$SORTIE_OUTPUT\"
+      echo \"data=$data\" >> \"$SORTIE_OUTPUT\"
+  train:
+    kind: run
+    needs: [prep-data]
+    detach: true
+    lock: train
+    run: |
+      set -eu
+      data={{{{ steps.prep_data.outputs.data }}}}
+      {check}
+      for s in 1 2 3; do echo \"step $s/3\"; sleep 0.2; done
+      echo \"adapter=done\" >> \"$SORTIE_OUTPUT\"
+  teardown:
+    kind: teardown
+"
+    )
+}
+
+struct Aws {
+    endpoint: Endpoint,
+}
+
+impl Aws {
+    async fn start() -> Aws {
+        let endpoint =
+            Endpoint::start_with(&["--seed-profile", PROFILE, "--require-instance-profile"]);
+        endpoint.create_bucket("sortie-state").await;
+        Aws { endpoint }
+    }
+
+    fn test(&self, plan: &str) -> Test {
+        let mut t = Test::new()
+            .file("p.yaml", plan)
+            .env("SORTIE_POLL_INTERVAL", "100ms");
+        for (k, v) in self.endpoint.env() {
+            t = t.env(&k, &v);
+        }
+        t
+    }
+
+    /// Instances not terminated and volumes that still exist, tagged with the run.
+    async fn left_of_run(&self, run: &str) -> Vec<String> {
+        let ec2 = aws_sdk_ec2::Client::new(&self.endpoint.sdk_config().await);
+        let tag = Filter::builder().name("tag:sortie:run").values(run).build();
+        let mut left = Vec::new();
+        let reservations = ec2
+            .describe_instances()
+            .filters(tag.clone())
+            .send()
+            .await
+            .expect("describe instances");
+        for r in reservations.reservations() {
+            for i in r.instances() {
+                let state = i
+                    .state()
+                    .and_then(|s| s.name())
+                    .map(|n| n.as_str().to_string())
+                    .unwrap_or_default();
+                if state != "terminated" {
+                    left.push(format!(
+                        "instance {} ({state})",
+                        i.instance_id().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        let volumes = ec2
+            .describe_volumes()
+            .filters(tag)
+            .send()
+            .await
+            .expect("describe volumes");
+        for v in volumes.volumes() {
+            left.push(format!("volume {}", v.volume_id().unwrap_or_default()));
+        }
+        left
+    }
+}
+
+fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
+    let aws = Aws::start().await;
+    let t = aws.test(&plan(false));
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let events = events(&out.stdout);
+    let run = events[0]["run"].as_str().expect("run id").to_string();
+    let status = t
+        .command()
+        .args(["status", "p.yaml", "--output", "json"])
+        .output()
+        .expect("status");
+    let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
+    for step in ["instance", "volume", "prep-data", "train", "teardown"] {
+        assert_eq!(
+            state["steps"][step]["status"], "succeeded",
+            "{step}: {}",
+            state["steps"][step]
+        );
+    }
+    let instance = state["steps"]["instance"]["outputs"]["instance_id"]
+        .as_str()
+        .expect("instance id");
+    assert!(instance.starts_with("i-"), "{instance}");
+    assert_eq!(state["steps"]["prep-data"]["outputs"]["rows"], "3");
+    assert_eq!(state["steps"]["train"]["outputs"]["adapter"], "done");
+    assert!(state["steps"]["volume"]["outputs"]["volume_id"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("vol-"));
+    let left = aws.left_of_run(&run).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let calls = aws.endpoint.calls();
+    assert!(
+        calls["ssm:SendCommand"].as_u64().unwrap_or(0) >= 4,
+        "{calls}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_failing_step_still_tears_down() {
+    let aws = Aws::start().await;
+    let t = aws.test(&plan(true));
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = events(&out.stdout);
+    let run = events[0]["run"].as_str().expect("run id").to_string();
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "step_finished" && e["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["step"], "train");
+    assert!(events.iter().any(|e| e["event"] == "step_finished"
+        && e["step"] == "teardown"
+        && e["status"] == "succeeded"));
+    let left = aws.left_of_run(&run).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_capacity_failover_is_recorded() {
+    let aws = Aws::start().await;
+    aws.endpoint.add_fault(
+        r#"{"action":"RunInstances","match":{"InstanceType":"g5.2xlarge"},"error":{"code":"InsufficientInstanceCapacity","message":"no g5 here","status":500},"times":-1}"#,
+    );
+    let t = aws.test(&plan(false));
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = events(&out.stdout);
+    let failovers: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "step_failover")
+        .collect();
+    assert!(!failovers.is_empty(), "no failover recorded");
+    assert!(
+        failovers
+            .iter()
+            .all(|f| f["instance_type"] == "g5.2xlarge"
+                && f["code"] == "InsufficientInstanceCapacity")
+    );
+    let launched = events
+        .iter()
+        .find(|e| {
+            e["event"] == "step_output" && e["step"] == "instance" && e["key"] == "instance_type"
+        })
+        .expect("instance_type output");
+    assert_eq!(launched["value"], "g6.2xlarge");
+}
