@@ -19,6 +19,7 @@ use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+use aws_sdk_ec2::operation::RequestId;
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     Instance, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
@@ -141,6 +142,8 @@ pub enum ProvisionEvent {
     },
 }
 
+/// Cheap to clone: the SDK clients share their connection pool.
+#[derive(Clone, Debug)]
 pub struct AwsProvider {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
@@ -1204,14 +1207,24 @@ fn is_not_found(code: Option<&str>) -> bool {
     )
 }
 
+/// An SDK error as `what: CODE: message (request id …)`: EC2 errors are unmodeled, and DisplayErrorContext
+/// would print the whole raw response for them. Errors without a code (no answer: network, timeout,
+/// credentials) keep DisplayErrorContext's chain of causes.
 fn aws_error<E>(what: &str, err: &aws_sdk_ec2::error::SdkError<E>, help: &str) -> Error
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + ProvideErrorMetadata + 'static,
 {
-    Error::Runtime(format!(
-        "{what}: {}\n  = help: {help}",
-        DisplayErrorContext(err)
-    ))
+    let cause = match (err.as_service_error(), err.code()) {
+        (Some(_), Some(code)) => {
+            let mut text = format!("{code}: {}", err.message().unwrap_or("(no message)"));
+            if let Some(id) = err.request_id() {
+                text.push_str(&format!(" (request id {id})"));
+            }
+            text
+        }
+        _ => DisplayErrorContext(err).to_string(),
+    };
+    Error::Runtime(format!("{what}: {cause}\n  = help: {help}"))
 }
 
 fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
@@ -1340,6 +1353,24 @@ fn base64(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The step layer spawns these on tokio: their futures must be Send.
+    #[allow(dead_code)]
+    fn futures_are_send(
+        p: &AwsProvider,
+        spec: &InstanceSpec,
+        volume: &VolumeSpec,
+        tags: &Tags,
+        on_event: &mut (dyn FnMut(ProvisionEvent) + Send),
+    ) {
+        fn send<T: Send>(_: T) {}
+        send(p.create_instance(spec, tags, on_event));
+        send(p.create_volume(volume, "i-1", "us-east-1a", tags));
+        send(p.delete_volume("vol-1"));
+        send(p.terminate_instance("i-1"));
+        send(p.find_instance_by_token("t"));
+        send(p.resources_of_run("r"));
+    }
 
     #[test]
     fn base64_matches_the_standard_alphabet_and_padding() {

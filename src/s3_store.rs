@@ -226,7 +226,7 @@ impl S3Store {
                 Err(e) => return Err(self.sdk_error("PutObject", &key, e)),
             }
             // Held. By whom? (If the SDK retried a create that had in fact succeeded, by us.)
-            let Some((bytes, _)) = self.get(&key).await? else {
+            let Some((bytes, etag)) = self.get(&key).await? else {
                 continue;
             };
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
@@ -237,6 +237,23 @@ impl S3Store {
                         key,
                         owner,
                     })
+                }
+                // A holder on this very host whose process is gone (kill -9, a crashed CI job) can never
+                // release it: break it, but only the exact object we read (If-Match), then try again.
+                Ok(held) if holder_is_dead_here(&held) => {
+                    tracing::warn!(
+                        "breaking the lock of run {run}: its holder (pid {} on this host) is gone",
+                        held["pid"]
+                    );
+                    let mut delete = self.client.delete_object().bucket(&self.bucket).key(&key);
+                    if let Some(etag) = &etag {
+                        delete = delete.if_match(etag);
+                    }
+                    delete
+                        .send()
+                        .await
+                        .map_err(|e| self.sdk_error("DeleteObject", &key, e))?;
+                    continue;
                 }
                 Ok(held) => holder = Some(describe_holder(&held, SystemTime::now())),
                 Err(_) => {
@@ -495,4 +512,27 @@ mod tests {
             "pid 42 on h since 2024-01-01T00:00:00Z (expires 2024-01-01T01:00:00Z, expired)"
         );
     }
+}
+
+/// Whether a lock's holder ran on this host and its process no longer exists.
+fn holder_is_dead_here(held: &serde_json::Value) -> bool {
+    let same_host = held["host"].as_str() == Some(crate::state_store::hostname().as_str());
+    let pid = held["pid"].as_u64().and_then(|p| i32::try_from(p).ok());
+    match (same_host, pid) {
+        (true, Some(pid)) if pid > 0 => {
+            matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            ) || is_zombie(pid)
+        }
+        _ => false,
+    }
+}
+
+/// A zombie holds no lock: it has exited, only its parent has not reaped it yet.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
 }

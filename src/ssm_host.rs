@@ -21,6 +21,9 @@ pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
 const INLINE_LIMIT: usize = 48 * 1024;
 const OUTPUTS_MARK: &str = "===SORTIE-OUTPUTS===";
 const LOG_MARK: &str = "===SORTIE-LOG===";
+/// A host where nothing was launched yet (the apply died before the launch command) has no wrapper: every step
+/// on it is absent.
+const NO_WRAPPER_YET: &str = "[ -f \"$H/wrapper.sh\" ] || { echo state=absent; exit 0; }\n";
 
 /// How often to ask SSM about a command: starts at `initial`, grows by half up to `max`.
 #[derive(Debug, Clone, Copy)]
@@ -285,17 +288,20 @@ impl SsmHost {
     pub fn wait_script(step: &str) -> String {
         let d = step_dir(step);
         format!(
-            "H={HOME}\nsh \"$H/wrapper.sh\" wait {d} 5\nrc=$?\necho {OUTPUTS_MARK}\ncat {d}/outputs 2>/dev/null\necho {LOG_MARK}\ncat {d}/output.log 2>/dev/null\nexit $rc\n"
+            "H={HOME}\n{NO_WRAPPER_YET}sh \"$H/wrapper.sh\" wait {d} 5\nrc=$?\necho {OUTPUTS_MARK}\ncat {d}/outputs 2>/dev/null\necho {LOG_MARK}\ncat {d}/output.log 2>/dev/null\nexit $rc\n"
         )
     }
 
     pub fn status_script(step: &str) -> String {
-        format!("H={HOME}\nsh \"$H/wrapper.sh\" status {}\n", step_dir(step))
+        format!(
+            "H={HOME}\n{NO_WRAPPER_YET}sh \"$H/wrapper.sh\" status {}\n",
+            step_dir(step)
+        )
     }
 
     pub fn cancel_script(step: &str, grace: Duration) -> String {
         format!(
-            "H={HOME}\nsh \"$H/wrapper.sh\" cancel {} {}\n",
+            "H={HOME}\n{NO_WRAPPER_YET}sh \"$H/wrapper.sh\" cancel {} {}\n",
             step_dir(step),
             grace.as_secs()
         )

@@ -6,6 +6,7 @@ mod test_builder;
 mod apply;
 mod aws_apply;
 mod aws_provider;
+mod aws_reentry;
 mod examples;
 mod graph;
 mod invalid_plans;
