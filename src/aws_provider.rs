@@ -108,6 +108,14 @@ impl Tags {
     }
 }
 
+/// A resource found by its tags, and the run it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedResource {
+    pub kind: String,
+    pub id: String,
+    pub run: String,
+}
+
 /// The `instance` step's outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceOutputs {
@@ -441,11 +449,28 @@ impl AwsProvider {
     /// `(kind, id)` with kind [`KIND_INSTANCE`] or [`KIND_VOLUME`]. Instances come first. A live instance's root
     /// volume is listed too (it carries the instance step's tags): terminate instances before deleting volumes.
     pub async fn resources_of_run(&self, run: &str) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .resources_tagged(TAG_RUN, run)
+            .await?
+            .into_iter()
+            .map(|r| (r.kind, r.id))
+            .collect())
+    }
+
+    /// Every live instance and existing volume whose tag `key` is `value`, with the run it is tagged with.
+    pub async fn resources_tagged(&self, key: &str, value: &str) -> Result<Vec<TaggedResource>> {
+        let run_of = |tags: &[Tag]| {
+            tags.iter()
+                .find(|t| t.key() == Some(TAG_RUN))
+                .and_then(|t| t.value())
+                .unwrap_or_default()
+                .to_string()
+        };
         let mut found = Vec::new();
         let mut pages = self
             .ec2
             .describe_instances()
-            .filters(filter(&format!("tag:{TAG_RUN}"), [run]))
+            .filters(filter(&format!("tag:{key}"), [value]))
             .filters(filter(
                 "instance-state-name",
                 ["pending", "running", "shutting-down", "stopping", "stopped"],
@@ -455,7 +480,7 @@ impl AwsProvider {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|err| {
                 aws_error(
-                    &format!("could not list the instances of run {run}"),
+                    &format!("could not list the instances tagged {key}={value}"),
                     &err,
                     "check ec2:DescribeInstances",
                 )
@@ -463,7 +488,11 @@ impl AwsProvider {
             for reservation in page.reservations() {
                 for instance in reservation.instances() {
                     if let Some(id) = instance.instance_id() {
-                        found.push((KIND_INSTANCE.to_string(), id.to_string()));
+                        found.push(TaggedResource {
+                            kind: KIND_INSTANCE.to_string(),
+                            id: id.to_string(),
+                            run: run_of(instance.tags()),
+                        });
                     }
                 }
             }
@@ -471,7 +500,7 @@ impl AwsProvider {
         let mut pages = self
             .ec2
             .describe_volumes()
-            .filters(filter(&format!("tag:{TAG_RUN}"), [run]))
+            .filters(filter(&format!("tag:{key}"), [value]))
             .filters(filter(
                 "status",
                 ["creating", "available", "in-use", "deleting", "error"],
@@ -481,14 +510,18 @@ impl AwsProvider {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|err| {
                 aws_error(
-                    &format!("could not list the volumes of run {run}"),
+                    &format!("could not list the volumes tagged {key}={value}"),
                     &err,
                     "check ec2:DescribeVolumes",
                 )
             })?;
             for volume in page.volumes() {
                 if let Some(id) = volume.volume_id() {
-                    found.push((KIND_VOLUME.to_string(), id.to_string()));
+                    found.push(TaggedResource {
+                        kind: KIND_VOLUME.to_string(),
+                        id: id.to_string(),
+                        run: run_of(volume.tags()),
+                    });
                 }
             }
         }

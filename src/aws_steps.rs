@@ -121,9 +121,22 @@ impl Job {
                 message,
             }));
         };
-        let out = provider
+        let out = match provider
             .create_instance(spec, &self.tags(), &mut on_event)
-            .await?;
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                // An instance that launched but never became usable (e.g. SSM never came online) must not outlive
+                // this failure: the next attempt has a new token and would never adopt it.
+                if let Ok(Some(id)) = provider.find_instance_by_token(&self.token).await {
+                    if let Err(t) = provider.terminate_instance(&id).await {
+                        tracing::warn!("could not terminate {id} after a failed launch: {t}");
+                    }
+                }
+                return Err(e);
+            }
+        };
         let outputs = IndexMap::from([
             ("instance_id".to_string(), out.instance_id.clone()),
             ("availability_zone".to_string(), out.availability_zone),

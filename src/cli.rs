@@ -99,6 +99,14 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
+    /// List cloud resources tagged with the plan whose run is finished or unknown; --yes removes them.
+    Gc {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Remove what is listed as garbage.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Break a run's lock whose holder died (S3 state).
     Unlock {
         #[command(flatten)]
@@ -299,6 +307,10 @@ fn dispatch(command: Command) -> Result<i32> {
                 &mut out,
                 &block_on(session::destroy(&compiled.plan, &RunSelector::named(run)))?,
             )?;
+        }
+        Command::Gc { plan, yes } => {
+            let compiled = plan.compile()?;
+            write(&mut out, &block_on(crate::gc::gc(&compiled.plan, yes))?)?;
         }
         Command::Unlock { plan, run, force } => {
             if !force {

@@ -12,6 +12,7 @@ pub mod diagnostic;
 pub mod dir_store;
 pub mod error;
 pub mod event;
+pub mod gc;
 pub mod loader;
 pub mod local_host;
 pub mod plan;

@@ -245,3 +245,79 @@ async fn test_e2e_aws_capacity_failover_is_recorded() {
         .expect("instance_type output");
     assert_eq!(launched["value"], "g6.2xlarge");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_gc_collects_resources_of_a_lost_run() {
+    let aws = Aws::start().await;
+    let t = aws.test(&plan(false));
+    // A run whose state is lost: kill the apply once its volume exists, then delete the state from S3.
+    let mut cmd = t.command();
+    cmd.args(["apply", "p.yaml", "--output", "json"]);
+    let mut live = crate::apply::Live::start(cmd);
+    live.wait_event(
+        std::time::Duration::from_secs(60),
+        |e| e["event"] == "step_finished" && e["step"] == "volume",
+        || true,
+    );
+    let seen = live.kill9();
+    let run = seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|e| e["run"].as_str().map(str::to_string))
+        .expect("run id");
+    let s3 = aws.endpoint.s3_client().await;
+    for key in ["state.json", "lock.json"] {
+        let _ = s3
+            .delete_object()
+            .bucket("sortie-state")
+            .key(format!("runs/awsquick/{run}/{key}"))
+            .send()
+            .await;
+    }
+    assert_eq!(
+        aws.left_of_run(&run).await.len(),
+        3,
+        "instance, its root volume and the data volume"
+    );
+
+    let listed = t.command().args(["gc", "p.yaml"]).output().expect("gc");
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(
+        text.contains("garbage") && text.contains("its run is unknown to the state store"),
+        "{text}"
+    );
+    assert!(text.contains("run again with --yes"), "{text}");
+    assert_eq!(
+        aws.left_of_run(&run).await.len(),
+        3,
+        "listing removes nothing"
+    );
+
+    let removed = t
+        .command()
+        .args(["gc", "p.yaml", "--yes"])
+        .output()
+        .expect("gc --yes");
+    assert_eq!(
+        removed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let left = aws.left_of_run(&run).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let again = t
+        .command()
+        .args(["gc", "p.yaml"])
+        .output()
+        .expect("gc again");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no resources tagged sortie:plan=awsquick")
+    );
+}
