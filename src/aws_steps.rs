@@ -62,6 +62,21 @@ pub fn output_location(state: &StateLocation, plan: &str, run: &str) -> Option<O
     }
 }
 
+/// Where a step's heartbeat lives in S3: `<prefix>/<plan>/<run>/steps/<step>/heartbeat.json`.
+pub fn heartbeat_key(state: &StateLocation, plan: &str, run: &str, step: &str) -> Option<String> {
+    match state {
+        StateLocation::S3 { prefix, .. } => Some(
+            [prefix.as_str(), plan, run, "steps", step, "heartbeat.json"]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join("/"),
+        ),
+        StateLocation::Dir(_) => None,
+    }
+}
+
 impl Job {
     fn tags(&self) -> Tags {
         Tags {
@@ -229,6 +244,10 @@ impl Job {
             st.attempt == Some(self.attempt) && st.state != "absent"
         };
         if !already {
+            let mut launch = launch;
+            if let Some(url) = self.heartbeat_url(&host).await {
+                launch.env.push(("SORTIE_HEARTBEAT_URL".into(), url));
+            }
             self.begin(IndexMap::from([(
                 "host".to_string(),
                 host.instance_id.clone(),
@@ -264,7 +283,28 @@ impl Job {
                     c
                 }
             };
-            let inv = match host.wait(&command, &mut cancel).await {
+            let waited = match self.stall_probe(spec.heartbeat.stale_after) {
+                Some((watch, every, bucket, key)) => {
+                    let wait = host.wait(&command, &mut cancel);
+                    tokio::pin!(wait);
+                    let mut watch = watch;
+                    loop {
+                        tokio::select! {
+                            r = &mut wait => break r,
+                            _ = tokio::time::sleep(every) => {
+                                let beat = fetch_beat(&host.s3, &bucket, &key).await;
+                                if let Some(reason) = watch.observe(beat, std::time::Instant::now()) {
+                                    host.cancel(&id, Duration::from_secs(30)).await?;
+                                    host.cancel_command(&command).await;
+                                    return Ok(Outcome::Failed { error: reason });
+                                }
+                            }
+                        }
+                    }
+                }
+                None => host.wait(&command, &mut cancel).await,
+            };
+            let inv = match waited {
                 Ok(inv) => inv,
                 // A command from before a crash may have expired: wait again with a new one.
                 Err(e) if self.reattach => {
@@ -284,6 +324,61 @@ impl Job {
             }
             return Ok(outcome_of(&status, outputs, &inv, self.step.timeout));
         }
+    }
+
+    /// What a stall check needs on AWS: the heartbeat's S3 location (state must be in S3) and how often to look.
+    fn stall_probe(
+        &self,
+        stale_after: Option<Duration>,
+    ) -> Option<(crate::stall::StallWatch, Duration, String, String)> {
+        let stale = stale_after?;
+        let key = heartbeat_key(
+            &self.state_location,
+            &self.plan_name,
+            &self.run_id,
+            &self.step.id,
+        )?;
+        let StateLocation::S3 { bucket, .. } = &self.state_location else {
+            return None;
+        };
+        let every = poll_override().unwrap_or_else(|| {
+            (stale / 10).clamp(Duration::from_secs(30), Duration::from_secs(120))
+        });
+        Some((
+            crate::stall::StallWatch::new(stale),
+            every,
+            bucket.clone(),
+            key,
+        ))
+    }
+
+    /// A presigned PUT for this step's heartbeat beside the run's state, so `plan status` can read progress
+    /// without SSM. Valid for the step's timeout (at most the 7 days SigV4 allows); none without S3 state.
+    async fn heartbeat_url(&self, host: &SsmHost) -> Option<String> {
+        let key = heartbeat_key(
+            &self.state_location,
+            &self.plan_name,
+            &self.run_id,
+            &self.step.id,
+        )?;
+        let StateLocation::S3 { bucket, .. } = &self.state_location else {
+            return None;
+        };
+        let valid = self
+            .step
+            .timeout
+            .unwrap_or(Duration::from_secs(86_400))
+            .min(Duration::from_secs(7 * 86_400));
+        let presign = aws_sdk_s3::presigning::PresigningConfig::expires_in(valid).ok()?;
+        let req = host
+            .s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(presign)
+            .await
+            .ok()?;
+        Some(req.uri().to_string())
     }
 
     pub(crate) async fn aws_destroy(&self, destroys: &[String]) -> Result<Outcome> {
@@ -346,6 +441,17 @@ async fn unmount(config: &aws_config::SdkConfig, instance: &str, mount: &str) {
             tracing::warn!("unmounting {mount} on {instance} took too long; detaching anyway")
         }
     }
+}
+
+/// The heartbeat the host uploaded, if it is there yet.
+async fn fetch_beat(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> Option<crate::stall::Beat> {
+    let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+    let bytes = got.body.collect().await.ok()?.into_bytes();
+    crate::stall::Beat::parse(&String::from_utf8_lossy(&bytes))
 }
 
 fn outcome_of(

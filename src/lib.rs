@@ -23,6 +23,7 @@ pub mod s3_store;
 pub mod session;
 pub mod source;
 pub mod ssm_host;
+pub mod stall;
 pub mod state;
 pub mod state_store;
 pub mod step_exec;

@@ -476,6 +476,29 @@ fn describe_holder(held: &serde_json::Value, now: SystemTime) -> String {
     )
 }
 
+/// Whether a lock's holder ran on this host and its process no longer exists.
+fn holder_is_dead_here(held: &serde_json::Value) -> bool {
+    let same_host = held["host"].as_str() == Some(crate::state_store::hostname().as_str());
+    let pid = held["pid"].as_u64().and_then(|p| i32::try_from(p).ok());
+    match (same_host, pid) {
+        (true, Some(pid)) if pid > 0 => {
+            matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+                Err(nix::errno::Errno::ESRCH)
+            ) || is_zombie(pid)
+        }
+        _ => false,
+    }
+}
+
+/// A zombie holds no lock: it has exited, only its parent has not reaped it yet.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,27 +535,4 @@ mod tests {
             "pid 42 on h since 2024-01-01T00:00:00Z (expires 2024-01-01T01:00:00Z, expired)"
         );
     }
-}
-
-/// Whether a lock's holder ran on this host and its process no longer exists.
-fn holder_is_dead_here(held: &serde_json::Value) -> bool {
-    let same_host = held["host"].as_str() == Some(crate::state_store::hostname().as_str());
-    let pid = held["pid"].as_u64().and_then(|p| i32::try_from(p).ok());
-    match (same_host, pid) {
-        (true, Some(pid)) if pid > 0 => {
-            matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-                Err(nix::errno::Errno::ESRCH)
-            ) || is_zombie(pid)
-        }
-        _ => false,
-    }
-}
-
-/// A zombie holds no lock: it has exited, only its parent has not reaped it yet.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(false)
 }

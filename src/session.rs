@@ -286,17 +286,16 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
         )));
     }
     let mut run = require(&store, plan, sel).await?;
-    let dir = run
-        .step(step)
-        .handle
-        .get("status_dir")
-        .cloned()
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "step `{step}` of run {} has no log (it has not run on a host)",
-                run.run_id
-            ))
-        })?;
+    let handle = run.step(step).handle.clone();
+    if let (Some(host), Some(command)) = (handle.get("host"), handle.get("wait_command")) {
+        return aws_logs(plan, &store, run, step, host, command, follow).await;
+    }
+    let dir = handle.get("status_dir").cloned().ok_or_else(|| {
+        Error::Usage(format!(
+            "step `{step}` of run {} has no log (it has not run on a host)",
+            run.run_id
+        ))
+    })?;
     let path = std::path::Path::new(&dir).join("output.log");
     let mut offset = 0u64;
     let mut out = std::io::stdout().lock();
@@ -318,6 +317,44 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    Ok(exit::OK)
+}
+
+/// On AWS the log comes back with the command that waited for the step: the full stdout SSM wrote to S3 (or,
+/// without an S3 output location, the first 24,000 characters GetCommandInvocation returns).
+async fn aws_logs(
+    plan: &Plan,
+    store: &Store,
+    mut run: RunState,
+    step: &str,
+    host: &str,
+    command: &str,
+    follow: bool,
+) -> Result<i32> {
+    let mut shown_progress = None;
+    while follow && !run.step(step).status.is_final() {
+        let progress = run.step(step).progress.clone();
+        if progress.is_some() && progress != shown_progress {
+            println!(
+                "[{step} progress: {}]",
+                progress.clone().unwrap_or_default()
+            );
+            shown_progress = progress;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        run = require(store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
+    }
+    let config = crate::aws::sdk_config(&plan.target).await;
+    let ssm_host = crate::ssm_host::SsmHost {
+        ssm: aws_sdk_ssm::Client::new(&config),
+        s3: crate::aws::s3_client(&config),
+        instance_id: host.to_string(),
+        output: crate::aws_steps::output_location(&plan.state, &plan.name, &run.run_id),
+        poll: crate::ssm_host::SsmPoll::default(),
+    };
+    let log = ssm_host.fetch_log(command).await?;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(log.as_bytes());
     Ok(exit::OK)
 }
 

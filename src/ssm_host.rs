@@ -356,6 +356,59 @@ impl SsmHost {
         Ok(parse_status(&inv.stdout))
     }
 
+    /// The log part of a wait command's output: from S3 when SSM wrote it there (complete), else from
+    /// GetCommandInvocation (at most 24,000 characters).
+    pub async fn fetch_log(&self, command_id: &str) -> Result<String> {
+        let stdout = match &self.output {
+            Some(out) => {
+                let key = format!(
+                    "{}/{command_id}/{}/awsrunShellScript/0.awsrunShellScript/stdout",
+                    out.prefix.trim_end_matches('/'),
+                    self.instance_id
+                );
+                let got = self
+                    .s3
+                    .get_object()
+                    .bucket(&out.bucket)
+                    .key(&key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        Error::Runtime(format!(
+                            "cannot read the log at s3://{}/{key}: {}",
+                            out.bucket,
+                            aws_sdk_s3::error::DisplayErrorContext(&e)
+                        ))
+                    })?;
+                let bytes = got
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| Error::Runtime(format!("cannot read the log: {e}")))?;
+                String::from_utf8_lossy(&bytes.into_bytes()).into_owned()
+            }
+            None => {
+                let inv = self
+                    .ssm
+                    .get_command_invocation()
+                    .command_id(command_id)
+                    .instance_id(&self.instance_id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        Error::Runtime(format!(
+                            "cannot read command {command_id}: {}",
+                            aws_sdk_ssm::error::DisplayErrorContext(&e)
+                        ))
+                    })?;
+                inv.standard_output_content()
+                    .unwrap_or_default()
+                    .to_string()
+            }
+        };
+        Ok(split_wait_output(&stdout).2)
+    }
+
     async fn stage_script(&self, step: &str, attempt: u32, script: &str) -> Result<String> {
         let out = self.output.as_ref().ok_or_else(|| {
             Error::Runtime(format!("the script of step `{step}` is larger than an SSM command allows and there is no S3 bucket to stage it in"))

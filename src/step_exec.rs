@@ -290,6 +290,10 @@ impl Job {
         // exit code directly; the wrapper's full probe (liveness, heartbeat) runs about once a second.
         let mut delay = Duration::from_millis(2);
         let mut last_probe = tokio::time::Instant::now();
+        let mut stall = spec
+            .heartbeat
+            .stale_after
+            .map(crate::stall::StallWatch::new);
         loop {
             if status.is_finished() || status.state == "lost" {
                 break;
@@ -316,6 +320,15 @@ impl Job {
             } else if last_probe.elapsed() >= Duration::from_secs(1) {
                 last_probe = tokio::time::Instant::now();
                 status = host.status(&id).await?;
+                if let Some(watch) = stall.as_mut() {
+                    let beat = std::fs::read_to_string(host.status_dir(&id).join("heartbeat.json"))
+                        .ok()
+                        .and_then(|t| crate::stall::Beat::parse(&t));
+                    if let Some(reason) = watch.observe(beat, std::time::Instant::now()) {
+                        host.cancel(&id, Duration::from_secs(5)).await?;
+                        return Ok(Outcome::Failed { error: reason });
+                    }
+                }
             }
         }
         if status.progress.is_some() && status.progress != last_progress {

@@ -170,6 +170,36 @@ async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
         .starts_with("vol-"));
     let left = aws.left_of_run(&run).await;
     assert!(left.is_empty(), "left behind: {left:?}");
+    // The full log comes back from S3, where SSM wrote the command output.
+    let logs = t
+        .command()
+        .args(["logs", "p.yaml", "train"])
+        .output()
+        .expect("logs");
+    assert_eq!(
+        logs.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("step 3/3"),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+    // The heartbeat went to S3 too, beside the state.
+    let s3 = aws.endpoint.s3_client().await;
+    let heartbeat = s3
+        .get_object()
+        .bucket("sortie-state")
+        .key(format!("runs/awsquick/{run}/steps/train/heartbeat.json"))
+        .send()
+        .await
+        .expect("heartbeat object");
+    let heartbeat: serde_json::Value =
+        serde_json::from_slice(&heartbeat.body.collect().await.expect("body").into_bytes())
+            .expect("heartbeat JSON");
+    assert_eq!(heartbeat["attempt"], 1);
     let calls = aws.endpoint.calls();
     assert!(
         calls["ssm:SendCommand"].as_u64().unwrap_or(0) >= 4,

@@ -14,5 +14,6 @@ mod properties;
 mod reentry;
 mod s3_apply;
 mod schema;
+mod stall;
 mod store_suite;
 mod variables;

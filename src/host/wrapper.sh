@@ -76,7 +76,7 @@ heartbeat() {
 	# On AWS the heartbeat also goes to S3 (a presigned PUT: the host needs no credentials), so `plan status`
 	# reads it without SSM. Best effort and in the background: a slow network never delays the step.
 	[ -z "${SORTIE_HEARTBEAT_URL:-}" ] || ! command -v curl >/dev/null 2>&1 ||
-		{ curl -fsS -m 10 -X PUT --data-binary @"$D/heartbeat.json" "$SORTIE_HEARTBEAT_URL" >/dev/null 2>&1 || :; } &
+		{ curl -fsS -m 10 -X PUT -H "Content-Type: application/json" --data-binary @"$D/heartbeat.json" "$SORTIE_HEARTBEAT_URL" >/dev/null 2>&1 || :; } &
 }
 
 state() {
