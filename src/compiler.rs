@@ -771,17 +771,18 @@ impl Compiler {
         file: Option<(&Path, &str)>,
     ) {
         for r in refs {
-            let location = match file {
+            // Locating a reference scans the source: only done for the ones that turn out to be errors.
+            let locate = |this: &Compiler| match file {
                 Some((_, source)) => find_in(source, &r.0, 1),
                 None => {
-                    let start = self.spans.nearest(origin).map_or(1, |s| s.line);
-                    match self
+                    let start = this.spans.nearest(origin).map_or(1, |s| s.line);
+                    match this
                         .sources
-                        .get(&self.file)
+                        .get(&this.file)
                         .map(|text| find_in(text, &r.0, start))
                     {
                         Some(found @ Location::Span(_)) => found,
-                        _ => self.at(origin),
+                        _ => this.at(origin),
                     }
                 }
             };
@@ -791,7 +792,7 @@ impl Compiler {
                     if ctx.vars.contains_key(name) {
                         used_vars.insert(name.to_string());
                     } else {
-                        let d = Diagnostic::new(&diag_file, location, format!("undefined variable `vars.{name}`"));
+                        let d = Diagnostic::new(&diag_file, locate(self), format!("undefined variable `vars.{name}`"));
                         let help = match did_you_mean(name, ctx.vars.keys().map(String::as_str)) {
                             Some(s) => format!("did you mean `vars.{s}`?"),
                             None => "declare it under `vars:` in the plan".to_string(),
@@ -805,7 +806,7 @@ impl Compiler {
                     let other = ctx.index.get(alias).map_or(alias, |&i| ctx.ids[i].as_str());
                     if other == me {
                         self.problems.push(
-                            Diagnostic::new(&diag_file, location, format!("step `{me}` refers to its own outputs"))
+                            Diagnostic::new(&diag_file, locate(self), format!("step `{me}` refers to its own outputs"))
                                 .with_help("a step cannot depend on itself; remove the reference"),
                         );
                     } else if ctx.index.contains_key(other) {
@@ -818,11 +819,11 @@ impl Compiler {
                             (None, Some(s)) => format!("did you mean `{s}`?"),
                             (None, None) => format!("the steps are: {}", ctx.ids.join(", ")),
                         };
-                        self.problems.push(Diagnostic::new(&diag_file, location, message).with_help(help));
+                        self.problems.push(Diagnostic::new(&diag_file, locate(self), message).with_help(help));
                     }
                 }
                 ("steps", None) => self.problems.push(
-                    Diagnostic::new(&diag_file, location, "`steps` is used without a step id")
+                    Diagnostic::new(&diag_file, locate(self), "`steps` is used without a step id")
                         .with_help("write `steps.<id>.outputs.<key>` (dashes in ids become underscores: `steps.prep_data`) so the dependency is known"),
                 ),
                 ("run", _) | ("host", _) => {}
@@ -834,7 +835,7 @@ impl Compiler {
                         (None, None) => "templates see `vars`, `run`, `steps.<id>.outputs` and `host`".to_string(),
                     };
                     self.problems
-                        .push(Diagnostic::new(&diag_file, location, format!("undefined variable `{}`", r.0)).with_help(help));
+                        .push(Diagnostic::new(&diag_file, locate(self), format!("undefined variable `{}`", r.0)).with_help(help));
                 }
             }
         }
