@@ -53,9 +53,17 @@ steps:
       {check}
       for s in 1 2 3; do echo \"step $s/3\"; sleep 0.2; done
       echo \"adapter=done\" >> \"$SORTIE_OUTPUT\"
+  big:
+    kind: run
+    needs: [prep-data]
+    run: |
+      # A script larger than an SSM command may carry travels through S3 (a presigned GET).
+      # {padding}
+      echo big-ok=$(( 6 * 7 )) >> \"$SORTIE_OUTPUT\"
   teardown:
     kind: teardown
-"
+",
+        padding = "x".repeat(60 * 1024)
     )
 }
 
@@ -151,7 +159,14 @@ async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
         .output()
         .expect("status");
     let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
-    for step in ["instance", "volume", "prep-data", "train", "teardown"] {
+    for step in [
+        "instance",
+        "volume",
+        "prep-data",
+        "train",
+        "big",
+        "teardown",
+    ] {
         assert_eq!(
             state["steps"][step]["status"], "succeeded",
             "{step}: {}",
@@ -164,6 +179,10 @@ async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
     assert!(instance.starts_with("i-"), "{instance}");
     assert_eq!(state["steps"]["prep-data"]["outputs"]["rows"], "3");
     assert_eq!(state["steps"]["train"]["outputs"]["adapter"], "done");
+    assert_eq!(
+        state["steps"]["big"]["outputs"]["big-ok"], "42",
+        "the 60 KiB script ran"
+    );
     assert!(state["steps"]["volume"]["outputs"]["volume_id"]
         .as_str()
         .unwrap_or_default()
@@ -350,4 +369,52 @@ async fn test_e2e_aws_gc_collects_resources_of_a_lost_run() {
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("no resources tagged sortie:plan=awsquick")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_examples_quickstart_runs_on_aws() {
+    // examples/quickstart.yaml itself, with only its target switched to aws and the instance described.
+    let aws = Aws::start().await;
+    let quickstart =
+        std::fs::read_to_string(crate::test_builder::repo().join("examples/quickstart.yaml"))
+            .expect("quickstart");
+    let on_aws = quickstart
+        .replace(
+            "target: { provider: local }",
+            "target: { provider: aws, region: us-east-1 }\nstate: s3://sortie-state/runs",
+        )
+        .replace(
+            "  instance:\n    kind: instance\n",
+            &format!(
+                "  instance:\n    kind: instance\n    instance_types: [g5.2xlarge]\n    image: ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64\n    profile: {PROFILE}\n    root_size: 20GiB\n"
+            ),
+        );
+    assert_ne!(
+        on_aws, quickstart,
+        "the quickstart's target line changed; update this test"
+    );
+    let t = aws.test(&on_aws);
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = events(&out.stdout);
+    let run = events[0]["run"].as_str().expect("run id").to_string();
+    let uploaded = events
+        .iter()
+        .find(|e| e["event"] == "step_output" && e["step"] == "upload" && e["key"] == "uploaded")
+        .and_then(|e| e["value"].as_str())
+        .expect("upload output")
+        .to_string();
+    assert!(std::path::Path::new(&uploaded).exists(), "{uploaded}");
+    let left = aws.left_of_run(&run).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
