@@ -31,11 +31,11 @@ impl Dag {
         for i in 0..count {
             graph.add_node(i);
         }
+        // Deduplicate with a set: petgraph's find_edge scans the adjacency list, which is quadratic for a hub
+        // (the host every step runs on).
+        let mut seen = std::collections::HashSet::with_capacity(edges.len());
         for &(from, to) in edges {
-            if graph
-                .find_edge(NodeIndex::new(from), NodeIndex::new(to))
-                .is_none()
-            {
+            if seen.insert((from, to)) {
                 graph.add_edge(NodeIndex::new(from), NodeIndex::new(to), ());
             }
         }
