@@ -57,7 +57,7 @@ pub fn compile(path: &Path, overrides: &Overrides) -> Result<Compiled, Invalid> 
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
         sources: Sources::default(),
         problems: Vec::new(),
-        spans: yaml::SpanIndex::default(),
+        spans: yaml::LazySpans::default(),
         env: template::environment(),
     };
     match c.run(overrides) {
@@ -77,7 +77,7 @@ struct Compiler {
     dir: PathBuf,
     sources: Sources,
     problems: Vec<Diagnostic>,
-    spans: yaml::SpanIndex,
+    spans: yaml::LazySpans,
     env: minijinja::Environment<'static>,
 }
 

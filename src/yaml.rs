@@ -82,15 +82,49 @@ pub fn join_key(path: &str, key: &str) -> String {
     }
 }
 
-/// A parsed document: the value and where everything in it is.
+/// A parsed document: the value and, built on first use, where everything in it is.
 #[derive(Debug)]
 pub struct Document {
     pub value: Value,
-    pub spans: SpanIndex,
+    pub spans: LazySpans,
 }
 
-/// Parses one YAML document.
-pub fn parse(source: &str) -> Result<Document, YamlError> {
+/// Positions are only needed to report problems, so the second (event) pass that finds them runs only when a
+/// diagnostic asks: a valid 10,000-step plan is parsed once.
+#[derive(Debug, Default)]
+pub struct LazySpans {
+    source: String,
+    index: std::cell::OnceCell<SpanIndex>,
+}
+
+impl LazySpans {
+    pub fn new(source: &str) -> LazySpans {
+        LazySpans {
+            source: source.to_string(),
+            index: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self) -> &SpanIndex {
+        self.index.get_or_init(|| index(&self.source).0)
+    }
+
+    pub fn key(&self, path: &str) -> Option<Span> {
+        self.get().key(path)
+    }
+
+    pub fn value(&self, path: &str) -> Option<Span> {
+        self.get().value(path)
+    }
+
+    pub fn nearest(&self, path: &str) -> Option<Span> {
+        self.get().nearest(path)
+    }
+}
+
+/// The event pass: positions of every key and value, and the first structural problem found (duplicate keys,
+/// nesting, alias bombs, several documents), all without expanding anything.
+fn index(source: &str) -> (SpanIndex, Option<YamlError>) {
     let mut builder = IndexBuilder::default();
     let mut parser = Parser::new_from_str(source);
     if let Err(e) = parser.load(&mut builder, true) {
@@ -101,16 +135,32 @@ pub fn parse(source: &str) -> Result<Document, YamlError> {
         } else {
             format!("invalid YAML: {}", e.info())
         };
-        return Err(YamlError {
+        let err = YamlError {
             message,
             span: Some(span_at(m, 1)),
             help: None,
-        });
+        };
+        return (builder.index, Some(err));
     }
-    if let Some(err) = builder.error {
-        return Err(err);
-    }
-    if builder.documents == 0 || matches!(builder.root_is_null, Some(true)) {
+    let err = builder.error.take();
+    (builder.index, err)
+}
+
+/// Parses one YAML document. serde_yaml refuses duplicate keys, deep nesting, alias bombs and several documents
+/// by itself; when it refuses anything, the event pass explains where and why.
+pub fn parse(source: &str) -> Result<Document, YamlError> {
+    let value = match serde_yaml::from_str::<Value>(source) {
+        Ok(v) if depth(&v) <= MAX_DEPTH => v,
+        Ok(_) => {
+            return Err(index(source).1.unwrap_or(YamlError {
+                message: format!("YAML is nested deeper than {MAX_DEPTH} levels"),
+                span: None,
+                help: None,
+            }))
+        }
+        Err(e) => return Err(index(source).1.unwrap_or_else(|| serde_yaml_error(e))),
+    };
+    if value.is_null() {
         return Err(YamlError {
             message: "the plan file is empty".into(),
             span: None,
@@ -119,11 +169,32 @@ pub fn parse(source: &str) -> Result<Document, YamlError> {
             ),
         });
     }
-    let value: Value = serde_yaml::from_str(source).map_err(serde_yaml_error)?;
     Ok(Document {
         value,
-        spans: builder.index,
+        spans: LazySpans::new(source),
     })
+}
+
+/// Nesting depth of a value, without recursion (serde_yaml already bounds it at 128).
+fn depth(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 1usize)];
+    // Counts nested collections, as the event pass does.
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Sequence(items) => {
+                deepest = deepest.max(d);
+                stack.extend(items.iter().map(|i| (i, d + 1)));
+            }
+            Value::Mapping(map) => {
+                deepest = deepest.max(d);
+                stack.extend(map.values().map(|i| (i, d + 1)));
+            }
+            Value::Tagged(t) => stack.push((&t.value, d)),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Deserializes a standalone YAML file (a `--var-file`) into `T`.
