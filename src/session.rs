@@ -224,7 +224,14 @@ pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Res
     }
     let now = state::now();
     let mut rows = vec![[
-        "STEP", "STATUS", "ATTEMPT", "STARTED", "DURATION", "PROGRESS", "ERROR",
+        "STEP",
+        "STATUS",
+        "ATTEMPT",
+        "STARTED",
+        "DURATION",
+        "PROGRESS",
+        "HEARTBEAT",
+        "ERROR",
     ]
     .map(String::from)
     .to_vec()];
@@ -237,13 +244,35 @@ pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Res
             (Some(a), None) if st.status == StepStatus::Running => fmt_secs(now - a),
             _ => String::new(),
         };
+        // A running step's latest heartbeat: from its status directory, or from S3 on AWS (no SSM needed).
+        let beat = if st.status == StepStatus::Running {
+            heartbeat(plan, &run.run_id, id, st).await
+        } else {
+            None
+        };
+        let progress = beat
+            .as_ref()
+            .and_then(|b| {
+                b["progress"]
+                    .as_str()
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+            })
+            .or_else(|| st.progress.clone())
+            .unwrap_or_default();
+        let age = beat
+            .as_ref()
+            .and_then(|b| b["ts"].as_f64())
+            .map(|ts| format!("{} ago", fmt_secs(now - ts)))
+            .unwrap_or_default();
         rows.push(vec![
             id.clone(),
             st.status.as_str().into(),
             st.attempt.to_string(),
             started,
             duration,
-            st.progress.clone().unwrap_or_default(),
+            progress,
+            age,
             st.error.clone().unwrap_or_default(),
         ]);
     }
@@ -255,6 +284,27 @@ pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Res
     );
     out.push_str(&table(&rows));
     Ok(out)
+}
+
+/// The heartbeat JSON of a running step, if it can be read.
+async fn heartbeat(
+    plan: &Plan,
+    run: &str,
+    step: &str,
+    st: &StepState,
+) -> Option<serde_json::Value> {
+    if let Some(dir) = st.handle.get("status_dir") {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(dir).join("heartbeat.json")).ok()?;
+        return serde_json::from_str(&text).ok();
+    }
+    let key = crate::aws_steps::heartbeat_key(&plan.state, &plan.name, run, step)?;
+    let crate::plan::StateLocation::S3 { bucket, .. } = &plan.state else {
+        return None;
+    };
+    let s3 = crate::aws::s3_client(&crate::aws::sdk_config(&plan.target).await);
+    let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+    serde_json::from_slice(&got.body.collect().await.ok()?.into_bytes()).ok()
 }
 
 pub async fn runs(plan: &Plan) -> Result<String> {

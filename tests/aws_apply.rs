@@ -418,3 +418,75 @@ async fn test_e2e_aws_examples_quickstart_runs_on_aws() {
     let left = aws.left_of_run(&run).await;
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_status_reads_the_heartbeat_from_s3() {
+    let aws = Aws::start().await;
+    let plan = format!(
+        "plan: awsbeat
+target: {{ provider: aws, region: us-east-1 }}
+state: s3://sortie-state/runs
+steps:
+  instance:
+    kind: instance
+    instance_types: [g5.2xlarge]
+    image: ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
+    profile: {PROFILE}
+    root_size: 20GiB
+  train:
+    kind: run
+    detach: true
+    heartbeat: {{ interval: 1s }}
+    run: |
+      for s in $(seq 1 40); do echo \"step $s/40\"; sleep 0.25; done
+  teardown: {{ kind: teardown }}
+"
+    );
+    let t = aws.test(&plan);
+    let first = t
+        .command()
+        .args(["apply", "p.yaml", "--no-wait"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        first.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The orchestrator is gone; the host keeps uploading heartbeats, and status reads them from S3.
+    let mut seen = String::new();
+    for _ in 0..40 {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        let status = t
+            .command()
+            .args(["status", "p.yaml"])
+            .output()
+            .expect("status");
+        seen = String::from_utf8_lossy(&status.stdout).to_string();
+        if seen.lines().any(|l| {
+            l.starts_with("train")
+                && l.contains("running")
+                && l.contains("/40")
+                && l.contains(" ago")
+        }) {
+            break;
+        }
+    }
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("train") && l.contains("/40") && l.contains(" ago")),
+        "no heartbeat progress in:\n{seen}"
+    );
+    let second = t
+        .command()
+        .args(["apply", "p.yaml"])
+        .output()
+        .expect("apply again");
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+}
