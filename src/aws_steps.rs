@@ -332,38 +332,31 @@ impl Job {
         stale_after: Option<Duration>,
     ) -> Option<(crate::stall::StallWatch, Duration, String, String)> {
         let stale = stale_after?;
+        let (bucket, key) = self.heartbeat_object()?;
+        let every = poll_override().unwrap_or_else(|| {
+            (stale / 10).clamp(Duration::from_secs(30), Duration::from_secs(120))
+        });
+        Some((crate::stall::StallWatch::new(stale), every, bucket, key))
+    }
+
+    /// The bucket and key of this step's heartbeat (only with S3 state).
+    fn heartbeat_object(&self) -> Option<(String, String)> {
         let key = heartbeat_key(
             &self.state_location,
             &self.plan_name,
             &self.run_id,
             &self.step.id,
         )?;
-        let StateLocation::S3 { bucket, .. } = &self.state_location else {
-            return None;
-        };
-        let every = poll_override().unwrap_or_else(|| {
-            (stale / 10).clamp(Duration::from_secs(30), Duration::from_secs(120))
-        });
-        Some((
-            crate::stall::StallWatch::new(stale),
-            every,
-            bucket.clone(),
-            key,
-        ))
+        match &self.state_location {
+            StateLocation::S3 { bucket, .. } => Some((bucket.clone(), key)),
+            StateLocation::Dir(_) => None,
+        }
     }
 
     /// A presigned PUT for this step's heartbeat beside the run's state, so `plan status` can read progress
     /// without SSM. Valid for the step's timeout (at most the 7 days SigV4 allows); none without S3 state.
     async fn heartbeat_url(&self, host: &SsmHost) -> Option<String> {
-        let key = heartbeat_key(
-            &self.state_location,
-            &self.plan_name,
-            &self.run_id,
-            &self.step.id,
-        )?;
-        let StateLocation::S3 { bucket, .. } = &self.state_location else {
-            return None;
-        };
+        let (bucket, key) = self.heartbeat_object()?;
         let valid = self
             .step
             .timeout

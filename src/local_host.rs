@@ -49,6 +49,31 @@ pub struct LaunchSpec {
     pub heartbeat_interval: Option<Duration>,
 }
 
+impl LaunchSpec {
+    /// The step's environment plus the wrapper's settings (docs/HOST_PROTOCOL.md). `interval` is the default
+    /// heartbeat interval in seconds for the target.
+    pub fn wrapper_env(&self, interval: u64) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        if let Some(t) = self.timeout {
+            env.push(("SORTIE_TIMEOUT".into(), t.as_secs().max(1).to_string()));
+        }
+        if let Some(lock) = &self.lock {
+            env.push(("SORTIE_LOCK".into(), lock.clone()));
+        }
+        if let Some(p) = &self.progress {
+            env.push(("SORTIE_PROGRESS".into(), p.clone()));
+        }
+        if let Some(m) = &self.metrics {
+            env.push(("SORTIE_METRICS".into(), m.clone()));
+        }
+        let interval = self
+            .heartbeat_interval
+            .map_or(interval, |d| d.as_secs().max(1));
+        env.push(("SORTIE_HEARTBEAT_INTERVAL".into(), interval.to_string()));
+        env
+    }
+}
+
 impl LocalHost {
     /// The sandbox of `step` in `run`, under `root`.
     pub fn at(root: &Path, run: &str, step: &str) -> LocalHost {
@@ -121,21 +146,7 @@ impl LocalHost {
             .join(".sortie")
             .join(format!("{step}.{attempt}.script"));
         crate::state_store::write_atomic(&script_path, script.as_bytes())?;
-        let mut env = spec.env.clone();
-        if let Some(t) = spec.timeout {
-            env.push(("SORTIE_TIMEOUT".into(), t.as_secs().max(1).to_string()));
-        }
-        if let Some(lock) = &spec.lock {
-            env.push(("SORTIE_LOCK".into(), lock.clone()));
-        }
-        if let Some(p) = &spec.progress {
-            env.push(("SORTIE_PROGRESS".into(), p.clone()));
-        }
-        if let Some(m) = &spec.metrics {
-            env.push(("SORTIE_METRICS".into(), m.clone()));
-        }
-        let interval = spec.heartbeat_interval.map_or(5, |d| d.as_secs().max(1));
-        env.push(("SORTIE_HEARTBEAT_INTERVAL".into(), interval.to_string()));
+        let mut env = spec.wrapper_env(5);
         env.push(("SORTIE_KILL_GRACE".into(), "5".into()));
         let dir_s = dir.to_string_lossy().to_string();
         let out = self

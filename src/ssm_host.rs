@@ -264,22 +264,7 @@ impl SsmHost {
             }
             None => write_file(&mut s, &script_path, script.as_bytes()),
         }
-        let mut env = spec.env.clone();
-        if let Some(t) = spec.timeout {
-            env.push(("SORTIE_TIMEOUT".into(), t.as_secs().max(1).to_string()));
-        }
-        if let Some(lock) = &spec.lock {
-            env.push(("SORTIE_LOCK".into(), lock.clone()));
-        }
-        if let Some(p) = &spec.progress {
-            env.push(("SORTIE_PROGRESS".into(), p.clone()));
-        }
-        if let Some(m) = &spec.metrics {
-            env.push(("SORTIE_METRICS".into(), m.clone()));
-        }
-        let interval = spec.heartbeat_interval.map_or(30, |d| d.as_secs().max(1));
-        env.push(("SORTIE_HEARTBEAT_INTERVAL".into(), interval.to_string()));
-        for (k, v) in &env {
+        for (k, v) in &spec.wrapper_env(30) {
             let _ = writeln!(s, "export {k}={}", q(v));
         }
         let _ = writeln!(s, "export SORTIE_HOME=\"$H\"");
