@@ -4,8 +4,6 @@
 use std::io::Write;
 use std::time::Duration;
 
-use indexmap::IndexMap;
-
 use crate::error::{exit, Error, Result};
 use crate::plan::Plan;
 use crate::reporter::{OutputFormat, Reporter};
@@ -510,9 +508,4 @@ fn fmt_time(epoch: f64) -> String {
 
 fn fmt_secs(secs: f64) -> String {
     humantime::format_duration(Duration::from_secs(secs.max(0.0).round() as u64)).to_string()
-}
-
-/// Outputs of a run's step, for tests and `status --output json` consumers.
-pub fn outputs(run: &RunState, step: &str) -> IndexMap<String, String> {
-    run.step(step).outputs.clone()
 }
