@@ -220,6 +220,8 @@ fn dispatch(command: Command) -> Result<i32> {
                     plan.target.provider()
                 ),
             )?;
+            // The process exits next: freeing a large plan piece by piece would only add to its run time.
+            std::mem::forget(compiled);
         }
         Command::Graph { plan, format } => {
             let compiled = plan.compile()?;

@@ -152,7 +152,15 @@ impl Compiler {
             );
             return None;
         }
-        let raw: PlanFile<yaml::Value> = self.deserialize(doc.value, "")?;
+        // Steps are read from the document in place (one at a time, so each gets its own errors); the plan-level
+        // pass only checks that `steps` is a mapping.
+        let raw: PlanFile<serde::de::IgnoredAny> = self.deserialize(&doc.value, "")?;
+        let steps: Vec<(String, &yaml::Value)> = doc
+            .value
+            .get("steps")
+            .and_then(yaml::Value::as_mapping)
+            .map(|m| m.iter().map(|(k, v)| (yaml::scalar_text(k), v)).collect())
+            .unwrap_or_default();
 
         let vars = variables::resolve(
             &self.file,
@@ -183,7 +191,7 @@ impl Compiler {
         let default_backoff =
             self.duration("defaults.backoff", defaults.backoff.as_deref(), &vars_ctx);
 
-        let pending = self.read_steps(raw.steps);
+        let pending = self.read_steps(steps);
         if pending.is_empty() && self.problems.is_empty() {
             self.error_help(
                 self.at("steps"),
@@ -213,7 +221,7 @@ impl Compiler {
 
         let mut steps = Vec::with_capacity(pending.len());
         let mut edges: Vec<(usize, usize, String)> = Vec::new();
-        for (position, p) in pending.iter().enumerate() {
+        for (position, p) in pending.into_iter().enumerate() {
             let ctx = StepCtx {
                 ids: &ids,
                 index: &index,
@@ -261,19 +269,22 @@ impl Compiler {
     }
 
     /// Deserializes `value` (found at `path`), reporting unknown keys and type errors as diagnostics.
-    fn deserialize<T: DeserializeOwned>(&mut self, value: yaml::Value, path: &str) -> Option<T> {
+    fn deserialize<T: DeserializeOwned>(&mut self, value: &yaml::Value, path: &str) -> Option<T> {
         let mut unknown: Vec<Vec<String>> = Vec::new();
         let result: Result<T, _> = {
             let mut record = |p: serde_ignored::Path<'_>| unknown.push(ignored_segments(&p));
-            let ignored = serde_ignored::Deserializer::new(value, &mut record);
-            serde_path_to_error::deserialize(ignored)
+            serde_ignored::deserialize(value, &mut record)
         };
         for segments in unknown {
             self.unknown_key(path, &segments);
         }
         match result {
             Ok(v) => Some(v),
-            Err(e) => {
+            // Only a value that does not fit pays for tracking its key path: deserialize it again.
+            Err(_) => {
+                let Err(e) = serde_path_to_error::deserialize::<_, T>(value) else {
+                    return None;
+                };
                 let mut full = path.to_string();
                 for segment in e.path().iter() {
                     full = match segment {
@@ -329,6 +340,8 @@ impl Compiler {
         let full = yaml::join_key(&parent, key);
         let candidates: &[&str] = match (base, parents.first().map(String::as_str), parents.len()) {
             ("", None, _) => plan_file::TOP_FIELDS,
+            // The plan-level pass skips over every step (IgnoredAny); steps are checked one by one.
+            ("", Some("steps"), _) => return,
             ("", Some("target"), 1) => plan_file::TARGET_FIELDS,
             ("", Some("defaults"), 1) => plan_file::DEFAULTS_FIELDS,
             // A step's own keys are checked in `read_steps`, which knows its kind.
@@ -410,7 +423,11 @@ impl Compiler {
         }
     }
 
-    fn target(&mut self, raw: &PlanFile<yaml::Value>, ctx: &minijinja::Value) -> Option<Target> {
+    fn target(
+        &mut self,
+        raw: &PlanFile<serde::de::IgnoredAny>,
+        ctx: &minijinja::Value,
+    ) -> Option<Target> {
         let t = raw.target.clone().unwrap_or_default();
         let field =
             |name: &str, value: &Option<String>, this: &mut Compiler| -> Option<Option<String>> {
@@ -451,7 +468,7 @@ impl Compiler {
 
     fn state(
         &mut self,
-        raw: &PlanFile<yaml::Value>,
+        raw: &PlanFile<serde::de::IgnoredAny>,
         ctx: &minijinja::Value,
     ) -> Option<StateLocation> {
         let Some(text) = &raw.state else {
@@ -484,7 +501,7 @@ impl Compiler {
         Some(StateLocation::Dir(self.dir.join(text)))
     }
 
-    fn read_steps(&mut self, steps: IndexMap<String, yaml::Value>) -> Vec<Pending> {
+    fn read_steps(&mut self, steps: Vec<(String, &yaml::Value)>) -> Vec<Pending> {
         let mut out = Vec::new();
         let mut aliases: HashMap<String, String> = HashMap::new();
         for (id, value) in steps {
@@ -497,8 +514,8 @@ impl Compiler {
                 );
                 continue;
             }
-            let json = yaml::to_json(&value);
-            let keys: Vec<String> = match &value {
+            let json = yaml::to_json(value);
+            let keys: Vec<String> = match value {
                 yaml::Value::Mapping(m) => m.keys().map(yaml::scalar_text).collect(),
                 _ => Vec::new(),
             };
@@ -617,7 +634,7 @@ impl Compiler {
         }
     }
 
-    fn step(&mut self, p: &Pending, ctx: &StepCtx<'_>) -> Option<(Step, Vec<(String, String)>)> {
+    fn step(&mut self, p: Pending, ctx: &StepCtx<'_>) -> Option<(Step, Vec<(String, String)>)> {
         let path = yaml::join_key("steps", &p.id);
         let raw = &p.raw;
         let before = self.problems.len();
@@ -657,7 +674,9 @@ impl Compiler {
         let kind = match p.kind {
             KindName::Instance => self.instance(&path, raw, ctx),
             KindName::Volume => self.volume(&p.id, &path, raw, ctx, &mut deps),
-            KindName::Run => self.run_step(p, &path, ctx, timeout, &mut deps, &mut referenced_vars),
+            KindName::Run => {
+                self.run_step(&p, &path, ctx, timeout, &mut deps, &mut referenced_vars)
+            }
             KindName::Teardown => self.teardown(&p.id, &path, raw, ctx),
         };
         if self.problems.len() > before {
@@ -671,23 +690,28 @@ impl Compiler {
             .into_iter()
             .filter_map(|k| ctx.vars.get(&k).map(|v| (k, v.clone())))
             .collect();
-        let definition =
-            serde_json::json!({ "step": p.json, "script": script_source, "vars": used_vars });
         let when = raw.when.unwrap_or(if p.kind == KindName::Teardown {
             When::Always
         } else {
             When::OnSuccess
         });
+        let retries = raw.retries.unwrap_or(ctx.default_retries);
+        let Pending { id, raw, json, .. } = p;
+        let definition = Json::Object(serde_json::Map::from_iter([
+            ("step".to_string(), json),
+            ("script".to_string(), script_source),
+            ("vars".to_string(), Json::Object(used_vars)),
+        ]));
         Some((
             Step {
-                id: p.id.clone(),
-                description: raw.description.clone(),
+                id,
+                description: raw.description,
                 needs: Vec::new(),
                 when,
                 timeout,
-                retries: raw.retries.unwrap_or(ctx.default_retries),
+                retries,
                 backoff,
-                env: raw.env.clone(),
+                env: raw.env,
                 kind: kind?,
                 definition,
             },
