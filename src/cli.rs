@@ -175,6 +175,14 @@ fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T
 
 /// Parses arguments, runs the command, prints errors, and returns the exit code.
 pub fn main() -> i32 {
+    // Warnings (a broken stale lock, an unmount that failed) go to stderr; RUST_LOG=sortie=debug shows more.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("sortie=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
