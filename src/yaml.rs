@@ -149,6 +149,13 @@ fn index(source: &str) -> (SpanIndex, Option<YamlError>) {
 /// Parses one YAML document. serde_yaml refuses duplicate keys, deep nesting, alias bombs and several documents
 /// by itself; when it refuses anything, the event pass explains where and why.
 pub fn parse(source: &str) -> Result<Document, YamlError> {
+    // libyaml's scanner is quadratic in flow nesting (`[[[[...`): refuse deep documents with the event pass,
+    // which stops at the limit, before serde_yaml ever sees them.
+    if flow_depth_exceeds(source, MAX_DEPTH) {
+        if let Some(err) = index(source).1 {
+            return Err(err);
+        }
+    }
     let value = match serde_yaml::from_str::<Value>(source) {
         Ok(v) if depth(&v) <= MAX_DEPTH => v,
         Ok(_) => {
@@ -173,6 +180,25 @@ pub fn parse(source: &str) -> Result<Document, YamlError> {
         value,
         spans: LazySpans::new(source),
     })
+}
+
+/// Whether brackets open deeper than `limit` somewhere (quotes are not tracked: a false alarm only costs the
+/// event pass).
+fn flow_depth_exceeds(source: &str, limit: usize) -> bool {
+    let mut depth = 0usize;
+    for b in source.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Nesting depth of a value, without recursion (serde_yaml already bounds it at 128).
