@@ -223,6 +223,15 @@ impl Live {
     }
 }
 
+/// The run id named by the first event of an apply's JSON output (e.g. the lines a killed apply printed).
+pub(crate) fn run_id(lines: &[String]) -> String {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Json>(l).ok())
+        .find_map(|e| e["run"].as_str().map(str::to_string))
+        .expect("run id")
+}
+
 /// Every line of stdout as JSON (panics naming the first line that is not).
 pub(crate) fn events(stdout: &str) -> Vec<Json> {
     stdout

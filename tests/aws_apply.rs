@@ -80,13 +80,10 @@ impl Aws {
     }
 
     fn test(&self, plan: &str) -> Test {
-        let mut t = Test::new()
+        Test::new()
             .file("p.yaml", plan)
-            .env("SORTIE_POLL_INTERVAL", "100ms");
-        for (k, v) in self.endpoint.env() {
-            t = t.env(&k, &v);
-        }
-        t
+            .env("SORTIE_POLL_INTERVAL", "100ms")
+            .envs(self.endpoint.env())
     }
 
     /// Instances not terminated and volumes that still exist, tagged with the run.
@@ -309,11 +306,7 @@ async fn test_e2e_aws_gc_collects_resources_of_a_lost_run() {
         || true,
     );
     let seen = live.kill9();
-    let run = seen
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|e| e["run"].as_str().map(str::to_string))
-        .expect("run id");
+    let run = crate::apply::run_id(&seen);
     let s3 = aws.endpoint.s3_client().await;
     for key in ["state.json", "lock.json"] {
         let _ = s3

@@ -57,12 +57,10 @@ async fn crash_and_recover(point: Point) {
     let t = Test::new();
     let markers = t.dir.path().join("markers");
     std::fs::create_dir_all(&markers).expect("markers dir");
-    let mut t = t
+    let t = t
         .file("p.yaml", plan(&markers.display().to_string()))
-        .env("SORTIE_POLL_INTERVAL", "100ms");
-    for (k, v) in endpoint.env() {
-        t = t.env(&k, &v);
-    }
+        .env("SORTIE_POLL_INTERVAL", "100ms")
+        .envs(endpoint.env());
     let mut cmd = t.command();
     cmd.args(["apply", "p.yaml", "--output", "json"]);
     let mut live = Live::start(cmd);
@@ -83,11 +81,7 @@ async fn crash_and_recover(point: Point) {
         }
     }
     let first = live.kill9();
-    let run = first
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|e| e["run"].as_str().map(str::to_string))
-        .expect("run id");
+    let run = crate::apply::run_id(&first);
     let mut last = None;
     let mut log = first.join("\n");
     for _ in 0..3 {

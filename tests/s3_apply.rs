@@ -13,18 +13,11 @@ steps:
   down: { kind: teardown }
 ";
 
-fn with_env(mut t: Test, endpoint: &Endpoint) -> Test {
-    for (k, v) in endpoint.env() {
-        t = t.env(&k, &v);
-    }
-    t
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_e2e_apply_with_s3_state() {
     let endpoint = Endpoint::start();
     endpoint.create_bucket("sortie-state").await;
-    let t = with_env(Test::new().file("p.yaml", PLAN), &endpoint);
+    let t = Test::new().file("p.yaml", PLAN).envs(endpoint.env());
 
     // Two applies at once: one runs, the other finds the lock object and exits 3.
     let mut first = t.command();

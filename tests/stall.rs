@@ -71,12 +71,10 @@ steps:
       sleep 60
   teardown: { kind: teardown }
 ";
-    let mut t = Test::new()
+    let t = Test::new()
         .file("p.yaml", plan)
-        .env("SORTIE_POLL_INTERVAL", "200ms");
-    for (k, v) in endpoint.env() {
-        t = t.env(&k, &v);
-    }
+        .env("SORTIE_POLL_INTERVAL", "200ms")
+        .envs(endpoint.env());
     let started = Instant::now();
     let out = t
         .command()

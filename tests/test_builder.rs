@@ -60,6 +60,12 @@ impl Test {
         self
     }
 
+    /// Several environment variables at once (e.g. what reaches the AWS test endpoint).
+    pub fn envs(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Test {
+        self.env.extend(vars);
+        self
+    }
+
     pub fn stdout(mut self, text: &str) -> Test {
         self.stdout = Some(text.into());
         self
