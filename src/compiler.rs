@@ -18,6 +18,7 @@ use crate::plan::{
     TeardownSpec, VolumeSpec,
 };
 use crate::plan_file::{self, KindName, PlanFile, RawStep, When};
+use crate::script_template;
 use crate::source::Sources;
 use crate::template::{self, Reference};
 use crate::variables::{self, Overrides};
@@ -1041,11 +1042,14 @@ impl Compiler {
                 );
                 None
             }
-            (None, Some(inline)) => Some(Script {
-                name: template::inline_script_name(&p.id),
-                path: None,
-                source: inline.clone(),
-            }),
+            (None, Some(inline)) => {
+                self.check_script_contexts(&format!("{path}.run"), inline, None);
+                Some(Script {
+                    name: template::inline_script_name(&p.id),
+                    path: None,
+                    source: inline.clone(),
+                })
+            }
             (Some(file), None) => self.script_file(&p.id, path, file, ctx, deps, used_vars),
         };
         if let Some(lock) = &raw.lock {
@@ -1148,11 +1152,71 @@ impl Compiler {
                 return None;
             }
         }
+        self.check_script_contexts(&origin, &source, Some(&full));
         Some(Script {
             name: file.to_string(),
             path: Some(full),
             source,
         })
+    }
+
+    /// Refuses a script whose values cannot all be escaped for the shell context they land in (or, for a
+    /// script of another interpreter, that does not say how each value is inserted).
+    fn check_script_contexts(&mut self, origin: &str, source: &str, file: Option<&Path>) {
+        if template::references(&self.env, origin, source).is_err() {
+            return; // the syntax error is reported where the references are checked
+        }
+        let Err(problems) = script_template::prepare(source) else {
+            return;
+        };
+        for p in problems {
+            let (diag_file, location) = match file {
+                Some(f) => (f.to_path_buf(), Location::Span(script_span(&p))),
+                None => (self.file.clone(), self.inline_location(origin, source, &p)),
+            };
+            self.problems.push(
+                Diagnostic::new(
+                    &diag_file,
+                    location,
+                    format!("unsafe interpolation: {}", p.message),
+                )
+                .with_help(p.help),
+            );
+        }
+    }
+
+    /// Where line `p.line` of an inline `run: |` script is in the plan file, else the key.
+    fn inline_location(
+        &self,
+        origin: &str,
+        script: &str,
+        p: &script_template::Problem,
+    ) -> Location {
+        let start = self.spans.nearest(origin).map_or(1, |s| s.line);
+        let (Some(plan), Some(first), Some(wanted)) = (
+            self.sources.get(&self.file),
+            script.lines().next(),
+            script.lines().nth(p.line.saturating_sub(1)),
+        ) else {
+            return self.at(origin);
+        };
+        let lines: Vec<&str> = plan.lines().collect();
+        let block = (start.saturating_sub(1)..lines.len()).find(|&i| {
+            let l = lines[i];
+            l.ends_with(first) && l[..l.len() - first.len()].trim().is_empty()
+        });
+        let Some(block) = block else {
+            return self.at(origin);
+        };
+        let indent = lines[block].len() - first.len();
+        match lines.get(block + p.line - 1) {
+            Some(l) if l.len() >= indent && &l[indent..] == wanted => Location::Span(Span {
+                line: block + p.line,
+                column: l[..indent].chars().count() + p.column,
+                len: p.len,
+            }),
+            _ => self.at(origin),
+        }
     }
 
     fn teardown(
@@ -1305,6 +1369,14 @@ fn ignored_segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
     }
     segments.reverse();
     segments
+}
+
+fn script_span(p: &script_template::Problem) -> Span {
+    Span {
+        line: p.line,
+        column: p.column,
+        len: p.len,
+    }
 }
 
 /// The span of the first occurrence of `needle` in a template file (for errors about a reference).

@@ -384,20 +384,15 @@ impl Job {
             return Err(Error::Runtime("not a run step".into()));
         };
         let ctx = self.context(Some(host));
-        let script = template::render_str(
-            &template::environment(),
-            &spec.script.name,
-            &spec.script.source,
-            &ctx,
-        )
-        .map_err(|e| {
-            let at = e.line().map(|l| format!(":{l}")).unwrap_or_default();
-            Error::Runtime(format!(
-                "cannot render {}{at}: {}",
-                spec.script.name,
-                template::error_message(&e)
-            ))
-        })?;
+        let script = template::render_script(&spec.script.name, &spec.script.source, &ctx)
+            .map_err(|e| {
+                let at = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+                Error::Runtime(format!(
+                    "cannot render {}{at}: {}",
+                    spec.script.name,
+                    template::error_message(&e)
+                ))
+            })?;
         let mut env: Vec<(String, String)> = home
             .map(|h| ("SORTIE_HOME".to_string(), h))
             .into_iter()

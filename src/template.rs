@@ -1,11 +1,14 @@
 //! minijinja set-up shared by compile-time rendering, analysis and run-time script rendering.
 //!
-//! Shell templates (`.sh`, `.sh.j2`, inline `run:` scripts) auto-escape with shell quoting, so an interpolated
-//! value can never inject a command; `| safe` opts out explicitly. Undefined values are errors, never "".
+//! Run-step scripts are rendered by `render_script`, which escapes every value for the shell context it lands in
+//! (`script_template`, `shell_context`, `shell_escape`); `| safe` opts out explicitly. Plan fields are rendered
+//! without escaping: they are not scripts. Undefined values are errors, never "".
 
 use std::collections::BTreeSet;
 
 use minijinja::{AutoEscape, Environment, Error, UndefinedBehavior, Value};
+
+use crate::script_template;
 
 /// Names the templates may use that are not data: minijinja's global functions.
 const GLOBAL_FUNCTIONS: &[&str] = &[
@@ -21,47 +24,88 @@ const GLOBAL_FUNCTIONS: &[&str] = &[
 /// The roots of the data a template can see.
 pub const CONTEXT_ROOTS: &[&str] = &["vars", "run", "steps", "host"];
 
-/// Auto-escape mode name for shell templates.
+/// Auto-escape mode of script templates: every expression goes through the context escape filter.
 const SHELL: &str = "sh";
-
-/// Whether a template with this name is a shell script and gets shell-quoting auto-escape.
-pub fn is_shell_template(name: &str) -> bool {
-    name.ends_with(".sh") || name.ends_with(".sh.j2") || name.ends_with("#run")
-}
 
 /// The name given to a step's inline `run:` script.
 pub fn inline_script_name(step: &str) -> String {
     format!("steps.{step}#run")
 }
 
-/// A fresh environment: strict undefined, shell auto-escape for shell templates.
+/// A fresh environment for plan fields and analysis: strict undefined, no escaping (nothing here is a script).
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|name| {
-        if is_shell_template(name) {
-            AutoEscape::Custom(SHELL.into())
-        } else {
-            AutoEscape::None
-        }
-    });
+    env.add_filter("tojson", tojson);
+    env
+}
+
+/// `tojson` as a plain string: in a shell script it is then escaped for its context like any other value.
+fn tojson(value: &Value) -> Result<Value, Error> {
+    serde_json::to_string(value).map(Value::from).map_err(|e| {
+        Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            "cannot serialize to JSON",
+        )
+        .with_source(e)
+    })
+}
+
+/// Renders a run step's script. A shell script (no shebang, or a shell's) has every value escaped for the
+/// shell context it lands in; a script for another interpreter is rendered as written (validation made each of
+/// its expressions say `| tojson` or `| safe`).
+pub fn render_script(name: &str, source: &str, ctx: &Value) -> Result<String, Error> {
+    let prepared = script_template::prepare(source).map_err(|problems| {
+        let p = &problems[0];
+        Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("line {}:{}: {} ({})", p.line, p.column, p.message, p.help),
+        )
+    })?;
+    if !prepared.shell {
+        return render_str(&environment(), name, source, ctx);
+    }
+    let escapes = std::sync::Arc::new(prepared.escapes);
+    let mut env = environment();
+    env.set_auto_escape_callback(|_| AutoEscape::Custom(SHELL.into()));
+    env.add_filter(
+        script_template::ESCAPE_FILTER,
+        move |value: &Value, slot: usize| -> Result<Value, Error> {
+            if value.is_safe() {
+                return Ok(value.clone());
+            }
+            let escape = escapes.get(slot).ok_or_else(|| {
+                Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "unknown escape slot",
+                )
+            })?;
+            let text = render_plain(value)?;
+            escape
+                .apply(&text)
+                .map(Value::from_safe_string)
+                .map_err(|why| {
+                    Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("a value cannot be placed in {}: {}", escape.name(), why.0),
+                    )
+                })
+        },
+    );
+    // Fail closed: a value that did not pass the escape filter is never written into a script.
     env.set_formatter(|out, state, value| {
         if matches!(state.auto_escape(), AutoEscape::Custom(name) if name == SHELL)
             && !value.is_safe()
         {
-            let text = render_plain(value)?;
-            let quoted = shlex::try_quote(&text).map_err(|_| {
-                Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    "a value interpolated into a shell script contains a NUL byte",
-                )
-            })?;
-            out.write_str(&quoted).map_err(Error::from)
-        } else {
-            minijinja::escape_formatter(out, state, value)
+            return Err(Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                "a value reached a shell script without being escaped for its context",
+            ));
         }
+        minijinja::escape_formatter(out, state, value)
     });
-    env
+    env.template_from_named_str(name, &prepared.source)?
+        .render(ctx)
 }
 
 fn render_plain(value: &Value) -> Result<String, Error> {
@@ -148,18 +192,43 @@ mod tests {
     use super::*;
 
     fn render(name: &str, source: &str, ctx: serde_json::Value) -> Result<String, Error> {
-        render_str(&environment(), name, source, &value(&ctx))
+        render_script(name, source, &value(&ctx))
+    }
+
+    fn msg(source: &str) -> String {
+        render(
+            "t",
+            source,
+            serde_json::json!({"vars": {"msg": "$(touch /tmp/x); echo"}}),
+        )
+        .expect("render")
     }
 
     #[test]
-    fn shell_templates_quote_values() {
-        let out = render(
-            "x.sh.j2",
-            "echo {{ vars.msg }}",
-            serde_json::json!({"vars": {"msg": "$(touch /tmp/x); echo"}}),
-        )
-        .expect("render");
-        assert_eq!(out, "echo '$(touch /tmp/x); echo'");
+    fn shell_values_are_escaped_for_their_context() {
+        assert_eq!(msg("echo {{ vars.msg }}"), "echo '$(touch /tmp/x); echo'");
+        assert_eq!(
+            msg("echo \"{{ vars.msg }}\""),
+            "echo \"\\$(touch /tmp/x); echo\""
+        );
+        assert_eq!(msg("echo '{{ vars.msg }}'"), "echo '$(touch /tmp/x); echo'");
+        assert_eq!(
+            msg("cat <<EOF\n{{ vars.msg }}\nEOF"),
+            "cat <<EOF\n\\$(touch /tmp/x); echo\nEOF"
+        );
+    }
+
+    #[test]
+    fn the_file_name_does_not_decide() {
+        for name in ["job", "job.bash", "job.j2", "x.py.j2"] {
+            let out = render(
+                name,
+                "echo {{ vars.m }}",
+                serde_json::json!({"vars": {"m": "a b"}}),
+            )
+            .expect("render");
+            assert_eq!(out, "echo 'a b'", "{name}");
+        }
     }
 
     #[test]
@@ -174,14 +243,21 @@ mod tests {
     }
 
     #[test]
-    fn other_templates_are_not_quoted() {
+    fn other_interpreters_take_explicit_filters() {
         let out = render(
-            "x.py.j2",
-            "print({{ vars.n }})",
-            serde_json::json!({"vars": {"n": "a b"}}),
+            "x",
+            "#!/usr/bin/env python3\nprint({{ vars.n | tojson }})",
+            serde_json::json!({"vars": {"n": "a'b"}}),
         )
         .expect("render");
-        assert_eq!(out, "print(a b)");
+        assert_eq!(out, "#!/usr/bin/env python3\nprint(\"a'b\")");
+        let err = render(
+            "x",
+            "#!/usr/bin/env python3\nprint({{ vars.n }})",
+            serde_json::json!({"vars": {"n": "x"}}),
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("tojson"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod aws_provider;
 mod aws_reentry;
 mod examples;
 mod graph;
+mod injection;
 mod invalid_plans;
 mod properties;
 mod reentry;

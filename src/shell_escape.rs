@@ -1,0 +1,221 @@
+//! Escaping a value for the shell context it lands in (`shell_context` finds the context).
+//!
+//! Each function returns text that the shell turns back into exactly the value's bytes, or an error saying why no
+//! such text exists (a NUL byte, a non-integer in arithmetic, a line that would end a heredoc).
+
+/// Where an interpolated value lands, in shell terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Escape {
+    /// An unquoted word: the value becomes one single-quoted word.
+    Bare,
+    /// Inside `"…"`: `\`, `"`, `$` and `` ` `` are backslash-escaped.
+    Double,
+    /// Inside `'…'`: a `'` closes, emits an escaped quote and reopens.
+    Single,
+    /// A heredoc body. Unquoted (`<<EOF`) bodies expand `$`, `` ` `` and `\`; quoted (`<<'EOF'`) ones do not.
+    Heredoc(Heredoc),
+    /// Inside `$((…))` or `((…))`: only an integer literal is safe.
+    Arith,
+    /// Inside a `# comment`: anything but a line break.
+    Comment,
+    /// Inside `` `…` `` (not within double quotes): the inner escape, then a backslash before `\`, `` ` `` and `$`,
+    /// which the backquote's own pass removes again.
+    Backtick(Box<Escape>),
+}
+
+/// What the renderer knows about the heredoc line an expression sits on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heredoc {
+    pub delimiter: String,
+    pub quoted: bool,
+    /// `<<-`: leading tabs are stripped before comparing a line with the delimiter.
+    pub strip_tabs: bool,
+    /// Literal text between the start of the line and the expression; `None` when another expression is in it.
+    pub prefix: Option<String>,
+    /// Literal text between the expression and the end of the line; `None` when another expression is in it.
+    pub suffix: Option<String>,
+}
+
+/// Why a value cannot be placed in its context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsafe(pub String);
+
+impl Escape {
+    /// The text to put in the script for `value`.
+    pub fn apply(&self, value: &str) -> Result<String, Unsafe> {
+        if value.contains('\0') {
+            return Err(Unsafe(
+                "the value contains a NUL byte, which no shell script can hold".into(),
+            ));
+        }
+        match self {
+            Escape::Bare => Ok(bare(value)),
+            Escape::Double => Ok(backslash(value, &['\\', '"', '$', '`'])),
+            Escape::Single => Ok(value.replace('\'', r"'\''")),
+            Escape::Heredoc(h) => heredoc(h, value),
+            Escape::Arith => arith(value),
+            Escape::Comment => comment(value),
+            Escape::Backtick(inner) => Ok(backslash(&inner.apply(value)?, &['\\', '`', '$'])),
+        }
+    }
+
+    /// A short name for messages and tests.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Escape::Bare => "an unquoted word",
+            Escape::Double => "double quotes",
+            Escape::Single => "single quotes",
+            Escape::Heredoc(h) if h.quoted => "a quoted heredoc",
+            Escape::Heredoc(_) => "a heredoc",
+            Escape::Arith => "arithmetic",
+            Escape::Comment => "a comment",
+            Escape::Backtick(_) => "backquotes",
+        }
+    }
+}
+
+/// One single-quoted word; `''` for the empty string.
+fn bare(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+fn backslash(value: &str, special: &[char]) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if special.contains(&c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn arith(value: &str) -> Result<String, Unsafe> {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(value.to_string())
+    } else {
+        Err(Unsafe(format!(
+            "`{}` is not an integer, and shell arithmetic evaluates anything else as code",
+            value.escape_debug()
+        )))
+    }
+}
+
+fn comment(value: &str) -> Result<String, Unsafe> {
+    if value.contains(['\n', '\r']) {
+        Err(Unsafe(
+            "the value has a line break, which would end the comment and run the rest".into(),
+        ))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+fn heredoc(h: &Heredoc, value: &str) -> Result<String, Unsafe> {
+    let segments: Vec<&str> = value.split('\n').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        let prefix = if i == 0 {
+            h.prefix.as_deref()
+        } else {
+            Some("")
+        };
+        let suffix = if i == last {
+            h.suffix.as_deref()
+        } else {
+            Some("")
+        };
+        if could_end(h, prefix, segment, suffix) {
+            return Err(Unsafe(format!(
+                "the value could form the line `{}`, which would end the heredoc early",
+                h.delimiter
+            )));
+        }
+    }
+    if h.quoted {
+        Ok(value.to_string())
+    } else {
+        Ok(backslash(value, &['\\', '$', '`']))
+    }
+}
+
+/// Whether a line made of `prefix`, `segment` and `suffix` (unknown parts being anything) could equal the
+/// delimiter. Conservative: when a part is unknown it answers yes whenever it cannot rule the match out.
+fn could_end(h: &Heredoc, prefix: Option<&str>, segment: &str, suffix: Option<&str>) -> bool {
+    let strip = |s: &str| -> String {
+        if h.strip_tabs {
+            s.trim_start_matches('\t').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let delim = h.delimiter.as_str();
+    match (prefix, suffix) {
+        (Some(p), Some(s)) => strip(&format!("{p}{segment}{s}")) == delim,
+        (Some(p), None) => delim.starts_with(&strip(&format!("{p}{segment}"))),
+        (None, Some(s)) => {
+            let tail = format!("{segment}{s}");
+            delim.ends_with(&tail) || delim.ends_with(&strip(&tail))
+        }
+        (None, None) => delim.contains(segment) || delim.contains(&strip(segment)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(prefix: Option<&str>, suffix: Option<&str>) -> Escape {
+        Escape::Heredoc(Heredoc {
+            delimiter: "EOF".into(),
+            quoted: false,
+            strip_tabs: true,
+            prefix: prefix.map(str::to_string),
+            suffix: suffix.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn bare_and_quoted_forms() {
+        assert_eq!(Escape::Bare.apply("a'b").expect("escape"), r"'a'\''b'");
+        assert_eq!(Escape::Bare.apply("").expect("escape"), "''");
+        assert_eq!(
+            Escape::Double.apply(r#"$(x) `y` "z" \"#).expect("escape"),
+            r#"\$(x) \`y\` \"z\" \\"#
+        );
+        assert_eq!(Escape::Single.apply("it's").expect("escape"), r"it'\''s");
+    }
+
+    #[test]
+    fn arithmetic_takes_integers_only() {
+        assert_eq!(Escape::Arith.apply("-42").expect("escape"), "-42");
+        assert!(Escape::Arith.apply("a[$(touch x)]").is_err());
+        assert!(Escape::Arith.apply("").is_err());
+        assert!(Escape::Arith.apply("-").is_err());
+    }
+
+    #[test]
+    fn heredoc_refuses_values_that_end_it() {
+        let e = doc(Some(""), Some(""));
+        assert!(e.apply("x\nEOF\ntouch PWNED").is_err());
+        assert!(e.apply("EOF").is_err());
+        assert!(e.apply("\t\tEOF").is_err());
+        assert_eq!(e.apply("EOFX $HOME").expect("escape"), r"EOFX \$HOME");
+        assert!(doc(Some("E"), Some("F")).apply("O").is_err());
+        assert!(doc(None, Some("F")).apply("EO").is_err());
+        assert!(doc(Some("E"), None).apply("O").is_err());
+        assert!(doc(Some("x"), Some("")).apply("EOF").is_ok());
+    }
+
+    #[test]
+    fn backquotes_add_their_own_layer() {
+        let e = Escape::Backtick(Box::new(Escape::Bare));
+        assert_eq!(e.apply(r"a`b$c\d").expect("escape"), r"'a\`b\$c\\d'");
+    }
+
+    #[test]
+    fn nul_is_refused_everywhere() {
+        assert!(Escape::Single.apply("a\0b").is_err());
+    }
+}
