@@ -27,6 +27,7 @@ pub mod stall;
 pub mod state;
 pub mod state_store;
 pub mod step_exec;
+pub mod step_files;
 pub mod template;
 pub mod variables;
 pub mod yaml;

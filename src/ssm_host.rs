@@ -11,6 +11,7 @@ use std::time::Duration;
 use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 use indexmap::IndexMap;
+use sha2::Digest as _;
 
 use crate::error::{Error, Result};
 use crate::local_host::{HostStatus, LaunchSpec, WRAPPER};
@@ -253,6 +254,7 @@ impl SsmHost {
         script: &str,
         spec: &LaunchSpec,
         script_url: Option<&str>,
+        files: Option<&Delivery>,
     ) -> String {
         let mut s = String::from("set -eu\n");
         let _ = writeln!(s, "H={HOME}; mkdir -p \"$H/steps\" \"$H/scripts\"");
@@ -263,6 +265,9 @@ impl SsmHost {
                 let _ = writeln!(s, "curl -fsS -o {script_path} {}", q(url));
             }
             None => write_file(&mut s, &script_path, script.as_bytes()),
+        }
+        if let Some(files) = files {
+            files.script(&mut s, step, attempt);
         }
         for (k, v) in &spec.wrapper_env(30) {
             let _ = writeln!(s, "export {k}={}", q(v));
@@ -307,15 +312,53 @@ impl SsmHost {
         attempt: u32,
         script: &str,
         spec: &LaunchSpec,
+        files: Option<Bundle>,
     ) -> Result<HostStatus> {
         let url = if script.len() > INLINE_LIMIT {
-            Some(self.stage_script(step, attempt, script).await?)
+            let key = format!("scripts/{step}.{attempt}");
+            Some(
+                self.stage(
+                    &format!("the script of `{step}`"),
+                    &key,
+                    script.as_bytes().to_vec(),
+                    false,
+                )
+                .await?,
+            )
         } else {
             None
         };
+        let delivery = match files {
+            Some(bundle) => {
+                let sha256 = crate::step_files::hex(&sha2::Sha256::digest(&bundle.archive));
+                // Content-addressed: a retry or a rerun with the same files uploads nothing.
+                let key = format!("files/{sha256}.tar.gz");
+                let url = self
+                    .stage(
+                        &format!("the files of `{step}`"),
+                        &key,
+                        bundle.archive,
+                        true,
+                    )
+                    .await?;
+                Some(Delivery {
+                    url,
+                    sha256,
+                    dests: bundle.dests,
+                })
+            }
+            None => None,
+        };
         let inv = self
             .run(
-                &self.launch_script(step, attempt, script, spec, url.as_deref()),
+                &self.launch_script(
+                    step,
+                    attempt,
+                    script,
+                    spec,
+                    url.as_deref(),
+                    delivery.as_ref(),
+                ),
                 Duration::from_secs(300),
             )
             .await?;
@@ -402,28 +445,38 @@ impl SsmHost {
         Ok(split_wait_output(&stdout).2)
     }
 
-    async fn stage_script(&self, step: &str, attempt: u32, script: &str) -> Result<String> {
+    /// Uploads `body` under the run's S3 prefix (unless `reuse` and it is there already) and returns a presigned
+    /// GET the host fetches with curl: the host needs no S3 permission.
+    async fn stage(&self, what: &str, key: &str, body: Vec<u8>, reuse: bool) -> Result<String> {
         let out = self.output.as_ref().ok_or_else(|| {
-            Error::Runtime(format!("the script of step `{step}` is larger than an SSM command allows and there is no S3 bucket to stage it in"))
+            Error::Runtime(format!("{what} must travel through S3, and there is no S3 bucket to stage it in (keep state in S3)"))
         })?;
-        let key = format!(
-            "{}/scripts/{step}.{attempt}",
-            out.prefix.trim_end_matches('/')
-        );
-        self.s3
-            .put_object()
-            .bucket(&out.bucket)
-            .key(&key)
-            .body(script.as_bytes().to_vec().into())
-            .send()
-            .await
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "cannot upload the script of `{step}` to s3://{}/{key}: {}",
-                    out.bucket,
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ))
-            })?;
+        let key = format!("{}/{key}", out.prefix.trim_end_matches('/'));
+        let there = reuse
+            && self
+                .s3
+                .head_object()
+                .bucket(&out.bucket)
+                .key(&key)
+                .send()
+                .await
+                .is_ok();
+        if !there {
+            self.s3
+                .put_object()
+                .bucket(&out.bucket)
+                .key(&key)
+                .body(body.into())
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "cannot upload {what} to s3://{}/{key}: {}",
+                        out.bucket,
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ))
+                })?;
+        }
         let presign =
             aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
                 .map_err(|e| Error::Runtime(format!("cannot presign: {e}")))?;
@@ -442,6 +495,72 @@ impl SsmHost {
                 ))
             })?;
         Ok(req.uri().to_string())
+    }
+}
+
+/// A step's files packed for the host: the tar.gz (member `i` is shipment `i`) and, per member, its destination.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub archive: Vec<u8>,
+    /// Normalised destinations (`step_files::check_dest`): relative to the step's working directory, or absolute.
+    pub dests: Vec<String>,
+}
+
+/// A bundle staged in S3, as the launch command fetches it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub url: String,
+    pub sha256: String,
+    pub dests: Vec<String>,
+}
+
+/// Puts member `$1` of archive `$F` at `$2`: extracted beside it, then renamed in, so a crash never leaves a
+/// half tree at the destination.
+const PLACE: &str = r#"sortie_place() {
+	p=$(dirname "$2"); mkdir -p "$p"; t=$(mktemp -d "$p/.sortie-files.XXXXXX")
+	tar -xzmf "$F" -C "$t" "$1"
+	rm -rf "$2.sortie-old"; if [ -e "$2" ] || [ -L "$2" ]; then mv -f "$2" "$2.sortie-old"; fi
+	mv "$t/$1" "$2"; rm -rf "$t" "$2.sortie-old"
+}
+"#;
+
+impl Delivery {
+    /// Shell lines that download the archive, check its sha256 and put each member in place, once per attempt
+    /// (a repeated launch of a running attempt must not replace the files under it).
+    fn script(&self, out: &mut String, step: &str, attempt: u32) {
+        let d = step_dir(step);
+        let _ = writeln!(out, "D={d}; mkdir -p \"$D\"");
+        let _ = writeln!(
+            out,
+            "if [ \"$(cat \"$D/attempt\" 2>/dev/null || :)\" != {attempt} ]; then"
+        );
+        out.push_str(PLACE);
+        let _ = writeln!(out, "F=\"$H/files.$$.tar.gz\"");
+        let _ = writeln!(
+            out,
+            "curl -fsS -o \"$F\" {} || {{ echo {} >&2; exit 1; }}",
+            q(&self.url),
+            q(&format!(
+                "sortie: cannot download the files of step `{step}`"
+            ))
+        );
+        let _ = writeln!(
+            out,
+            "printf '%s  %s\\n' {} \"$F\" | sha256sum -c --status || {{ rm -f \"$F\"; echo {} >&2; exit 1; }}",
+            self.sha256,
+            q(&format!(
+                "sortie: the files archive of step `{step}` does not match its sha256 {}: corrupted or replaced in S3",
+                self.sha256
+            ))
+        );
+        for (i, dest) in self.dests.iter().enumerate() {
+            let target = match dest.strip_prefix('/') {
+                Some(abs) => format!("\"${{SORTIE_HOST_ROOT:-}}\"/{}", q(abs)),
+                None => format!("\"$D\"/{}", q(dest)),
+            };
+            let _ = writeln!(out, "sortie_place {i} {target}");
+        }
+        out.push_str("rm -f \"$F\"\nfi\n");
     }
 }
 
