@@ -95,7 +95,7 @@ pub fn check_dest(dest: &str) -> std::result::Result<String, String> {
     }
     if !absolute && RESERVED.contains(first) {
         return Err(format!(
-            "`{first}` is a file of the host wrapper in the step's working directory"
+            "is reserved: `{first}` is a file of the host wrapper in the step's working directory"
         ));
     }
     Ok(format!(
@@ -137,13 +137,17 @@ pub fn scan(source: &Path, limits: &Limits) -> std::result::Result<Vec<Entry>, S
     }
     let bytes: u64 = out.iter().map(|e| e.size).sum();
     if bytes > limits.max_bytes {
-        return Err(format!(
-            "is {}; a step ships at most {}",
-            bytesize::ByteSize::b(bytes).display().iec(),
-            bytesize::ByteSize::b(limits.max_bytes).display().iec()
-        ));
+        return Err(format!("is {}", over_size(bytes, limits.max_bytes)));
     }
     Ok(out)
+}
+
+/// "N bytes; a step ships at most M bytes (64 MiB)": exact, as a size just over the limit would round to it.
+pub fn over_size(bytes: u64, max: u64) -> String {
+    format!(
+        "{bytes} bytes; a step ships at most {max} bytes ({})",
+        bytesize::ByteSize::b(max).display().iec()
+    )
 }
 
 fn entry(rel: String, path: PathBuf, meta: &std::fs::Metadata) -> Entry {
@@ -437,7 +441,7 @@ mod tests {
         };
         assert_eq!(
             scan(d.path(), &small).expect_err("size"),
-            "is 17 B; a step ships at most 10 B"
+            "is 17 bytes; a step ships at most 10 bytes (10 B)"
         );
         assert_eq!(
             scan(&d.path().join("nope"), &few).expect_err("missing"),

@@ -73,8 +73,8 @@ impl super::Compiler {
                 Err(why) => self.error_help(
                     self.key_at(&key),
                     format!(
-                        "step `{id}` ships `{name}` ({}), which {why}",
-                        source.display()
+                        "step `{id}` ships `{name}`{}, which {why}",
+                        shown(&source, name)
                     ),
                     "sources are files or directories relative to the plan file",
                 ),
@@ -106,14 +106,12 @@ impl super::Compiler {
         let entries = || scanned.iter().flat_map(|(_, e)| e);
         let bytes: u64 = entries().map(|e| e.size).sum();
         let count = entries().filter(|e| !e.dir).count();
-        let size = |b: u64| bytesize::ByteSize::b(b).display().iec().to_string();
         if bytes > step_files::MAX_BYTES {
             self.error(
                 self.key_at(base),
                 format!(
-                    "the files of step `{id}` are {} in all; a step ships at most {}",
-                    size(bytes),
-                    size(step_files::MAX_BYTES)
+                    "the files of step `{id}` are {} in all",
+                    step_files::over_size(bytes, step_files::MAX_BYTES)
                 ),
             );
         } else if count > step_files::MAX_FILES {
@@ -125,5 +123,14 @@ impl super::Compiler {
                 ),
             );
         }
+    }
+}
+
+/// The source's path, when it says more than the name as written (a plan outside the current directory).
+fn shown(source: &std::path::Path, name: &str) -> String {
+    if source == std::path::Path::new(name) {
+        String::new()
+    } else {
+        format!(" ({})", source.display())
     }
 }
