@@ -22,6 +22,7 @@ pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
 const INLINE_LIMIT: usize = 48 * 1024;
 const OUTPUTS_MARK: &str = "===SORTIE-OUTPUTS===";
 const LOG_MARK: &str = "===SORTIE-LOG===";
+const SHA_MISMATCH: &str = "does not match its sha256";
 /// A host where nothing was launched yet (the apply died before the launch command) has no wrapper: every step
 /// on it is absent.
 const NO_WRAPPER_YET: &str = "[ -f \"$H/wrapper.sh\" ] || { echo state=absent; exit 0; }\n";
@@ -87,13 +88,14 @@ impl Invocation {
         self.status == "Success"
     }
 
-    /// One line saying how the command ended, for errors.
+    /// One line saying how the command ended, for errors. The SSM agent appends "failed to run commands: exit
+    /// status N" to stderr, which says less than the line before it.
     pub fn describe(&self) -> String {
         let tail = self
             .stderr
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
+            .find(|l| !l.trim().is_empty() && !l.starts_with("failed to run commands"))
             .unwrap_or("")
             .trim();
         let mut s = format!(
@@ -363,6 +365,13 @@ impl SsmHost {
             )
             .await?;
         if !inv.succeeded() {
+            if let Some(d) = delivery
+                .as_ref()
+                .filter(|_| inv.stderr.contains(SHA_MISMATCH))
+            {
+                // The staged archive is bad: drop it so the next attempt uploads it again.
+                self.unstage(&format!("files/{}.tar.gz", d.sha256)).await;
+            }
             return Err(Error::Runtime(format!(
                 "cannot start step `{step}` on {}: {}",
                 self.instance_id,
@@ -443,6 +452,20 @@ impl SsmHost {
             }
         };
         Ok(split_wait_output(&stdout).2)
+    }
+
+    /// Best effort: deletes a staged object.
+    async fn unstage(&self, key: &str) {
+        if let Some(out) = &self.output {
+            let key = format!("{}/{key}", out.prefix.trim_end_matches('/'));
+            let _ = self
+                .s3
+                .delete_object()
+                .bucket(&out.bucket)
+                .key(&key)
+                .send()
+                .await;
+        }
     }
 
     /// Uploads `body` under the run's S3 prefix (unless `reuse` and it is there already) and returns a presigned
@@ -549,7 +572,7 @@ impl Delivery {
             "printf '%s  %s\\n' {} \"$F\" | sha256sum -c --status || {{ rm -f \"$F\"; echo {} >&2; exit 1; }}",
             self.sha256,
             q(&format!(
-                "sortie: the files archive of step `{step}` does not match its sha256 {}: corrupted or replaced in S3",
+                "sortie: the files archive of step `{step}` {SHA_MISMATCH} {}: corrupted or replaced in S3",
                 self.sha256
             ))
         );

@@ -126,3 +126,128 @@ fn test_e2e_files_over_the_size_limit_are_exit_2_at_the_key() {
         )
         .run();
 }
+
+const AWS_PLAN: &str = "plan: awsfiles
+target: { provider: aws, region: us-east-1 }
+state: s3://sortie-state/runs
+defaults: { timeout: 5m }
+steps:
+  instance:
+    kind: instance
+    instance_types: [g5.2xlarge]
+    image: ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
+    profile: sortie-ssm
+    root_size: 20GiB
+  train:
+    kind: run
+    env: { EDIT: one }
+    files:
+      pipeline: pipeline
+      pipeline/conf.txt: /opt/ship/conf.txt
+    run: |
+      set -eu
+      echo \"result=$(./pipeline/train.sh)\" >> \"$SORTIE_OUTPUT\"
+      echo \"conf=$(cat \"${SORTIE_HOST_ROOT:-}/opt/ship/conf.txt\")\" >> \"$SORTIE_OUTPUT\"
+";
+
+/// On aws the files travel as one tar.gz through S3 and the host checks its sha256 before using it: an archive
+/// object replaced in S3 fails the step with a clear message instead of running whatever it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_files_ship_through_s3_and_a_corrupted_archive_fails_the_step_then_heals() {
+    let endpoint = crate::aws_endpoint::Endpoint::start_with(&[
+        "--seed-profile",
+        "sortie-ssm",
+        "--require-instance-profile",
+    ]);
+    endpoint.create_bucket("sortie-state").await;
+    let t = Test::new()
+        .file("p.yaml", AWS_PLAN)
+        .file("pipeline/lib/data.txt", "v1\n")
+        .file("pipeline/conf.txt", "conf\n")
+        .env("SORTIE_POLL_INTERVAL", "100ms")
+        .envs(endpoint.env());
+    let dir = t.dir.path().to_path_buf();
+    write_exec(
+        &dir.join("pipeline/train.sh"),
+        "#!/bin/sh\necho \"trained on $(cat \"$(dirname \"$0\")/lib/data.txt\")\"\n",
+    );
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    let show = |o: &std::process::Output| {
+        format!(
+            "exit {:?}\n{}\n{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let evs = events(&String::from_utf8_lossy(&out.stdout));
+    let run = evs[0]["run"].as_str().expect("run id").to_string();
+    let status = t
+        .command()
+        .args(["status", "p.yaml", "--run", &run, "--output", "json"])
+        .output()
+        .expect("status");
+    let state: Json = serde_json::from_slice(&status.stdout).expect("state");
+    assert_eq!(
+        state["steps"]["train"]["outputs"]["result"], "trained on v1",
+        "{state:#}"
+    );
+    assert_eq!(
+        state["steps"]["train"]["outputs"]["conf"], "conf",
+        "{state:#}"
+    );
+
+    // Replace the archive in S3; a change to the step (not to its files) reruns it with the same archive key.
+    let s3 = endpoint.s3_client().await;
+    let prefix = format!("runs/awsfiles/{run}/ssm/files/");
+    let listed = s3
+        .list_objects_v2()
+        .bucket("sortie-state")
+        .prefix(&prefix)
+        .send()
+        .await
+        .expect("list");
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys.len(), 1, "one archive per content digest: {keys:?}");
+    s3.put_object()
+        .bucket("sortie-state")
+        .key(keys[0])
+        .body(b"not the archive".to_vec().into())
+        .send()
+        .await
+        .expect("put");
+    std::fs::write(
+        dir.join("p.yaml"),
+        AWS_PLAN.replace("EDIT: one", "EDIT: two"),
+    )
+    .expect("edit");
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--run", &run, "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let evs = events(&String::from_utf8_lossy(&out.stdout));
+    let failed = evs
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == "train")
+        .unwrap_or_else(|| panic!("train did not finish\n{}", show(&out)));
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the files archive of step `train` does not match its sha256"),
+        "{error}"
+    );
+    // The bad object was dropped: the next apply uploads the archive again and the step runs.
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--run", &run, "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+}
