@@ -22,6 +22,7 @@ pub mod runner;
 pub mod s3_store;
 pub mod session;
 pub mod source;
+pub mod ssm_files;
 pub mod ssm_host;
 pub mod stall;
 pub mod state;

@@ -15,6 +15,8 @@ use sha2::Digest as _;
 
 use crate::error::{Error, Result};
 use crate::local_host::{HostStatus, LaunchSpec, WRAPPER};
+use crate::ssm_files::SHA_MISMATCH;
+pub use crate::ssm_files::{Bundle, Delivery};
 
 /// SSM's largest executionTimeout; a longer wait is split into several commands.
 pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
@@ -22,7 +24,6 @@ pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
 const INLINE_LIMIT: usize = 48 * 1024;
 const OUTPUTS_MARK: &str = "===SORTIE-OUTPUTS===";
 const LOG_MARK: &str = "===SORTIE-LOG===";
-const SHA_MISMATCH: &str = "does not match its sha256";
 /// A host where nothing was launched yet (the apply died before the launch command) has no wrapper: every step
 /// on it is absent.
 const NO_WRAPPER_YET: &str = "[ -f \"$H/wrapper.sh\" ] || { echo state=absent; exit 0; }\n";
@@ -110,14 +111,14 @@ impl Invocation {
 }
 
 /// Shell-quotes one value.
-fn q(value: &str) -> String {
+pub(crate) fn q(value: &str) -> String {
     shlex::try_quote(value).map_or_else(|_| "''".to_string(), |c| c.into_owned())
 }
 
 /// The host's sortie directory and a step's status directory, as shell expressions.
 const HOME: &str = "\"${SORTIE_HOST_ROOT:-}/var/lib/sortie\"";
 
-fn step_dir(step: &str) -> String {
+pub(crate) fn step_dir(step: &str) -> String {
     format!(
         "\"${{SORTIE_HOST_ROOT:-}}/var/lib/sortie/steps\"/{}",
         q(step)
@@ -518,72 +519,6 @@ impl SsmHost {
                 ))
             })?;
         Ok(req.uri().to_string())
-    }
-}
-
-/// A step's files packed for the host: the tar.gz (member `i` is shipment `i`) and, per member, its destination.
-#[derive(Debug, Clone)]
-pub struct Bundle {
-    pub archive: Vec<u8>,
-    /// Normalised destinations (`step_files::check_dest`): relative to the step's working directory, or absolute.
-    pub dests: Vec<String>,
-}
-
-/// A bundle staged in S3, as the launch command fetches it.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub url: String,
-    pub sha256: String,
-    pub dests: Vec<String>,
-}
-
-/// Puts member `$1` of archive `$F` at `$2`: extracted beside it, then renamed in, so a crash never leaves a
-/// half tree at the destination.
-const PLACE: &str = r#"sortie_place() {
-	p=$(dirname "$2"); mkdir -p "$p"; t=$(mktemp -d "$p/.sortie-files.XXXXXX")
-	tar -xzmf "$F" -C "$t" "$1"
-	rm -rf "$2.sortie-old"; if [ -e "$2" ] || [ -L "$2" ]; then mv -f "$2" "$2.sortie-old"; fi
-	mv "$t/$1" "$2"; rm -rf "$t" "$2.sortie-old"
-}
-"#;
-
-impl Delivery {
-    /// Shell lines that download the archive, check its sha256 and put each member in place, once per attempt
-    /// (a repeated launch of a running attempt must not replace the files under it).
-    fn script(&self, out: &mut String, step: &str, attempt: u32) {
-        let d = step_dir(step);
-        let _ = writeln!(out, "D={d}; mkdir -p \"$D\"");
-        let _ = writeln!(
-            out,
-            "if [ \"$(cat \"$D/attempt\" 2>/dev/null || :)\" != {attempt} ]; then"
-        );
-        out.push_str(PLACE);
-        let _ = writeln!(out, "F=\"$H/files.$$.tar.gz\"");
-        let _ = writeln!(
-            out,
-            "curl -fsS -o \"$F\" {} || {{ echo {} >&2; exit 1; }}",
-            q(&self.url),
-            q(&format!(
-                "sortie: cannot download the files of step `{step}`"
-            ))
-        );
-        let _ = writeln!(
-            out,
-            "printf '%s  %s\\n' {} \"$F\" | sha256sum -c --status || {{ rm -f \"$F\"; echo {} >&2; exit 1; }}",
-            self.sha256,
-            q(&format!(
-                "sortie: the files archive of step `{step}` {SHA_MISMATCH} {}: corrupted or replaced in S3",
-                self.sha256
-            ))
-        );
-        for (i, dest) in self.dests.iter().enumerate() {
-            let target = match dest.strip_prefix('/') {
-                Some(abs) => format!("\"${{SORTIE_HOST_ROOT:-}}\"/{}", q(abs)),
-                None => format!("\"$D\"/{}", q(dest)),
-            };
-            let _ = writeln!(out, "sortie_place {i} {target}");
-        }
-        out.push_str("rm -f \"$F\"\nfi\n");
     }
 }
 
