@@ -245,6 +245,7 @@ impl Compiler {
                 steps.push(step);
             }
         }
+        self.files_need_s3(&steps, target.as_ref(), state.as_ref());
         if !self.problems.is_empty() {
             return None;
         }

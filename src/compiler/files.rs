@@ -3,6 +3,7 @@
 
 use indexmap::IndexMap;
 
+use crate::plan::{StateLocation, Step, StepKind, Target};
 use crate::step_files::{self, Limits, Shipment};
 use crate::{template, yaml};
 
@@ -92,6 +93,32 @@ impl super::Compiler {
                     format!("cannot read the files of step `{id}`: {e}"),
                 );
                 (Vec::new(), None)
+            }
+        }
+    }
+
+    /// On aws, files travel through the run's S3 prefix, which exists only when state is in S3.
+    pub(super) fn files_need_s3(
+        &mut self,
+        steps: &[Step],
+        target: Option<&Target>,
+        state: Option<&StateLocation>,
+    ) {
+        if !matches!(target, Some(Target::Aws { .. }))
+            || !matches!(state, Some(StateLocation::Dir(_)))
+        {
+            return;
+        }
+        for step in steps {
+            if matches!(&step.kind, StepKind::Run(r) if !r.files.is_empty()) {
+                self.error_help(
+                    self.key_at(&format!("{}.files", yaml::join_key("steps", &step.id))),
+                    format!(
+                        "step `{}` ships files to an aws host, which needs the run's state in S3",
+                        step.id
+                    ),
+                    "set `state: s3://BUCKET/PREFIX`: the files travel through the run's S3 prefix",
+                );
             }
         }
     }
