@@ -2,8 +2,8 @@
 //! compile time; copied into the sandbox on the local target; packed into one tar.gz for the aws target.
 //!
 //! A source is a file or a directory, relative to the plan's directory. Inside a directory, symbolic links and
-//! special files are refused (a link could pull in anything on the machine), and `.git` / `__pycache__` are
-//! skipped (caches that change without the program changing). Only the executable bit of a mode is kept.
+//! special files are refused (a link could pull in anything on the machine), and `.git` / `__pycache__` /
+//! `.sortie` are skipped (they change without the program changing). Only the executable bit of a mode is kept.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 /// Per step: the total size of the files shipped, and how many there are.
 pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 pub const MAX_FILES: usize = 10_000;
-const SKIPPED_DIRS: &[&str] = &[".git", "__pycache__"];
+/// `.sortie` holds the state and the local sandboxes beside a plan: shipping the plan's own directory must not
+/// ship (or digest) them.
+const SKIPPED_DIRS: &[&str] = &[".git", "__pycache__", ".sortie"];
 /// Names the host wrapper keeps in a step's status directory, which is the step's working directory.
 const RESERVED: &[&str] = &[
     "attempt",
@@ -413,6 +415,8 @@ mod tests {
         let before = digest(&[ship(d.path(), "p")]).expect("digest");
         std::fs::create_dir_all(d.path().join("lib/__pycache__")).expect("mkdir");
         std::fs::write(d.path().join("lib/__pycache__/a.pyc"), "x").expect("write");
+        std::fs::create_dir_all(d.path().join(".sortie/state")).expect("mkdir");
+        std::fs::write(d.path().join(".sortie/state/state.json"), "{}").expect("write");
         assert_eq!(before, digest(&[ship(d.path(), "p")]).expect("digest"));
     }
 
