@@ -22,63 +22,8 @@ impl super::Compiler {
         let before = self.problems.len();
         let mut scanned: Vec<(Shipment, Vec<step_files::Entry>)> = Vec::new();
         for (name, dest) in files {
-            let key = yaml::join_key(&base, name);
-            if template::is_template(name) || template::is_template(dest) {
-                self.error_help(
-                    self.key_at(&key),
-                    format!("`files` of step `{id}` are not templates"),
-                    "write the source and the destination as plain paths",
-                );
-                continue;
-            }
-            let dest = match step_files::check_dest(dest) {
-                Ok(d) => d,
-                Err(why) => {
-                    self.error_help(
-                        self.at(&key),
-                        format!("step `{id}` ships `{name}` to `{dest}`, which {why}"),
-                        "a destination is relative to the step's working directory, or absolute on the host",
-                    );
-                    continue;
-                }
-            };
-            if let Some((other, _)) = scanned
-                .iter()
-                .find(|(s, _)| step_files::overlaps(&s.dest, &dest))
-            {
-                let message = format!(
-                    "step `{id}` ships `{name}` to `{dest}`, which overlaps `{}` (from `{}`)",
-                    other.dest, other.name
-                );
-                self.error(self.at(&key), message);
-                continue;
-            }
-            if std::path::Path::new(name).is_absolute() {
-                self.error_help(
-                    self.key_at(&key),
-                    format!("step `{id}` ships `{name}`, an absolute path"),
-                    "sources are relative to the plan file, so the plan works from any checkout",
-                );
-                continue;
-            }
-            let source = self.dir.join(name);
-            match step_files::scan(&source, &Limits::default()) {
-                Ok(entries) => scanned.push((
-                    Shipment {
-                        name: name.clone(),
-                        source,
-                        dest,
-                    },
-                    entries,
-                )),
-                Err(why) => self.error_help(
-                    self.key_at(&key),
-                    format!(
-                        "step `{id}` ships `{name}`{}, which {why}",
-                        shown(&source, name)
-                    ),
-                    "sources are files or directories relative to the plan file",
-                ),
+            if let Some(found) = self.one_file(id, &base, name, dest, &scanned) {
+                scanned.push(found);
             }
         }
         self.check_totals(id, &base, &scanned);
@@ -93,6 +38,78 @@ impl super::Compiler {
                     format!("cannot read the files of step `{id}`: {e}"),
                 );
                 (Vec::new(), None)
+            }
+        }
+    }
+
+    /// Checks one `SOURCE: DESTINATION` pair against the ones before it; scans the source.
+    fn one_file(
+        &mut self,
+        id: &str,
+        base: &str,
+        name: &str,
+        dest: &str,
+        scanned: &[(Shipment, Vec<step_files::Entry>)],
+    ) -> Option<(Shipment, Vec<step_files::Entry>)> {
+        let key = yaml::join_key(base, name);
+        if template::is_template(name) || template::is_template(dest) {
+            self.error_help(
+                self.key_at(&key),
+                format!("`files` of step `{id}` are not templates"),
+                "write the source and the destination as plain paths",
+            );
+            return None;
+        }
+        let dest = match step_files::check_dest(dest) {
+            Ok(d) => d,
+            Err(why) => {
+                self.error_help(
+                    self.at(&key),
+                    format!("step `{id}` ships `{name}` to `{dest}`, which {why}"),
+                    "a destination is relative to the step's working directory, or absolute on the host",
+                );
+                return None;
+            }
+        };
+        if let Some((other, _)) = scanned
+            .iter()
+            .find(|(s, _)| step_files::overlaps(&s.dest, &dest))
+        {
+            let message = format!(
+                "step `{id}` ships `{name}` to `{dest}`, which overlaps `{}` (from `{}`)",
+                other.dest, other.name
+            );
+            self.error(self.at(&key), message);
+            return None;
+        }
+        if std::path::Path::new(name).is_absolute() {
+            self.error_help(
+                self.key_at(&key),
+                format!("step `{id}` ships `{name}`, an absolute path"),
+                "sources are relative to the plan file, so the plan works from any checkout",
+            );
+            return None;
+        }
+        let source = self.dir.join(name);
+        match step_files::scan(&source, &Limits::default()) {
+            Ok(entries) => Some((
+                Shipment {
+                    name: name.to_string(),
+                    source,
+                    dest,
+                },
+                entries,
+            )),
+            Err(why) => {
+                self.error_help(
+                    self.key_at(&key),
+                    format!(
+                        "step `{id}` ships `{name}`{}, which {why}",
+                        shown(&source, name)
+                    ),
+                    "sources are files or directories relative to the plan file",
+                );
+                None
             }
         }
     }
