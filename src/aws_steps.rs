@@ -9,10 +9,11 @@ use crate::aws_provider::{self, AwsProvider, PollConfig, ProvisionEvent, Tags};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::local_host::{HostStatus, LaunchSpec};
-use crate::plan::{StateLocation, StepKind, Target};
+use crate::plan::{RunSpec, StateLocation, StepKind, Target};
 use crate::ssm_host::{self, OutputLocation, SsmHost, SsmPoll};
 use crate::state::Resource;
 use crate::step_exec::{Job, Msg, Outcome};
+use crate::step_files;
 
 /// The volume script (docs/HOST_PROTOCOL.md): find the NVMe device by volume id, mkfs only when empty, mount, fstab.
 pub const VOLUME_SCRIPT: &str = include_str!("host/volume.sh");
@@ -253,7 +254,10 @@ impl Job {
                 host.instance_id.clone(),
             )]))
             .await;
-            let status = host.launch(&id, self.attempt, &script, &launch).await?;
+            let files = self.files_bundle(spec).await?;
+            let status = host
+                .launch(&id, self.attempt, &script, &launch, files)
+                .await?;
             if status.is_finished() && status.state == "failed" && status.exit_code == Some(75) {
                 return Ok(Outcome::Failed {
                     error: status.error.unwrap_or_else(|| "lock busy".into()),
@@ -324,6 +328,24 @@ impl Job {
             }
             return Ok(outcome_of(&status, outputs, &inv, self.step.timeout));
         }
+    }
+
+    /// The step's files as one archive for the host (checked against the digest the plan was compiled with).
+    async fn files_bundle(&self, spec: &RunSpec) -> Result<Option<ssm_host::Bundle>> {
+        if spec.files.is_empty() {
+            return Ok(None);
+        }
+        let (id, ships) = (self.step.id.clone(), spec.files.clone());
+        let digest = spec.files_digest.clone().unwrap_or_default();
+        tokio::task::spawn_blocking(move || {
+            let all = step_files::rescan(&id, &ships, &digest)?;
+            let archive = step_files::archive(&all)
+                .map_err(|e| Error::io(format!("cannot pack the files of step `{id}`"), e))?;
+            let dests = ships.into_iter().map(|s| s.dest).collect();
+            Ok(Some(ssm_host::Bundle { archive, dests }))
+        })
+        .await
+        .map_err(|e| Error::Runtime(format!("packing files: {e}")))?
     }
 
     /// What a stall check needs on AWS: the heartbeat's S3 location (state must be in S3) and how often to look.

@@ -24,6 +24,8 @@ use crate::template::{self, Reference};
 use crate::variables::{self, Overrides};
 use crate::{loader, yaml};
 
+mod files;
+
 /// SSM Run Command's maximum executionTimeout: longer attached steps cannot be watched to the end.
 pub const SSM_MAX_TIMEOUT: Duration = Duration::from_secs(172_800);
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
@@ -244,6 +246,7 @@ impl Compiler {
                 steps.push(step);
             }
         }
+        self.files_need_s3(&steps, target.as_ref(), state.as_ref());
         if !self.problems.is_empty() {
             return None;
         }
@@ -683,9 +686,12 @@ impl Compiler {
         if self.problems.len() > before {
             return None;
         }
-        let script_source = match &kind {
-            Some(StepKind::Run(run)) => Json::String(run.script.source.clone()),
-            _ => Json::Null,
+        let (script_source, files_digest) = match &kind {
+            Some(StepKind::Run(run)) => (
+                Json::String(run.script.source.clone()),
+                run.files_digest.clone(),
+            ),
+            _ => (Json::Null, None),
         };
         let used_vars: serde_json::Map<String, Json> = referenced_vars
             .into_iter()
@@ -698,11 +704,16 @@ impl Compiler {
         });
         let retries = raw.retries.unwrap_or(ctx.default_retries);
         let Pending { id, raw, json, .. } = p;
-        let definition = Json::Object(serde_json::Map::from_iter([
+        let mut definition = serde_json::Map::from_iter([
             ("step".to_string(), json),
             ("script".to_string(), script_source),
             ("vars".to_string(), Json::Object(used_vars)),
-        ]));
+        ]);
+        // Only steps with files get the key, so the digests of every other step stay as they were.
+        if let Some(d) = files_digest {
+            definition.insert("files".to_string(), Json::String(d));
+        }
+        let definition = Json::Object(definition);
         Some((
             Step {
                 id,
@@ -1074,6 +1085,7 @@ impl Compiler {
                 );
             }
         }
+        let (files, files_digest) = self.step_files(&p.id, path, raw.files.as_ref());
         let hb = raw.heartbeat.clone().unwrap_or_default();
         let heartbeat = HeartbeatSpec {
             stale_after: self.duration(
@@ -1095,6 +1107,8 @@ impl Compiler {
             detach,
             lock: raw.lock.clone(),
             heartbeat,
+            files,
+            files_digest,
         }))
     }
 

@@ -148,6 +148,9 @@ pub struct RunSpec {
     pub detach: bool,
     pub lock: Option<String>,
     pub heartbeat: HeartbeatSpec,
+    /// `files:`, checked at compile time, and their content digest (part of the step's digest).
+    pub files: Vec<crate::step_files::Shipment>,
+    pub files_digest: Option<String>,
 }
 
 /// A run step's script: a template file or inline text. Both are rendered at run time.

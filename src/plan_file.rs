@@ -149,6 +149,10 @@ pub struct RawStep {
     pub lock: Option<String>,
     /// run: heartbeat and progress settings.
     pub heartbeat: Option<RawHeartbeat>,
+    /// run: files to ship to the host before the script starts, `SOURCE: DESTINATION`. A source is a file or a
+    /// directory relative to the plan file; a relative destination is relative to the step's working directory,
+    /// an absolute one is a path on the host (inside the sandbox on the local target).
+    pub files: Option<IndexMap<String, String>>,
     /// instance: instance types in failover order.
     pub instance_types: Option<Vec<String>>,
     /// instance: an AMI id or `ssm:/path/to/parameter`.
@@ -202,6 +206,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "detach",
     "lock",
     "heartbeat",
+    "files",
     "instance_types",
     "image",
     "profile",
@@ -257,7 +262,15 @@ pub fn kind_fields(kind: KindName) -> &'static [&'static str] {
             "mount",
             "keep",
         ],
-        KindName::Run => &["on", "script", "run", "detach", "lock", "heartbeat"],
+        KindName::Run => &[
+            "on",
+            "script",
+            "run",
+            "detach",
+            "lock",
+            "heartbeat",
+            "files",
+        ],
         KindName::Teardown => &["destroys"],
     }
 }

@@ -11,9 +11,12 @@ use std::time::Duration;
 use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_sdk_ssm::types::CommandInvocationStatus;
 use indexmap::IndexMap;
+use sha2::Digest as _;
 
 use crate::error::{Error, Result};
 use crate::local_host::{HostStatus, LaunchSpec, WRAPPER};
+use crate::ssm_files::SHA_MISMATCH;
+pub use crate::ssm_files::{Bundle, Delivery};
 
 /// SSM's largest executionTimeout; a longer wait is split into several commands.
 pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
@@ -86,13 +89,14 @@ impl Invocation {
         self.status == "Success"
     }
 
-    /// One line saying how the command ended, for errors.
+    /// One line saying how the command ended, for errors. The SSM agent appends "failed to run commands: exit
+    /// status N" to stderr, which says less than the line before it.
     pub fn describe(&self) -> String {
         let tail = self
             .stderr
             .lines()
             .rev()
-            .find(|l| !l.trim().is_empty())
+            .find(|l| !l.trim().is_empty() && !l.starts_with("failed to run commands"))
             .unwrap_or("")
             .trim();
         let mut s = format!(
@@ -107,14 +111,14 @@ impl Invocation {
 }
 
 /// Shell-quotes one value.
-fn q(value: &str) -> String {
+pub(crate) fn q(value: &str) -> String {
     shlex::try_quote(value).map_or_else(|_| "''".to_string(), |c| c.into_owned())
 }
 
 /// The host's sortie directory and a step's status directory, as shell expressions.
 const HOME: &str = "\"${SORTIE_HOST_ROOT:-}/var/lib/sortie\"";
 
-fn step_dir(step: &str) -> String {
+pub(crate) fn step_dir(step: &str) -> String {
     format!(
         "\"${{SORTIE_HOST_ROOT:-}}/var/lib/sortie/steps\"/{}",
         q(step)
@@ -253,6 +257,7 @@ impl SsmHost {
         script: &str,
         spec: &LaunchSpec,
         script_url: Option<&str>,
+        files: Option<&Delivery>,
     ) -> String {
         let mut s = String::from("set -eu\n");
         let _ = writeln!(s, "H={HOME}; mkdir -p \"$H/steps\" \"$H/scripts\"");
@@ -263,6 +268,9 @@ impl SsmHost {
                 let _ = writeln!(s, "curl -fsS -o {script_path} {}", q(url));
             }
             None => write_file(&mut s, &script_path, script.as_bytes()),
+        }
+        if let Some(files) = files {
+            files.script(&mut s, step, attempt);
         }
         for (k, v) in &spec.wrapper_env(30) {
             let _ = writeln!(s, "export {k}={}", q(v));
@@ -307,19 +315,64 @@ impl SsmHost {
         attempt: u32,
         script: &str,
         spec: &LaunchSpec,
+        files: Option<Bundle>,
     ) -> Result<HostStatus> {
         let url = if script.len() > INLINE_LIMIT {
-            Some(self.stage_script(step, attempt, script).await?)
+            let key = format!("scripts/{step}.{attempt}");
+            Some(
+                self.stage(
+                    &format!("the script of `{step}`"),
+                    &key,
+                    script.as_bytes().to_vec(),
+                    false,
+                )
+                .await?,
+            )
         } else {
             None
         };
+        let delivery = match files {
+            Some(bundle) => {
+                let sha256 = crate::step_files::hex(&sha2::Sha256::digest(&bundle.archive));
+                // Content-addressed: a retry or a rerun with the same files uploads nothing.
+                let key = format!("files/{sha256}.tar.gz");
+                let url = self
+                    .stage(
+                        &format!("the files of `{step}`"),
+                        &key,
+                        bundle.archive,
+                        true,
+                    )
+                    .await?;
+                Some(Delivery {
+                    url,
+                    sha256,
+                    dests: bundle.dests,
+                })
+            }
+            None => None,
+        };
         let inv = self
             .run(
-                &self.launch_script(step, attempt, script, spec, url.as_deref()),
+                &self.launch_script(
+                    step,
+                    attempt,
+                    script,
+                    spec,
+                    url.as_deref(),
+                    delivery.as_ref(),
+                ),
                 Duration::from_secs(300),
             )
             .await?;
         if !inv.succeeded() {
+            if let Some(d) = delivery
+                .as_ref()
+                .filter(|_| inv.stderr.contains(SHA_MISMATCH))
+            {
+                // The staged archive is bad: drop it so the next attempt uploads it again.
+                self.unstage(&format!("files/{}.tar.gz", d.sha256)).await;
+            }
             return Err(Error::Runtime(format!(
                 "cannot start step `{step}` on {}: {}",
                 self.instance_id,
@@ -402,28 +455,52 @@ impl SsmHost {
         Ok(split_wait_output(&stdout).2)
     }
 
-    async fn stage_script(&self, step: &str, attempt: u32, script: &str) -> Result<String> {
+    /// Best effort: deletes a staged object.
+    async fn unstage(&self, key: &str) {
+        if let Some(out) = &self.output {
+            let key = format!("{}/{key}", out.prefix.trim_end_matches('/'));
+            let _ = self
+                .s3
+                .delete_object()
+                .bucket(&out.bucket)
+                .key(&key)
+                .send()
+                .await;
+        }
+    }
+
+    /// Uploads `body` under the run's S3 prefix (unless `reuse` and it is there already) and returns a presigned
+    /// GET the host fetches with curl: the host needs no S3 permission.
+    async fn stage(&self, what: &str, key: &str, body: Vec<u8>, reuse: bool) -> Result<String> {
         let out = self.output.as_ref().ok_or_else(|| {
-            Error::Runtime(format!("the script of step `{step}` is larger than an SSM command allows and there is no S3 bucket to stage it in"))
+            Error::Runtime(format!("{what} must travel through S3, and there is no S3 bucket to stage it in (keep state in S3)"))
         })?;
-        let key = format!(
-            "{}/scripts/{step}.{attempt}",
-            out.prefix.trim_end_matches('/')
-        );
-        self.s3
-            .put_object()
-            .bucket(&out.bucket)
-            .key(&key)
-            .body(script.as_bytes().to_vec().into())
-            .send()
-            .await
-            .map_err(|e| {
-                Error::Runtime(format!(
-                    "cannot upload the script of `{step}` to s3://{}/{key}: {}",
-                    out.bucket,
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ))
-            })?;
+        let key = format!("{}/{key}", out.prefix.trim_end_matches('/'));
+        let there = reuse
+            && self
+                .s3
+                .head_object()
+                .bucket(&out.bucket)
+                .key(&key)
+                .send()
+                .await
+                .is_ok();
+        if !there {
+            self.s3
+                .put_object()
+                .bucket(&out.bucket)
+                .key(&key)
+                .body(body.into())
+                .send()
+                .await
+                .map_err(|e| {
+                    Error::Runtime(format!(
+                        "cannot upload {what} to s3://{}/{key}: {}",
+                        out.bucket,
+                        aws_sdk_s3::error::DisplayErrorContext(&e)
+                    ))
+                })?;
+        }
         let presign =
             aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
                 .map_err(|e| Error::Runtime(format!("cannot presign: {e}")))?;

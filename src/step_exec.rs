@@ -279,6 +279,11 @@ impl Job {
                 host.status_dir(&id).display().to_string(),
             )]))
             .await;
+            if !spec.files.is_empty() {
+                let digest = spec.files_digest.as_deref().unwrap_or_default();
+                let all = crate::step_files::rescan(&id, &spec.files, digest)?;
+                crate::step_files::copy_local(&all, &host.home, &host.status_dir(&id))?;
+            }
             status = host.launch(&id, self.attempt, &script, &launch).await?;
         }
         if spec.detach && !self.wait_detached && !status.is_finished() {

@@ -8,6 +8,7 @@ mod aws_apply;
 mod aws_provider;
 mod aws_reentry;
 mod examples;
+mod files;
 mod graph;
 mod injection;
 mod invalid_plans;
