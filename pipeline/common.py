@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 SECRET_WORDS = ("token", "secret", "password")
 
@@ -55,7 +55,7 @@ class Ticker:
         while not self._stop.wait(self._interval):
             log(self._line())
 
-    def __enter__(self) -> "Ticker":
+    def __enter__(self) -> Ticker:
         self._thread.start()
         return self
 
@@ -74,7 +74,7 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
             digest.update(block)
 
 
-def fail(message: str, code: int = 1) -> "None":
+def fail(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
@@ -114,7 +114,7 @@ class Store:
     def is_s3(self) -> bool:
         return self.root is None
 
-    def child(self, key: str) -> "Store":
+    def child(self, key: str) -> Store:
         key = key.strip("/")
         if self.is_s3:
             return Store(f"s3://{self.bucket}/{self._full(key)}")

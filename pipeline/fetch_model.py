@@ -16,7 +16,6 @@ Hub API used (as huggingface_hub does): GET {hub}/api/models/{id}/revision/{rev}
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import json
 import os

@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     rows: list[str] = []
     seen: set[str] = set()
     rejected = duplicates = 0
-    for (group, _key, _size), (texts, bad) in zip(files, results):
+    for (group, _key, _size), (texts, bad) in zip(files, results, strict=True):
         stats = per_group[group]
         stats["rows"] += len(texts)
         stats["rejected"] += bad

@@ -33,7 +33,7 @@ class SpotWatcher:
     def interrupted(self) -> bool:
         return self._event.is_set()
 
-    def start(self) -> "SpotWatcher":
+    def start(self) -> SpotWatcher:
         if self.interval > 0:
             self._thread.start()
         return self
