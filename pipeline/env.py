@@ -75,14 +75,20 @@ def ensure(args) -> int:
     if py.exists() and stamp.is_file() and stamp.read_text().strip() == want:
         log(f"[env] {venv} is up to date with {lock.name}; nothing to install")
     else:
+        pins = read_lock(lock)
         if not py.exists():
             log(f"[env] creating {venv}")
-            subprocess.run([args.python, "-m", "venv", str(venv)], check=True)
+            cmd = [args.python, "-m", "venv", str(venv)] + ([] if pins else ["--without-pip"])
+            if subprocess.run(cmd).returncode != 0:
+                fail(f"'{' '.join(cmd)}' failed (on Debian/Ubuntu the venv module needs python3-venv)")
         started = time.time()
-        with Ticker(lambda: f"[env] pip install -r {lock.name}: {int(time.time() - started)} s", 20):
-            subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "--no-cache-dir",
-                            "-q", "-r", str(lock)], check=True)
-        log(f"[env] installed in {int(time.time() - started)} s")
+        if pins:
+            with Ticker(lambda: f"[env] pip install -r {lock.name}: {int(time.time() - started)} s", 20):
+                subprocess.run([str(py), "-m", "pip", "install", "--disable-pip-version-check", "--no-cache-dir",
+                                "-q", "-r", str(lock)], check=True)
+            log(f"[env] installed {len(pins)} packages in {int(time.time() - started)} s")
+        else:
+            log(f"[env] {lock.name} pins nothing: a stdlib-only venv")
     problems = mismatches(str(py), lock)
     if problems:
         fail("installed versions differ from the lock: " + "; ".join(problems))

@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--python", default=sys.executable, help="the training venv's python")
     p.add_argument("--lock", default="", help="requirements lock the venv must match")
     p.add_argument("--trainer", required=True, help="train.py or tiny_train.py")
-    p.add_argument("--trainer-args", required=True, help="the exact flags the plan passes to the trainer")
+    p.add_argument("--trainer-args", default="", help="the trainer's flags as one shell-quoted string (or pass "
+                                                      "them after --)")
     p.add_argument("--hf-token-param", default="", help="SSM SecureString name (only its readability is checked)")
     p.add_argument("--train-lock-file", required=True, help="the training lock's file (flock -n must succeed)")
     p.add_argument("--lifetime-seconds", type=float, default=0, help="instance lifetime left (0: read the "
@@ -147,7 +148,10 @@ def main(argv=None) -> int:
     p.add_argument("--min-volume-free-gb", type=float, default=50)
     p.add_argument("--min-root-free-gb", type=float, default=10)
     p.add_argument("--min-ram-gb", type=float, default=16)
-    args = p.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    after = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:after])
+    trainer_args = shlex.split(args.trainer_args) + argv[after + 1:]
 
     local = args.local or shutil.which("nvidia-smi") is None
     gpu_host = not local
@@ -366,7 +370,6 @@ def main(argv=None) -> int:
         return not found, f"trainer pids: {found}" if found else "no trainer process"
 
     r.run("no_trainer_running", False, no_trainer)
-    trainer_args = shlex.split(args.trainer_args)
 
     def trainer_flags():
         proc = subprocess.run([args.python if "tiny_train" not in args.trainer else sys.executable, args.trainer,

@@ -128,3 +128,24 @@ def test_int_fetch_model_rejects_a_corrupt_shard_and_a_bad_token(tmp_path, token
                           name="f3")
         assert proc.returncode != 0 and "401" in proc.stderr and out == {}
         assert "hf_wrong" not in proc.stdout + proc.stderr
+
+
+def test_int_sample_model_is_the_generated_one():
+    from conftest import PIPELINE
+    from sample_model import files
+
+    root = PIPELINE / "sample_model"
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == files()
+
+
+def test_e2e_fetch_model_from_a_local_mirror_dir_then_preflight_model_checks(tmp_path):
+    """The quickstart's fetch: the bundled mirror dir, no hub, no token."""
+    from conftest import PIPELINE
+    from sample_model import REVISION
+
+    _, out = fetch(tmp_path, None, tmp_path / "model", "--mirror", PIPELINE / "sample_model", "--revision", REVISION)
+    assert out["model_source"] == "mirror" and out["model_files"] == "5"
+    assert (tmp_path / "model/model-00001-of-00001.safetensors").stat().st_size > 1024
+    proc, _ = fetch(tmp_path, None, tmp_path / "model", "--mirror", PIPELINE / "sample_model", "--revision", "other",
+                    check=False, name="f2")
+    assert proc.returncode != 0 and "holds revision tiny-0001" in proc.stderr
