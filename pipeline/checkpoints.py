@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from common import Store, log
+import time
+
+from common import Store, Ticker, log
 
 CKPT = re.compile(r"^checkpoint-(\d+)$")
 MARKER = ".complete"
@@ -55,8 +57,10 @@ def latest(output_dir: Path, store: Store | None) -> Path | None:
     if best_remote > best_local:
         dest = output_dir / f"checkpoint-{best_remote}"
         log(f"[ckpt] downloading checkpoint-{best_remote} from {store.uri()} ({len(remote[best_remote])} files)")
-        for key, _size in remote[best_remote]:
-            store.download(key, output_dir / key)
+        started = time.time()
+        with Ticker(lambda: f"[ckpt] downloading checkpoint-{best_remote}: {time.time() - started:.0f} s", 20):
+            for key, _size in remote[best_remote]:
+                store.download(key, output_dir / key)
         if not (dest / "trainer_state.json").is_file():
             raise RuntimeError(f"checkpoint-{best_remote} in {store.uri()} has no trainer_state.json")
         return dest
@@ -71,12 +75,14 @@ def sync(ckpt: Path, store: Store | None) -> None:
         return
     have = {key: size for key, size in store.list(ckpt.name)}
     count = 0
-    for path in sorted(p for p in ckpt.rglob("*") if p.is_file()):
-        key = path.relative_to(ckpt.parent).as_posix()
-        if have.get(key) == path.stat().st_size:
-            continue
-        store.upload(path, key)
-        count += 1
+    started = time.time()
+    with Ticker(lambda: f"[ckpt] syncing {ckpt.name}: {count} files, {time.time() - started:.0f} s", 20):
+        for path in sorted(p for p in ckpt.rglob("*") if p.is_file()):
+            key = path.relative_to(ckpt.parent).as_posix()
+            if have.get(key) == path.stat().st_size:
+                continue
+            store.upload(path, key)
+            count += 1
     store.put_bytes(f"{ckpt.name}/{MARKER}", b"")
     log(f"[ckpt] synced {ckpt.name} to {store.uri()} ({count} files uploaded)")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import checkpoints  # noqa: E402
-from common import Store, log, write_outputs  # noqa: E402
+from common import Store, Ticker, log, write_outputs  # noqa: E402
 from spot import SpotWatcher  # noqa: E402
 from train_args import build_parser, heartbeat, planned_steps  # noqa: E402
 
@@ -95,8 +95,9 @@ def main(argv=None) -> int:
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": 0}
     started_load = time.time()
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
-                                                 **kwargs)
+    with Ticker(lambda: f"[train] loading the model: {time.time() - started_load:.0f} s", 20):
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir,
+                                                     dtype=torch.bfloat16 if cuda else torch.float32, **kwargs)
     log(f"[train] model loaded in {time.time() - started_load:.0f} s")
     if quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Store, fail, log, sha256_file, write_outputs  # noqa: E402
+from common import Store, Ticker, fail, log, sha256_file, write_outputs  # noqa: E402
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja")
@@ -82,13 +82,13 @@ def main(argv=None) -> int:
     }
     dest = Store(args.dest)
     total = len(files)
-    last = time.time()
-    for i, (key, path) in enumerate(sorted(files.items()), 1):
-        manifest["files"].append({"path": key, "size": path.stat().st_size, "sha256": sha256_file(path)})
-        dest.upload(path, key)
-        if time.time() - last > 20 or i == total:
-            log(f"[upload] {i}/{total} files to {dest.uri()}")
-            last = time.time()
+    done = [0]
+    with Ticker(lambda: f"[upload] {done[0]}/{total} files to {dest.uri()}", 20):
+        for key, path in sorted(files.items()):
+            manifest["files"].append({"path": key, "size": path.stat().st_size, "sha256": sha256_file(path)})
+            dest.upload(path, key)
+            done[0] += 1
+    log(f"[upload] {total}/{total} files to {dest.uri()}")
     body = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     dest.put_bytes("manifest.json", body)
     log(f"[upload] manifest.json lists {total} files")

@@ -40,7 +40,10 @@ def preflight(tmp_path, data, output_store, *extra, counts=None, check=True, nam
 
 def test_e2e_preflight_local_passes_with_warnings(tmp_path):
     data = prep(tmp_path, str(tmp_path / "bucket/datasets"))
-    proc, report, by = preflight(tmp_path, data, str(tmp_path / "bucket/runs/r1"))
+    model = tmp_path / "model"
+    run_program("fetch_model", "--model-id", "sortie/tiny-unigram", "--revision", "tiny-0001", "--model-dir", model,
+                "--mirror", PIPELINE / "sample_model")
+    proc, report, by = preflight(tmp_path, data, str(tmp_path / "bucket/runs/r1"), "--model-dir", model)
     assert proc.returncode == 0
     assert len(report) >= 35 and len(by) == len(report), "names are unique"
     assert all(set(row) == {"check", "ok", "required", "detail"} for row in report)
@@ -50,11 +53,25 @@ def test_e2e_preflight_local_passes_with_warnings(tmp_path):
     assert by["gpu_memory"]["detail"].startswith("skipped") and not by["gpu_memory"]["required"]
     for name in ("train_count_matches", "val_count_matches", "no_train_val_overlap", "train_rows_valid",
                  "dataset_readable", "output_writable", "training_lock_free", "trainer_accepts_flags",
-                 "clock_sane", "lifetime_exceeds_train_timeout", "volume_writable"):
+                 "clock_sane", "volume_writable", "model_config", "model_index", "model_shards_complete",
+                 "model_tensors_indexed"):
         assert by[name]["ok"], by[name]
     out = read_outputs(tmp_path / "pf.outputs")
     assert out["preflight_checks"] == str(len(report)) and out["preflight_warnings"] == str(len(warnings))
     assert not list((tmp_path / "bucket/runs/r1").glob(".preflight-probe-*")), "the probe object is deleted"
+    assert by["lifetime_exceeds_train_timeout"]["ok"], "3600 s left > 600 s timeout"
+
+
+def test_e2e_preflight_fails_on_an_incomplete_model(tmp_path):
+    data = prep(tmp_path, str(tmp_path / "bucket/datasets"))
+    model = tmp_path / "model"
+    run_program("fetch_model", "--model-id", "sortie/tiny-unigram", "--revision", "tiny-0001", "--model-dir", model,
+                "--mirror", PIPELINE / "sample_model")
+    shard = model / "model-00001-of-00001.safetensors"
+    shard.rename(shard.with_name(shard.name + ".part"))
+    proc, report, by = preflight(tmp_path, data, str(tmp_path / "o"), "--model-dir", model, check=False)
+    assert proc.returncode == 1
+    assert not by["model_shards_complete"]["ok"] and "partial" in by["model_shards_complete"]["detail"]
 
 
 def test_e2e_preflight_fails_on_required_failures(tmp_path):
