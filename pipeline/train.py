@@ -17,6 +17,7 @@ Outputs: final_step, resumed_from_step, trainable_params, adapter_dir, output_di
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -53,6 +54,21 @@ def is_mistral_7b(cfg: dict) -> bool:
             cfg.get("num_key_value_heads")) == (4096, 14336, 32, 8)
 
 
+class Rows:
+    """The training rows, tokenized lazily (in the dataloader workers): a map-style dataset for the Trainer."""
+
+    def __init__(self, path: str, tokenizer, max_len: int):
+        with open(path, encoding="utf-8") as f:
+            self.texts = [json.loads(line)["text"] for line in f if line.strip()]
+        self.tokenizer, self.max_len = tokenizer, max_len
+
+    def __len__(self):
+        return len(self.texts)
+
+    def __getitem__(self, i):
+        return self.tokenizer(self.texts[i], truncation=True, max_length=self.max_len)
+
+
 def count_rows(path: str) -> int:
     with open(path, encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())
@@ -64,6 +80,7 @@ def main(argv=None) -> int:
         print(json.dumps(vars(args), sort_keys=True))
         return 0
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the dataloader workers fork after tokenizer use
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
@@ -114,19 +131,6 @@ def main(argv=None) -> int:
     if is_mistral_7b(cfg) and args.lora_r == 64 and len(targets) == 7:
         assert trainable == MISTRAL_7B_LORA_PARAMS, trainable
 
-    class Rows(torch.utils.data.Dataset):
-        """Lazily tokenized rows (the tokenizer runs in the dataloader workers)."""
-
-        def __init__(self, path):
-            with open(path, encoding="utf-8") as f:
-                self.texts = [json.loads(line)["text"] for line in f if line.strip()]
-
-        def __len__(self):
-            return len(self.texts)
-
-        def __getitem__(self, i):
-            return tokenizer(self.texts[i], truncation=True, max_length=args.max_seq_length)
-
     watcher = SpotWatcher(args.imds_url, args.spot_poll_seconds).start()
     ckpt = checkpoints.latest(out_dir, store)
     resumed = checkpoints.step_of(ckpt)
@@ -164,9 +168,10 @@ def main(argv=None) -> int:
         save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         dataloader_num_workers=args.dataloader_workers, seed=args.seed, bf16=bf16, report_to="none",
         disable_tqdm=True, optim="paged_adamw_8bit" if quantize else "adamw_torch",
-        gradient_checkpointing=quantize, remove_unused_columns=False, use_cpu=not cuda,
+        gradient_checkpointing=quantize, gradient_checkpointing_kwargs={"use_reentrant": False},
+        remove_unused_columns=False, use_cpu=not cuda,
     )
-    trainer = Trainer(model=model, args=targs, train_dataset=Rows(args.train_file),
+    trainer = Trainer(model=model, args=targs, train_dataset=Rows(args.train_file, tokenizer, args.max_seq_length),
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[Heartbeat()])
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     watcher.stop()

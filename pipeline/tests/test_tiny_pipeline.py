@@ -124,3 +124,40 @@ def test_planned_steps_match_the_seed():
     assert planned_steps(41294, 1, 4, 3) == 30969
     assert planned_steps(41294, 1, 4, 3, max_steps=100) == 100
     assert planned_steps(3, 1, 4, 1) == 1
+
+
+def test_int_tiny_train_checkpoints_and_upload_to_s3(tmp_path, s3, fresh_bucket):
+    """The store is S3 (moto): checkpoints are synced there, resumed from there, and the run is uploaded there."""
+    data = prep(tmp_path)
+    store = f"s3://{fresh_bucket}/mistral-finetuned/r1"
+    args = train_args(tmp_path, data, 20)
+    args[args.index("--checkpoint-store") + 1] = f"{store}/checkpoints"
+    run_program("tiny_train", *args, env=env_with(tmp_path / "t1.outputs"))
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=fresh_bucket)["Contents"]}
+    assert "mistral-finetuned/r1/checkpoints/checkpoint-20/.complete" in keys
+    assert "mistral-finetuned/r1/checkpoints/checkpoint-10/optimizer.json" in keys
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "run")
+    args[args.index("--max-steps") + 1] = "30"
+    p2 = run_program("tiny_train", *args, env=env_with(tmp_path / "t2.outputs"))
+    out = read_outputs(tmp_path / "t2.outputs")
+    assert out["resumed_from_step"] == "20" and "downloading checkpoint-20" in p2.stdout
+
+    run_program("evaluate", "--model-dir", "none", "--adapter-dir", out["adapter_dir"], "--val-file",
+                data["val_file"], "--metrics", tmp_path / "metrics.json", env=env_with(tmp_path / "e.outputs"))
+    (tmp_path / "preflight.json").write_text("[]")
+    run_program("upload", "--dest", store, "--adapter-dir", out["adapter_dir"], "--metrics", tmp_path / "metrics.json",
+                "--preflight-report", tmp_path / "preflight.json", "--git-revision", "abc", "--dataset-sha256",
+                data["dataset_sha256"], env=env_with(tmp_path / "u.outputs"))
+    manifest = json.loads(s3.get_object(Bucket=fresh_bucket, Key="mistral-finetuned/r1/manifest.json")["Body"].read())
+    for entry in manifest["files"]:
+        body = s3.get_object(Bucket=fresh_bucket, Key=f"mistral-finetuned/r1/{entry['path']}")["Body"].read()
+        assert len(body) == entry["size"]
+        import hashlib
+
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+    outside = [k for k in (o["Key"] for o in s3.list_objects_v2(Bucket=fresh_bucket)["Contents"])
+               if "optimizer" in k and "/checkpoints/" not in k]
+    assert outside == []

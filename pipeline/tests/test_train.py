@@ -42,17 +42,34 @@ def tiny_setup(tmp_path_factory):
     return tmp, data
 
 
-def train(tmp, data, steps, name):
+def train(tmp, data, steps, name, *extra, run="run", run_id="r1", check=True):
     out = tmp / f"{name}.outputs"
     env = os.environ.copy()
     env["SORTIE_OUTPUT"] = str(out)
     proc = run_program("train", "--model-dir", tmp / "model", "--train-file", data["train_file"], "--val-file",
-                       data["val_file"], "--output-dir", tmp / "run", "--checkpoint-store",
-                       tmp / "bucket/runs/r1/checkpoints", "--run-id", "r1", "--max-steps", str(steps),
+                       data["val_file"], "--output-dir", tmp / run, "--checkpoint-store",
+                       tmp / f"bucket/runs/{run_id}/checkpoints", "--run-id", run_id, "--max-steps", str(steps),
                        "--save-steps", "3", "--logging-steps", "1", "--dataloader-workers", "0",
                        "--learning-rate", "1e-3", "--max-seq-length", "64", "--no-quantize",
-                       "--spot-poll-seconds", "0", env=env, python=str(TRAIN_PY), timeout=600)
-    return proc, read_outputs(out)
+                       "--spot-poll-seconds", "0", *extra, env=env, python=str(TRAIN_PY), timeout=600, check=check)
+    return proc, (read_outputs(out) if out.exists() else {})
+
+
+@needs_train_venv
+def test_e2e_train_saves_and_stops_on_a_spot_notice(tiny_setup):
+    from standins import ImdsServer
+
+    tmp, data = tiny_setup
+    with ImdsServer(notice={"action": "terminate", "time": "2026-12-01T05:00:00Z"}) as imds:
+        proc, out = train(tmp, data, 500, "spot", "--spot-poll-seconds", "0.05", "--imds-url", imds.url,
+                          "--save-steps", "1000", "--dataloader-workers", "1", run="spot", run_id="spot",
+                          check=False)
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert out == {}, "an interrupted attempt publishes no outputs"
+    saved = [p.name for p in (tmp / "spot").glob("checkpoint-*")]
+    assert len(saved) == 1 and 0 < int(saved[0].split("-")[1]) < 500
+    assert (tmp / "bucket/runs/spot/checkpoints" / saved[0] / ".complete").exists()
+    assert "interruption notice" in proc.stdout
 
 
 @needs_train_venv
