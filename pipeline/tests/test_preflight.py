@@ -120,3 +120,32 @@ def test_int_preflight_probes_s3_and_reads_the_ssm_token(tmp_path, s3, fresh_buc
     assert "S3's Date header" in by["clock_sane"]["detail"]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=fresh_bucket, Prefix="runs/").get("Contents", [])]
     assert keys == []
+
+
+def test_e2e_preflight_gpu_mode_reads_nvidia_smi_and_fails_without_cuda(tmp_path):
+    """GPU mode on a CPU machine: a stand-in nvidia-smi prints what the real one prints for
+    `--query-gpu=name,memory.total,driver_version,memory.used --format=csv,noheader,nounits` (one line per GPU,
+    fields joined by ", ", MiB without units); torch then finds no CUDA, a required failure."""
+    data = prep(tmp_path, str(tmp_path / "bucket/datasets"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA A10G, 23028, 535.183.01, 0'\n")
+    smi.chmod(0o755)
+    env = os.environ.copy()
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    args = ["--report", tmp_path / "gpu.json", "--volume", tmp_path, "--train-file", data["train_file"],
+            "--val-file", data["val_file"], "--train-count", data["train_count"], "--val-count", data["val_count"],
+            "--dataset-uri", data["dataset_uri"], "--dataset-sha256", data["dataset_sha256"], "--output-store",
+            tmp_path / "o", "--trainer", PIPELINE / "tiny_train.py", "--train-lock-file", tmp_path / "l.lock",
+            "--lifetime-seconds", "100", "--train-timeout-seconds", "600", "--min-volume-free-gb", "0.1",
+            "--min-root-free-gb", "0.1", "--min-ram-gb", "0.5", "--", "--model-dir", "m", "--train-file",
+            data["train_file"], "--val-file", data["val_file"], "--output-dir", tmp_path / "run"]
+    proc = run_program("preflight", *args, env=env, check=False)
+    by = {row["check"]: row for row in json.loads((tmp_path / "gpu.json").read_text())}
+    assert proc.returncode == 1
+    assert by["nvidia_smi"]["ok"] and by["gpu_memory"]["ok"] and "22.5 GiB" in by["gpu_memory"]["detail"]
+    assert not by["gpu_driver_version"]["ok"] and by["gpu_driver_version"]["required"], "535 < 580 (CUDA 13)"
+    assert not by["torch_cuda"]["ok"] and by["torch_cuda"]["required"]
+    assert not by["lifetime_exceeds_train_timeout"]["ok"] and by["lifetime_exceeds_train_timeout"]["required"]
+    assert by["trainer_accepts_flags"]["ok"], "flags after -- are the trainer's"
