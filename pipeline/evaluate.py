@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import log, write_outputs  # noqa: E402
+from common import Ticker, log, write_outputs  # noqa: E402
 
 PROMPTS = (
     "The Federal Reserve's mandate is",
@@ -73,8 +73,10 @@ def torch_eval(args, rows: list[str]) -> dict:
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["device_map"] = {"": 0}
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype, **kwargs)
-    model = PeftModel.from_pretrained(model, str(adapter))
+    started = time.time()
+    with Ticker(lambda: f"[eval] loading the model: {time.time() - started:.0f} s", 20):
+        model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=dtype, **kwargs)
+        model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     device = next(model.parameters()).device
     total_loss, total_tokens = 0.0, 0

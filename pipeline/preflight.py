@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Store, log, write_outputs  # noqa: E402
+from common import Store, Ticker, log, write_outputs  # noqa: E402
 from train_args import planned_steps  # noqa: E402
 
 GPU_PROBE = r"""
@@ -156,6 +156,7 @@ def main(argv=None) -> int:
     local = args.local or shutil.which("nvidia-smi") is None
     gpu_host = not local
     r = Report()
+    ticker = Ticker(lambda: f"[preflight] {len(r.rows)} checks done, still working", 20).__enter__()
     if local:
         log("[preflight] local mode: GPU checks are skipped (warnings)")
 
@@ -396,6 +397,7 @@ def main(argv=None) -> int:
 
     r.run("lifetime_exceeds_train_timeout", gpu_host, lifetime)
 
+    ticker.__exit__(None, None, None)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(r.rows, indent=2) + "\n")
