@@ -8,10 +8,11 @@ Trainer writes it after the weights and optimizer state).
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
-
+import shutil
 import time
+from pathlib import Path
 
 from common import Store, Ticker, log
 
@@ -58,11 +59,15 @@ def latest(output_dir: Path, store: Store | None) -> Path | None:
         dest = output_dir / f"checkpoint-{best_remote}"
         log(f"[ckpt] downloading checkpoint-{best_remote} from {store.uri()} ({len(remote[best_remote])} files)")
         started = time.time()
+        tmp = output_dir / f".download-checkpoint-{best_remote}"  # renamed into place once every file is here
+        shutil.rmtree(tmp, ignore_errors=True)
         with Ticker(lambda: f"[ckpt] downloading checkpoint-{best_remote}: {time.time() - started:.0f} s", 20):
             for key, _size in remote[best_remote]:
-                store.download(key, output_dir / key)
-        if not (dest / "trainer_state.json").is_file():
+                store.download(key, tmp / key.split("/", 1)[1])
+        if not (tmp / "trainer_state.json").is_file():
             raise RuntimeError(f"checkpoint-{best_remote} in {store.uri()} has no trainer_state.json")
+        shutil.rmtree(dest, ignore_errors=True)  # an incomplete local copy (no trainer_state.json)
+        os.replace(tmp, dest)
         return dest
     if best_local >= 0:
         return local[best_local]
