@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -106,6 +107,7 @@ def main(argv=None) -> int:
     texts = load_texts(args.train_file, args.max_seq_length)
     total = planned_steps(len(texts), args.batch_size, args.grad_accum, args.epochs, args.max_steps)
     trainable = VOCAB
+    log(f"[train] pid {os.getpid()} sid {os.getsid(0)}")  # the trainer is its step's session leader (pid = sid)
     log(f"[train] tiny trainer: {len(texts)} rows, {total} steps (batch {args.batch_size} x accumulation "
         f"{args.grad_accum}), trainable params {trainable}")
 

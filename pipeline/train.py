@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainerCallback, TrainingArguments)
 
+    log(f"[train] pid {os.getpid()} sid {os.getsid(0)}")  # the trainer is its step's session leader (pid = sid)
     out_dir = Path(args.output_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     store = Store(args.checkpoint_store) if args.checkpoint_store else None

@@ -126,3 +126,40 @@ def test_int_templates_pass_shellcheck_with_gpu_plan_values(tmp_path):
 class DummyOutputs(dict):
     def __missing__(self, key):
         return f"/mnt/x/{key}"
+
+
+def test_e2e_train_template_under_the_host_wrapper_is_the_session_leader(tmp_path):
+    """The rendered train template run by src/host/wrapper.sh (the real host protocol): the trainer exec'd by the
+    template is the step's process (pid = sid = the wrapper's recorded pid), and the heartbeat's progress and
+    metrics regexes (the values the plan should use) pick up its lines."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(PIPELINE, work / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "tests"))
+    prep = tmp_path / "prep"
+    subprocess.run(["python3", str(PIPELINE / "prep_data.py"), "--source", str(PIPELINE / "sample_corpus"),
+                    "--output", str(tmp_path / "bucket/datasets"), "--work-dir", str(prep)], check=True,
+                   capture_output=True)
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    ctx = {"vars": quickstart_vars(tmp_path / "bucket"), "run": {"id": "r1"},
+           "steps": {"volume": {"outputs": {"mount_path": str(mount)}},
+                     "env": {"outputs": {"python": "python3"}},
+                     "fetch_model": {"outputs": {"model_dir": str(PIPELINE / "sample_model")}},
+                     "prep_data": {"outputs": {"train_file": str(prep / "train.jsonl"),
+                                               "val_file": str(prep / "val.jsonl")}}}}
+    script = tmp_path / "train.sh"
+    script.write_text(render((TEMPLATES / "train_qlora.sh.j2").read_text(), ctx))
+    status = tmp_path / "steps/train"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "SORTIE_WORKDIR": str(work),
+           "SORTIE_LOCK": "train", "SORTIE_PROGRESS": "step [0-9]+/[0-9]+", "SORTIE_METRICS": "loss=",
+           "SORTIE_HEARTBEAT_INTERVAL": "0"}
+    proc = subprocess.run(["sh", str(REPO / "src/host/wrapper.sh"), "run", str(status), "1", str(script)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    log = (status / "output.log").read_text()
+    assert proc.returncode == 0, proc.stdout + proc.stderr + log
+    m = re.search(r"\[train\] pid (\d+) sid (\d+)", log)
+    assert m and m.group(1) == m.group(2) == (status / "pid").read_text().strip()
+    beat = json.loads((status / "heartbeat.json").read_text())
+    assert beat["progress"] == "step 40/40"
+    assert beat["metrics"].startswith("step 40/40 loss=")
+    assert read_outputs(status / "outputs")["final_step"] == "40"
