@@ -392,7 +392,7 @@ def main(argv=None) -> int:
                               parsed["max_steps"])
         return total > 0 and parsed["save_steps"] <= total, f"{total} steps, a checkpoint every {parsed['save_steps']}"
 
-    r.run("trainer_step_plan", True, steps)
+    r.run("trainer_step_plan", False, steps)
 
     def lifetime():
         left = args.lifetime_seconds or scheduled_shutdown()

@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     src = Store(args.source)
     out = Store(args.output)
-    work = Path(args.work_dir)
+    work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     policy = [norm_prefix(p) for p in split_list(args.policy_prefixes)]
     keep = {norm_prefix(p) for p in split_list(args.keep_processed_in)}
