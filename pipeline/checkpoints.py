@@ -74,8 +74,9 @@ def latest(output_dir: Path, store: Store | None) -> Path | None:
     return None
 
 
-def sync(ckpt: Path, store: Store | None) -> None:
-    """Upload one checkpoint dir to the store, marker last. Files already there with the same size are kept."""
+def sync(ckpt: Path, store: Store | None, keep: int = 0) -> None:
+    """Upload one checkpoint dir to the store, marker last. Files already there with the same size are kept.
+    With keep > 0, only the newest ``keep`` complete checkpoints stay in the store (markers are removed first)."""
     if store is None:
         return
     have = {key: size for key, size in store.list(ckpt.name)}
@@ -90,6 +91,13 @@ def sync(ckpt: Path, store: Store | None) -> None:
             count += 1
     store.put_bytes(f"{ckpt.name}/{MARKER}", b"")
     log(f"[ckpt] synced {ckpt.name} to {store.uri()} ({count} files uploaded)")
+    if keep > 0:
+        complete = store_checkpoints(store)
+        for step in sorted(complete)[:-keep]:
+            store.delete(f"checkpoint-{step}/{MARKER}")
+            for key, _size in complete[step]:
+                store.delete(key)
+            log(f"[ckpt] removed checkpoint-{step} from {store.uri()} (keeping the newest {keep})")
 
 
 def step_of(ckpt: Path | None) -> int:

@@ -207,7 +207,16 @@ class Store:
         if self.is_s3:
             self._client.delete_object(Bucket=self.bucket, Key=self._full(key))
         else:
-            (self.root / key).unlink(missing_ok=True)
+            path = self.root / key
+            path.unlink(missing_ok=True)
+            # No empty "folders" left behind, as in a bucket.
+            for parent in path.parents:
+                if parent == self.root or self.root not in parent.parents:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
 
 
 def fmt_duration(seconds: float) -> str:

@@ -154,7 +154,7 @@ def main(argv=None) -> int:
             path = out_dir / f"checkpoint-{step}"
             save(path, logits, velocity, state, args)
             log(f"[train] saved {path.name}")
-            checkpoints.sync(path, store)
+            checkpoints.sync(path, store, args.store_keep)
             prune(out_dir, args.save_total_limit)
         if interrupted:
             break

@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         def on_save(self, targs, state, control, **kw):
             path = out_dir / f"checkpoint-{state.global_step}"
             log(f"[train] saved {path.name}")
-            checkpoints.sync(path, store)
+            checkpoints.sync(path, store, args.store_keep)
 
     bf16 = cuda and torch.cuda.is_bf16_supported()
     targs = TrainingArguments(

@@ -26,6 +26,7 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, default=512)
     p.add_argument("--save-steps", type=int, default=500, help="checkpoint every N optimizer steps")
     p.add_argument("--save-total-limit", type=int, default=3, help="local checkpoints kept")
+    p.add_argument("--store-keep", type=int, default=3, help="checkpoints kept in --checkpoint-store (0 = all)")
     p.add_argument("--logging-steps", type=int, default=10)
     p.add_argument("--dataloader-workers", type=int, default=4)
     p.add_argument("--seed", type=int, default=42)

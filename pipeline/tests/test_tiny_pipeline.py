@@ -44,6 +44,13 @@ def test_e2e_tiny_train_checkpoints_resume_evaluate_upload(tmp_path):
     store = tmp_path / "bucket/runs/r1/checkpoints"
     for name in ckpts:
         assert (store / name / ".complete").exists() and (store / name / "trainer_state.json").exists()
+    # --store-keep: older checkpoints leave the store once a newer one is complete there.
+    args = train_args(tmp_path, data, 35, "--store-keep", "2")
+    args[args.index("--output-dir") + 1] = tmp_path / "run-keep"
+    args[args.index("--checkpoint-store") + 1] = tmp_path / "bucket/runs/keep/checkpoints"
+    run_program("tiny_train", *args, env=env_with(tmp_path / "keep.outputs"))
+    assert sorted(p.name for p in (tmp_path / "bucket/runs/keep/checkpoints").iterdir()) == [
+        "checkpoint-30", "checkpoint-35"]
 
     # The local run dir is lost (a new instance): the next attempt resumes from the store's newest checkpoint.
     import shutil
