@@ -168,3 +168,16 @@ def test_int_tiny_train_checkpoints_and_upload_to_s3(tmp_path, s3, fresh_bucket)
     outside = [k for k in (o["Key"] for o in s3.list_objects_v2(Bucket=fresh_bucket)["Contents"])
                if "optimizer" in k and "/checkpoints/" not in k]
     assert outside == []
+
+
+def test_e2e_upload_refuses_optimizer_state_outside_checkpoints(tmp_path):
+    data = prep(tmp_path)
+    run_program("tiny_train", *train_args(tmp_path, data, 10), env=env_with(tmp_path / "t.outputs"))
+    adapter = tmp_path / "run/adapter"
+    (adapter / "optimizer.pt").write_bytes(b"state")
+    (tmp_path / "m.json").write_text("{}")
+    proc = run_program("upload", "--dest", tmp_path / "dest", "--adapter-dir", adapter, "--metrics",
+                       tmp_path / "m.json", "--preflight-report", tmp_path / "m.json", "--git-revision", "x",
+                       "--dataset-sha256", "y", env=env_with(tmp_path / "u.outputs"), check=False)
+    assert proc.returncode == 1 and "optimizer" in proc.stderr
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "u.outputs").exists()
