@@ -129,7 +129,10 @@ def main(argv=None) -> int:
     started = time.time()
     interrupted = False
     loss = float("nan")
+    # Tests slow the tiny trainer down so that it can be killed mid-train (the real one needs no help).
+    pace = float(os.environ.get("TINY_TRAIN_STEP_SECONDS", "0") or 0)
     while step < total:
+        time.sleep(pace)
         batch = []
         for k in range(args.grad_accum):
             batch += micro_batch(texts, step * args.grad_accum + k, args.batch_size, args.seed)

@@ -386,7 +386,11 @@ async fn test_e2e_aws_examples_quickstart_runs_on_aws() {
         on_aws, quickstart,
         "the quickstart's target line changed; update this test"
     );
+    // The plan ships ../pipeline and uses ../templates: give the test directory the same layout.
+    let on_aws = on_aws.replace("../pipeline", "pipeline").replace("../templates", "templates");
     let t = aws.test(&on_aws);
+    crate::quickstart::copy_tree(&crate::test_builder::repo().join("pipeline"), &t.dir.path().join("pipeline"));
+    crate::quickstart::copy_tree(&crate::test_builder::repo().join("templates"), &t.dir.path().join("templates"));
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
@@ -403,11 +407,12 @@ async fn test_e2e_aws_examples_quickstart_runs_on_aws() {
     let run = events[0]["run"].as_str().expect("run id").to_string();
     let uploaded = events
         .iter()
-        .find(|e| e["event"] == "step_output" && e["step"] == "upload" && e["key"] == "uploaded")
+        .find(|e| e["event"] == "step_output" && e["step"] == "upload" && e["key"] == "artifact_uri")
         .and_then(|e| e["value"].as_str())
         .expect("upload output")
         .to_string();
-    assert!(std::path::Path::new(&uploaded).exists(), "{uploaded}");
+    let manifest = std::path::Path::new(&uploaded).join("manifest.json");
+    assert!(manifest.exists(), "{}", manifest.display());
     let left = aws.left_of_run(&run).await;
     assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -35,21 +35,25 @@ fn test_e2e_mistral_plan_has_the_seed_pipeline_shape() {
         .current_dir(&repo())
         .args(["graph", "plans/mistral-qlora.yaml"])
         .stdout(
-            "plan mistral-qlora: 8 steps, 7 levels
+            "plan mistral-qlora: 10 steps, 9 levels
 level 0
   instance (instance)
 level 1
   volume (volume) <- instance
 level 2
-  fetch-model (run) <- volume
-  prep-data (run) <- volume
+  env (run) <- volume
 level 3
-  preflight (run) <- fetch-model, prep-data
+  fetch-model (run) <- env
+  prep-data (run) <- env
 level 4
-  train (run) <- preflight
+  preflight (run) <- fetch-model, prep-data
 level 5
-  upload (run) <- train
+  train (run) <- preflight
 level 6
+  evaluate (run) <- train
+level 7
+  upload (run) <- evaluate
+level 8
   teardown (teardown) <- upload
 ",
         )

@@ -13,6 +13,7 @@ mod graph;
 mod injection;
 mod invalid_plans;
 mod properties;
+mod quickstart;
 mod reentry;
 mod s3_apply;
 mod schema;
