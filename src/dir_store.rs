@@ -183,20 +183,46 @@ fn holder_json() -> String {
     .to_string()
 }
 
-/// `pid P on HOST since T`, from a holder file.
+/// `pid P on HOST since T`, from a holder file. The holder writes the file just after it takes the flock, so
+/// for a moment the file is missing or names the previous holder (gone): wait briefly for the live one.
 fn describe_holder(path: &Path) -> String {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .map(|h| {
-            format!(
-                "pid {} on {} since {}",
-                h["pid"],
-                h["host"].as_str().unwrap_or("?"),
-                h["since"].as_str().unwrap_or("?")
-            )
+    let read = || {
+        fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
+    let mut held = read();
+    for _ in 0..50 {
+        if held.as_ref().is_some_and(holder_is_alive) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        held = read();
+    }
+    held.map(|h| {
+        format!(
+            "pid {} on {} since {}",
+            h["pid"],
+            h["host"].as_str().unwrap_or("?"),
+            h["since"].as_str().unwrap_or("?")
+        )
+    })
+    .unwrap_or_else(|| "an unknown process".into())
+}
+
+/// Whether a holder file names a process that exists (another host's process is taken to exist).
+fn holder_is_alive(held: &serde_json::Value) -> bool {
+    if held["host"].as_str() != Some(hostname().as_str()) {
+        return true;
+    }
+    held["pid"]
+        .as_u64()
+        .and_then(|p| i32::try_from(p).ok())
+        .is_some_and(|pid| {
+            pid > 0
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    != Err(nix::errno::Errno::ESRCH)
         })
-        .unwrap_or_else(|| "an unknown process".into())
 }
 
 pub fn hostname() -> String {
