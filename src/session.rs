@@ -244,6 +244,7 @@ async fn apply_locked(
     }
     run.vars = state::redacted_vars(&plan.vars);
     run.plan_file.get_or_insert_with(|| plan_file_name(plan));
+    cancel_orphans(plan, &mut run).await?;
     let reporter = Reporter::new(opts.output);
     reporter.emit(&crate::event::Event::RunStarted {
         run: run_id,
@@ -257,6 +258,28 @@ async fn apply_locked(
         poll: Duration::from_millis(200),
     };
     runner::walk(plan, run, store, &reporter, run_opts, from).await
+}
+
+/// Steps of the run that are no longer in the plan but still running (the plan was edited while they ran) are
+/// cancelled before the walk, so that no teardown pulls their host from under them and the run is not marked
+/// succeeded around them.
+async fn cancel_orphans(plan: &Plan, run: &mut RunState) -> Result<()> {
+    let root = step_exec::local_root(plan);
+    let orphans: Vec<String> = run
+        .steps
+        .iter()
+        .filter(|(id, st)| plan.step(id).is_none() && st.status == StepStatus::Running)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in orphans {
+        let st = run.step_mut(&id);
+        if step_exec::cancel_orphan(&root, &id, &st.handle).await? {
+            st.status = StepStatus::Cancelled;
+            st.error = Some("cancelled: the step is no longer in the plan".into());
+            st.finished_at = Some(state::now());
+        }
+    }
+    Ok(())
 }
 
 /// What apply would do, and why. Changes nothing.

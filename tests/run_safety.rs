@@ -7,7 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::apply::{
-    plan_cmd, run_plan, sandbox, state_files, status_json, wait_for_run, Drain, Guarded,
+    leftover_processes, plan_cmd, run_plan, sandbox, state_files, status_json, wait_for_run, Drain,
+    Guarded,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -368,4 +369,48 @@ steps:
     let ran = run_plan(dir, &["destroy", "p.yaml"], MINUTE);
     assert_eq!(ran.code, Some(0), "{}", ran.show());
     assert!(precious.join("keep").exists());
+}
+
+/// A step removed from the plan while it still runs (the apply died, the plan was edited) is cancelled before
+/// the walk: its process is gone, its state says so, and the run is not marked succeeded around a running step.
+#[test]
+fn test_e2e_running_step_removed_from_the_plan_is_cancelled() {
+    let before = "plan: edited
+steps:
+  host: { kind: instance }
+  train: { kind: run, on: host, run: 'touch \"$MARKERS/started\"; sleep 60' }
+  down: { kind: teardown }
+";
+    let after = "plan: edited
+steps:
+  host: { kind: instance }
+  down: { kind: teardown }
+";
+    let (t, _reaper) = sandbox("p.yaml", before);
+    let dir = t.dir.path();
+    std::fs::create_dir(dir.join("m")).expect("mkdir");
+    let mut first = plan_cmd(dir, &["apply", "p.yaml"]);
+    first
+        .env("MARKERS", dir.join("m"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = Guarded::spawn(first);
+    let run = wait_for_run(dir, "edited", MINUTE);
+    let deadline = Instant::now() + MINUTE;
+    while !dir.join("m/started").exists() {
+        assert!(Instant::now() < deadline, "train never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill9();
+    std::fs::write(dir.join("p.yaml"), after).expect("edit the plan");
+    let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    let status = status_json(dir, "p.yaml", Some(&run));
+    assert_eq!(status["status"], "succeeded", "{status:#}");
+    assert_eq!(
+        status["steps"]["train"]["status"], "cancelled",
+        "{status:#}"
+    );
+    let left = leftover_processes(dir, Duration::from_secs(5));
+    assert!(left.is_empty(), "still running: {left:?}");
 }
