@@ -212,6 +212,14 @@ fn check_resumable(plan: &Plan, run: &RunState, from: Option<usize>) -> Result<(
     let Some(from) = from else { return Ok(()) };
     // A step that will not rerun but whose resources are gone: the steps that rerun would find no host.
     let decisions = runner::decide(plan, run, Some(from));
+    // Only a teardown to rerun: it needs no host (destroying what is gone is a no-op).
+    let needs_hosts = plan.steps.iter().zip(&decisions).any(|(s, (d, _))| {
+        matches!(d, Decision::Run | Decision::Rerun(_))
+            && !matches!(s.kind, crate::plan::StepKind::Teardown(_))
+    });
+    if !needs_hosts {
+        return Ok(());
+    }
     let gone = plan.steps.iter().zip(&decisions).find(|(s, (d, _))| {
         matches!(d, Decision::Skip) && run.step(&s.id).resources.iter().any(|r| r.destroyed)
     });

@@ -231,6 +231,13 @@ fn test_e2e_from_on_a_torn_down_run_is_refused() {
         status_json(dir, "p.yaml", Some(&run))["status"],
         "succeeded"
     );
+    // Only the teardown again: it needs no host.
+    let ran = run_plan(dir, &["apply", "p.yaml", "--from", "down"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    assert_eq!(
+        status_json(dir, "p.yaml", Some(&run))["status"],
+        "succeeded"
+    );
     // From the host itself: it is re-created, and the run succeeds again.
     let ran = run_plan(dir, &["apply", "p.yaml", "--from", "host"], MINUTE);
     assert_eq!(ran.code, Some(0), "{}", ran.show());
