@@ -47,6 +47,7 @@ fn run_state(plan: &sortie::plan::Plan, succeeded: usize) -> RunState {
         finished_at: None,
         vars: IndexMap::new(),
         steps,
+        plan_file: None,
     }
 }
 

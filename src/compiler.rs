@@ -250,6 +250,10 @@ impl Compiler {
         if !self.problems.is_empty() {
             return None;
         }
+        self.duplicate_mounts(&steps);
+        if !self.problems.is_empty() {
+            return None;
+        }
         self.implicit_teardown_edges(&steps, &mut edges);
         let dag = self.dag(&ids, &edges)?;
         for (i, step) in steps.iter_mut().enumerate() {
@@ -671,6 +675,7 @@ impl Compiler {
                     "use letters, digits and `_`, not starting with a digit",
                 );
             }
+            self.reserved_env(&path, key);
         }
         let mut referenced_vars = BTreeSet::new();
         self.template_refs(&p.id, &path, &p.json, ctx, &mut deps, &mut referenced_vars);
@@ -994,7 +999,8 @@ impl Compiler {
             );
         }
         let mount = match &raw.mount {
-            Some(m) if m.starts_with('/') || template::is_template(m) => Some(m.clone()),
+            Some(m) if template::is_template(m) => Some(m.clone()),
+            Some(m) if m.starts_with('/') => self.safe_mount(path, m).then(|| m.clone()),
             Some(m) => {
                 self.error_help(
                     self.at(&format!("{path}.mount")),
@@ -1021,6 +1027,67 @@ impl Compiler {
             mount: mount?,
             keep: raw.keep.unwrap_or(false),
         }))
+    }
+
+    /// A step's `env:` cannot set the host wrapper's own protocol variables (docs/HOST_PROTOCOL.md): a step that
+    /// set `SORTIE_HOME` or `SORTIE_STEP_DIR` would point the wrapper somewhere else.
+    fn reserved_env(&mut self, path: &str, key: &str) {
+        if key.to_ascii_uppercase().starts_with("SORTIE_") {
+            self.error_help(
+                self.key_at(&format!("{path}.env.{key}")),
+                format!("`{key}` is reserved for the host wrapper"),
+                "variables starting with `SORTIE_` belong to sortie; choose another name",
+            );
+        }
+    }
+
+    /// A mount point is where a volume is linked (local) or mounted (AWS) on its host: `..` could reach outside
+    /// the sandbox, and `/` would cover the whole host.
+    fn safe_mount(&mut self, path: &str, mount: &str) -> bool {
+        let problem = if mount.split('/').any(|c| c == "..") {
+            "contains `..`"
+        } else if mount.split('/').all(|c| c.is_empty() || c == ".") {
+            "is the root directory"
+        } else {
+            return true;
+        };
+        self.error_help(
+            self.at(&format!("{path}.mount")),
+            format!("mount point `{mount}` {problem}"),
+            "mount a volume on its own directory, e.g. `mount: /mnt/training`",
+        );
+        false
+    }
+
+    /// Two volumes mounted at the same point of one instance would hide one another.
+    fn duplicate_mounts(&mut self, steps: &[Step]) {
+        let mut seen: HashMap<(&str, String), &str> = HashMap::new();
+        for step in steps {
+            let StepKind::Volume(v) = &step.kind else {
+                continue;
+            };
+            if template::is_template(&v.mount) {
+                continue;
+            }
+            let normal: Vec<&str> = v
+                .mount
+                .split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .collect();
+            let key = (v.attach_to.as_str(), normal.join("/"));
+            if let Some(&first) = seen.get(&key) {
+                self.error_help(
+                    self.at(&format!("{}.mount", yaml::join_key("steps", &step.id))),
+                    format!(
+                        "volumes `{first}` and `{}` are both mounted at `{}` on instance `{}`",
+                        step.id, v.mount, v.attach_to
+                    ),
+                    "give each volume of an instance its own mount point",
+                );
+            } else {
+                seen.insert(key, &step.id);
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

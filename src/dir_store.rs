@@ -11,9 +11,12 @@ use crate::error::{Error, Result};
 use crate::state::RunState;
 
 const STATE_FILE: &str = "state.json";
+/// Who holds the plan's lock (beside the run directories; not a run: it has no state.json).
+const PLAN_LOCK_HOLDER: &str = ".plan-lock.json";
 
 pub struct DirStore {
     root: PathBuf,
+    plan: String,
 }
 
 /// Held while an apply (or destroy) owns a run; released when dropped or when the process dies.
@@ -25,6 +28,7 @@ impl DirStore {
     pub fn new(root: PathBuf, plan: &str) -> DirStore {
         DirStore {
             root: root.join(plan),
+            plan: plan.to_string(),
         }
     }
 
@@ -65,12 +69,13 @@ impl DirStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::CorruptState {
-                path: path.clone(),
-                reason: e.to_string(),
-            })
+        let corrupt = |reason: String| Error::CorruptState {
+            path: path.clone(),
+            reason,
+        };
+        let state: RunState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        crate::state::check_document(&state, &self.plan, run).map_err(corrupt)?;
+        Ok(Some(state))
     }
 
     /// Takes the run's lock without waiting; a held lock names its holder.
@@ -87,33 +92,35 @@ impl DirStore {
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
-                let holder = serde_json::json!({
-                    "pid": std::process::id(),
-                    "host": hostname(),
-                    "since": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                });
-                write_atomic(&dir.join("lock.json"), holder.to_string().as_bytes())?;
+                write_atomic(&dir.join("lock.json"), holder_json().as_bytes())?;
                 Ok(DirLock { _lock: lock })
             }
-            Err((_, _)) => {
-                let holder = fs::read_to_string(dir.join("lock.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .map(|h| {
-                        format!(
-                            "pid {} on {} since {}",
-                            h["pid"],
-                            h["host"].as_str().unwrap_or("?"),
-                            h["since"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .unwrap_or_else(|| "an unknown process".into());
-                Err(Error::Locked {
-                    run: run.to_string(),
-                    holder,
-                    plan: plan_file.display().to_string(),
-                })
+            Err((_, _)) => Err(Error::Locked {
+                run: run.to_string(),
+                holder: describe_holder(&dir.join("lock.json")),
+                plan: plan_file.display().to_string(),
+            }),
+        }
+    }
+
+    /// Takes the plan's lock without waiting: a flock on the plan's state directory, held while an apply picks
+    /// or creates its run so that concurrent applies cannot each start one. A held lock names its holder.
+    pub fn lock_plan(&self, plan_file: &Path) -> Result<DirLock> {
+        fs::create_dir_all(&self.root)
+            .map_err(|e| Error::io(format!("cannot create {}", self.root.display()), e))?;
+        let file = File::open(&self.root)
+            .map_err(|e| Error::io(format!("cannot open {}", self.root.display()), e))?;
+        let holder_path = self.root.join(PLAN_LOCK_HOLDER);
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                write_atomic(&holder_path, holder_json().as_bytes())?;
+                Ok(DirLock { _lock: lock })
             }
+            Err(_) => Err(Error::PlanLocked {
+                name: self.plan.clone(),
+                holder: describe_holder(&holder_path),
+                plan: plan_file.display().to_string(),
+            }),
         }
     }
 
@@ -164,6 +171,58 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The holder of a lock, as written to its holder file.
+fn holder_json() -> String {
+    serde_json::json!({
+        "pid": std::process::id(),
+        "host": hostname(),
+        "since": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
+    .to_string()
+}
+
+/// `pid P on HOST since T`, from a holder file. The holder writes the file just after it takes the flock, so
+/// for a moment the file is missing or names the previous holder (gone): wait briefly for the live one.
+fn describe_holder(path: &Path) -> String {
+    let read = || {
+        fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    };
+    let mut held = read();
+    for _ in 0..50 {
+        if held.as_ref().is_some_and(holder_is_alive) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        held = read();
+    }
+    held.map(|h| {
+        format!(
+            "pid {} on {} since {}",
+            h["pid"],
+            h["host"].as_str().unwrap_or("?"),
+            h["since"].as_str().unwrap_or("?")
+        )
+    })
+    .unwrap_or_else(|| "an unknown process".into())
+}
+
+/// Whether a holder file names a process that exists (another host's process is taken to exist).
+fn holder_is_alive(held: &serde_json::Value) -> bool {
+    if held["host"].as_str() != Some(hostname().as_str()) {
+        return true;
+    }
+    held["pid"]
+        .as_u64()
+        .and_then(|p| i32::try_from(p).ok())
+        .is_some_and(|pid| {
+            pid > 0
+                && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    != Err(nix::errno::Errno::ESRCH)
+        })
 }
 
 pub fn hostname() -> String {

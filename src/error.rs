@@ -35,6 +35,13 @@ pub enum Error {
         holder: String,
         plan: String,
     },
+    /// Another apply is picking or creating a run of the plan.
+    #[error("error: plan {name} is locked by another apply that is picking its run: {holder}\n  = help: it holds this lock only while it picks or creates its run; retry, or see it with `plan status {plan}`; an S3 lock whose holder is gone is broken with `plan unlock {plan} --force`")]
+    PlanLocked {
+        name: String,
+        holder: String,
+        plan: String,
+    },
     /// A write lost a race with another writer; nothing was overwritten.
     #[error("error: the state of run {run} was changed by another writer (expected serial {expected}); nothing was overwritten\n  = help: run `plan status` to see the current state, then retry")]
     Conflict { run: String, expected: u64 },
@@ -54,7 +61,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Invalid(_) | Error::Usage(_) | Error::CorruptState { .. } => exit::INVALID,
-            Error::Locked { .. } => exit::LOCKED,
+            Error::Locked { .. } | Error::PlanLocked { .. } => exit::LOCKED,
             Error::Conflict { .. } | Error::Io { .. } | Error::Runtime(_) => exit::FAILED,
         }
     }

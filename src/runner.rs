@@ -502,7 +502,9 @@ impl Walker<'_> {
             .plan
             .steps
             .iter()
-            .all(|s| self.state.step(&s.id).status.is_final());
+            .all(|s| self.state.step(&s.id).status.is_final())
+            // Nor while a step that left the plan still runs (on AWS it is not cancelled for us).
+            && self.state.steps.values().all(|s| s.status != StepStatus::Running);
         let (status, code) = if !all_final || self.left_running || self.stopping > 0 {
             (RunStatus::Interrupted, exit::RUNNING)
         } else if self.run_failed() {

@@ -20,6 +20,8 @@ use crate::state::RunState;
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock.json";
+/// The plan's lock, beside the run prefixes (not a run: it has no `<run>/state.json`).
+const PLAN_LOCK_FILE: &str = "plan-lock.json";
 /// How long a lock is advertised as valid. Nothing breaks an expired lock by itself: `plan unlock --force` does.
 const LOCK_TTL: Duration = Duration::from_secs(3600);
 /// A lock object can vanish between our failed create and our read of it (its holder released it): try again.
@@ -30,6 +32,7 @@ pub struct S3Store {
     bucket: String,
     /// `<prefix>/<plan>/`, or `<plan>/` with an empty prefix.
     base: String,
+    plan: String,
     /// Per run, the state document this store last read or wrote: a save must follow it.
     seen: Mutex<HashMap<String, Seen>>,
 }
@@ -66,6 +69,7 @@ impl S3Store {
             client,
             bucket: bucket.to_string(),
             base: base_prefix(prefix, plan),
+            plan: plan.to_string(),
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -134,10 +138,12 @@ impl S3Store {
             self.seen().remove(run);
             return Ok(None);
         };
-        let state: RunState = serde_json::from_slice(&bytes).map_err(|e| Error::CorruptState {
+        let corrupt = |reason: String| Error::CorruptState {
             path: PathBuf::from(self.url(&key)),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let state: RunState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        crate::state::check_document(&state, &self.plan, run).map_err(corrupt)?;
         match etag {
             Some(etag) => {
                 self.seen().insert(
@@ -189,7 +195,33 @@ impl S3Store {
 
     /// Takes the run's lock without waiting; a held lock names its holder.
     pub async fn lock(&self, run: &str, plan_file: &Path) -> Result<S3Lock> {
-        let key = self.key(run, LOCK_FILE);
+        self.acquire(self.key(run, LOCK_FILE))
+            .await?
+            .map_err(|holder| Error::Locked {
+                run: run.to_string(),
+                holder,
+                plan: plan_file.display().to_string(),
+            })
+    }
+
+    /// Takes the plan's lock (`<prefix>/<plan>/plan-lock.json`) without waiting: held while an apply picks or
+    /// creates its run, so that concurrent applies cannot each start one. A held lock names its holder.
+    pub async fn lock_plan(&self, plan_file: &Path) -> Result<S3Lock> {
+        self.acquire(self.plan_lock_key())
+            .await?
+            .map_err(|holder| Error::PlanLocked {
+                name: self.plan.clone(),
+                holder,
+                plan: plan_file.display().to_string(),
+            })
+    }
+
+    fn plan_lock_key(&self) -> String {
+        format!("{}{PLAN_LOCK_FILE}", self.base)
+    }
+
+    /// Creates a lock object with If-None-Match: *. Held by another: Ok(Err(holder description)).
+    async fn acquire(&self, key: String) -> Result<std::result::Result<S3Lock, String>> {
         let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let now = SystemTime::now();
         let doc = LockDoc {
@@ -215,12 +247,12 @@ impl S3Store {
                 .await;
             match put {
                 Ok(_) => {
-                    return Ok(S3Lock {
+                    return Ok(Ok(S3Lock {
                         client: self.client.clone(),
                         bucket: self.bucket.clone(),
                         key,
                         owner,
-                    })
+                    }))
                 }
                 Err(e) if is_precondition_failure(&e) => {}
                 Err(e) => return Err(self.sdk_error("PutObject", &key, e)),
@@ -231,18 +263,19 @@ impl S3Store {
             };
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(held) if held["owner"].as_str() == Some(owner.as_str()) => {
-                    return Ok(S3Lock {
+                    return Ok(Ok(S3Lock {
                         client: self.client.clone(),
                         bucket: self.bucket.clone(),
                         key,
                         owner,
-                    })
+                    }))
                 }
                 // A holder on this very host whose process is gone (kill -9, a crashed CI job) can never
                 // release it: break it, but only the exact object we read (If-Match), then try again.
                 Ok(held) if holder_is_dead_here(&held) => {
                     tracing::warn!(
-                        "breaking the lock of run {run}: its holder (pid {} on this host) is gone",
+                        "breaking the lock {}: its holder (pid {} on this host) is gone",
+                        self.url(&key),
                         held["pid"]
                     );
                     let mut delete = self.client.delete_object().bucket(&self.bucket).key(&key);
@@ -265,16 +298,20 @@ impl S3Store {
             }
             break;
         }
-        Err(Error::Locked {
-            run: run.to_string(),
-            holder: holder.unwrap_or_else(|| "an unknown process".into()),
-            plan: plan_file.display().to_string(),
-        })
+        Ok(Err(holder.unwrap_or_else(|| "an unknown process".into())))
     }
 
     /// Breaks a run's lock, whoever holds it. True if a lock object was removed.
     pub async fn unlock(&self, run: &str) -> Result<bool> {
-        let key = self.key(run, LOCK_FILE);
+        self.break_lock(self.key(run, LOCK_FILE)).await
+    }
+
+    /// Breaks the plan's lock, whoever holds it. True if a lock object was removed.
+    pub async fn unlock_plan(&self) -> Result<bool> {
+        self.break_lock(self.plan_lock_key()).await
+    }
+
+    async fn break_lock(&self, key: String) -> Result<bool> {
         match self
             .client
             .head_object()

@@ -9,7 +9,7 @@ use crate::plan::Plan;
 use crate::reporter::{OutputFormat, Reporter};
 use crate::runner::{self, Decision, RunOptions};
 use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
-use crate::state_store::Store;
+use crate::state_store::{RunLock, Store};
 use crate::step_exec;
 
 /// Which run a command is about.
@@ -45,6 +45,25 @@ fn new_run_id() -> String {
     format!("{date}-{time}-{millis:03}-{:02x}", fastrand::u8(..))
 }
 
+/// `--run` becomes a path segment and an S3 key: only the generated format is accepted.
+fn check_run_id(id: &str) -> Result<()> {
+    if state::is_run_id(id) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--run `{id}` is not a run id; run ids look like {}",
+            state::RUN_ID_PATTERN
+        )))
+    }
+}
+
+/// The name of the plan's file, which a run records: see `RunState::plan_file`.
+fn plan_file_name(plan: &Plan) -> String {
+    plan.file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 fn fresh_state(plan: &Plan, run_id: String) -> RunState {
     RunState {
         version: state::STATE_VERSION,
@@ -67,13 +86,17 @@ fn fresh_state(plan: &Plan, run_id: String) -> RunState {
             .iter()
             .map(|s| (s.id.clone(), StepState::pending()))
             .collect(),
+        plan_file: Some(plan_file_name(plan)),
     }
 }
 
 /// The run to act on: the named one, else the latest (for apply: the latest unfinished one, else a new one).
 async fn existing(store: &Store, sel: &RunSelector) -> Result<Option<RunState>> {
     match &sel.run {
-        Some(id) => store.load(id).await,
+        Some(id) => {
+            check_run_id(id)?;
+            store.load(id).await
+        }
         None => match store.runs().await?.last() {
             Some(id) => store.load(id).await,
             None => Ok(None),
@@ -110,27 +133,103 @@ pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         })?),
         None => None,
     };
-    let previous = if opts.selector.new {
-        None
-    } else {
-        existing(&store, &opts.selector).await?
-    };
-    let (run_id, resumed) = match (&previous, &opts.selector.run) {
-        (Some(p), _)
-            if !p.status.is_finished() || opts.selector.run.is_some() || from.is_some() =>
-        {
-            (p.run_id.clone(), true)
-        }
-        (None, Some(id)) => (id.clone(), false),
-        _ => (new_run_id(), false),
-    };
-    let lock = store.lock(&run_id, &plan.file).await?;
+    // Picking or creating the run happens under the plan's lock: applies started at once must not each start one.
+    let plan_lock = store.lock_plan(&plan.file).await?;
+    let picked = pick_run(plan, &store, &opts, from).await;
+    let released = plan_lock.release().await;
+    let (run_id, resumed, lock) = picked?;
+    if let Err(e) = released {
+        let _ = lock.release().await;
+        return Err(e);
+    }
     let result = apply_locked(plan, &store, run_id, resumed, from, &opts).await;
     // Release on every path: an S3 lock left behind would need `plan unlock --force`.
     let released = lock.release().await;
     let code = result?;
     released?;
     Ok(code)
+}
+
+/// Picks the run to apply and takes its lock; the caller holds the plan's lock. A new run's first state is
+/// written before that lock is released, so a concurrent apply finds this run (and its lock), not none.
+async fn pick_run(
+    plan: &Plan,
+    store: &Store,
+    opts: &ApplyOptions,
+    from: Option<usize>,
+) -> Result<(String, bool, RunLock)> {
+    let previous = if opts.selector.new {
+        None
+    } else {
+        existing(store, &opts.selector).await?
+    };
+    if let (None, Some(id)) = (&previous, &opts.selector.run) {
+        return Err(Error::Usage(format!(
+            "plan `{}` has no run `{id}`; start a new one with `plan apply {}`",
+            plan.name,
+            plan.file.display()
+        )));
+    }
+    let resume = previous
+        .filter(|p| !p.status.is_finished() || opts.selector.run.is_some() || from.is_some());
+    if let Some(p) = &resume {
+        check_resumable(plan, p, from)?;
+    }
+    let run_id = resume
+        .as_ref()
+        .map_or_else(new_run_id, |p| p.run_id.clone());
+    let lock = store.lock(&run_id, &plan.file).await?;
+    if resume.is_none() {
+        let mut run = fresh_state(plan, run_id.clone());
+        if let Err(e) = store.save(&mut run).await {
+            let _ = lock.release().await;
+            return Err(e);
+        }
+    }
+    Ok((run_id, resume.is_some(), lock))
+}
+
+/// Whether this plan file may continue `run`: its own file's run, not destroyed, and (with `--from`) with the
+/// hosts that the steps to rerun need still there.
+fn check_resumable(plan: &Plan, run: &RunState, from: Option<usize>) -> Result<()> {
+    let file = plan.file.display();
+    if let Some(owner) = run
+        .plan_file
+        .as_deref()
+        .filter(|f| *f != plan_file_name(plan))
+    {
+        return Err(Error::Usage(format!(
+            "run {} belongs to the plan file `{owner}`, not {file} (both are plan `{}` and share its state)\n  = help: apply `{owner}` to continue it, or give this plan its own `plan:` name",
+            run.run_id, plan.name
+        )));
+    }
+    if run.status == RunStatus::Destroyed {
+        return Err(Error::Usage(format!(
+            "run {} was destroyed and cannot be continued\n  = help: start a new run with `plan apply {file}`",
+            run.run_id
+        )));
+    }
+    let Some(from) = from else { return Ok(()) };
+    // A step that will not rerun but whose resources are gone: the steps that rerun would find no host.
+    let decisions = runner::decide(plan, run, Some(from));
+    // Only a teardown to rerun: it needs no host (destroying what is gone is a no-op).
+    let needs_hosts = plan.steps.iter().zip(&decisions).any(|(s, (d, _))| {
+        matches!(d, Decision::Run | Decision::Rerun(_))
+            && !matches!(s.kind, crate::plan::StepKind::Teardown(_))
+    });
+    if !needs_hosts {
+        return Ok(());
+    }
+    let gone = plan.steps.iter().zip(&decisions).find(|(s, (d, _))| {
+        matches!(d, Decision::Skip) && run.step(&s.id).resources.iter().any(|r| r.destroyed)
+    });
+    match gone {
+        Some((s, _)) => Err(Error::Usage(format!(
+            "--from {}: the resources of step `{}` in run {} were torn down, and rerunning from `{}` would not re-create them\n  = help: rerun from `{}` to re-create them, or start a new run with `plan apply {file}`",
+            plan.steps[from].id, s.id, run.run_id, plan.steps[from].id, s.id
+        ))),
+        None => Ok(()),
+    }
 }
 
 async fn apply_locked(
@@ -152,6 +251,8 @@ async fn apply_locked(
             .or_insert_with(StepState::pending);
     }
     run.vars = state::redacted_vars(&plan.vars);
+    run.plan_file.get_or_insert_with(|| plan_file_name(plan));
+    cancel_orphans(plan, &mut run).await?;
     let reporter = Reporter::new(opts.output);
     reporter.emit(&crate::event::Event::RunStarted {
         run: run_id,
@@ -165,6 +266,28 @@ async fn apply_locked(
         poll: Duration::from_millis(200),
     };
     runner::walk(plan, run, store, &reporter, run_opts, from).await
+}
+
+/// Steps of the run that are no longer in the plan but still running (the plan was edited while they ran) are
+/// cancelled before the walk, so that no teardown pulls their host from under them and the run is not marked
+/// succeeded around them.
+async fn cancel_orphans(plan: &Plan, run: &mut RunState) -> Result<()> {
+    let root = step_exec::local_root(plan);
+    let orphans: Vec<String> = run
+        .steps
+        .iter()
+        .filter(|(id, st)| plan.step(id).is_none() && st.status == StepStatus::Running)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in orphans {
+        let st = run.step_mut(&id);
+        if step_exec::cancel_orphan(&root, &id, &st.handle).await? {
+            st.status = StepStatus::Cancelled;
+            st.error = Some("cancelled: the step is no longer in the plan".into());
+            st.finished_at = Some(state::now());
+        }
+    }
+    Ok(())
 }
 
 /// What apply would do, and why. Changes nothing.
@@ -418,19 +541,33 @@ fn drain(offset: &mut u64, path: &std::path::Path, out: &mut std::io::StdoutLock
 
 /// Breaks a run's lock: for a holder that died without releasing it (S3). Directory locks end with their process.
 pub async fn unlock(plan: &Plan, sel: &RunSelector) -> Result<String> {
+    if let Some(id) = &sel.run {
+        check_run_id(id)?;
+    }
     let store = store(plan).await?;
+    // The plan's lock too: an apply that died while picking its run leaves it behind on S3.
+    let plan_note = if store.unlock_plan().await? {
+        format!("plan {}: lock broken\n", plan.name)
+    } else {
+        String::new()
+    };
     // A named run needs no readable state: its lock may be all that is left of it.
     let run_id = match &sel.run {
         Some(id) => id.clone(),
+        None if !plan_note.is_empty() => match existing(&store, sel).await? {
+            Some(run) => run.run_id,
+            None => return Ok(plan_note),
+        },
         None => require(&store, plan, sel).await?.run_id,
     };
-    Ok(if store.unlock(&run_id).await? {
-        format!("run {run_id}: lock broken\n")
-    } else {
-        format!(
+    Ok(plan_note
+        + &if store.unlock(&run_id).await? {
+            format!("run {run_id}: lock broken\n")
+        } else {
+            format!(
             "run {run_id}: no lock to break (a directory lock is released when its process ends)\n"
         )
-    })
+        })
 }
 
 /// Removes every resource the run owns, dependents first. Idempotent.
@@ -463,8 +600,8 @@ async fn destroy_locked(plan: &Plan, store: &Store, found: RunState) -> Result<S
         .filter_map(|id| run.steps.get(&id).map(|s| (id, s.resources.clone())))
         .filter(|(_, r)| r.iter().any(|r| !r.destroyed))
         .collect();
-    let done = match plan.target {
-        crate::plan::Target::Local { .. } => step_exec::destroy_resources(order).await?,
+    let done = match &plan.target {
+        crate::plan::Target::Local { root } => step_exec::destroy_resources(order, root).await?,
         crate::plan::Target::Aws { .. } => {
             crate::aws_steps::destroy_aws(&plan.target, &order).await?
         }

@@ -155,6 +155,10 @@ pub struct RunState {
     /// Resolved variables, with secret-looking values redacted.
     pub vars: IndexMap<String, Json>,
     pub steps: IndexMap<String, StepState>,
+    /// The file name of the plan the run was started from: two plan files with the same `plan:` name share a
+    /// state directory, and one must never continue (and tear down) the other's run. None in older documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_file: Option<String>,
 }
 
 impl RunState {
@@ -216,6 +220,78 @@ pub fn redacted_vars(vars: &IndexMap<String, Json>) -> IndexMap<String, Json> {
         .collect()
 }
 
+/// The run id format `new_run_id` generates, as shown in errors: UTC date, time, milliseconds, a random byte.
+pub const RUN_ID_PATTERN: &str = "YYYYMMDD-HHMMSS-mmm-xx (digits, then two lowercase hex digits)";
+
+/// Whether `id` has the generated format. Run ids become path segments and S3 keys, so nothing else (`..`, `/`)
+/// may pass, whether it comes from a flag, a store listing or a state document.
+pub fn is_run_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let hex = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+    b.len() == 22
+        && digits(0..8)
+        && b[8] == b'-'
+        && digits(9..15)
+        && b[15] == b'-'
+        && digits(16..19)
+        && b[19] == b'-'
+        && b[20..].iter().all(hex)
+}
+
+/// Highest attempt number a state document may carry: far above any `retries`, far below overflow.
+pub const MAX_ATTEMPT: u32 = 1_000_000;
+/// Timestamps are seconds since the epoch; anything outside [0, year 5138) is not a time sortie wrote.
+const MAX_TIME: f64 = 1e11;
+
+/// Checks a state document read from a store (untrusted: S3, a CI artifact) against the run it was read as.
+/// The reason names the offending key.
+pub fn check_document(state: &RunState, plan: &str, run: &str) -> Result<(), String> {
+    if state.version != STATE_VERSION {
+        return Err(format!(
+            "`version` is {}, this sortie reads version {STATE_VERSION}",
+            state.version
+        ));
+    }
+    if state.plan != plan {
+        return Err(format!(
+            "`plan` is `{}`, but it is stored as a run of plan `{plan}`",
+            state.plan
+        ));
+    }
+    if state.run_id != run {
+        return Err(format!(
+            "`run_id` is `{}`, but it is stored as run `{run}`",
+            state.run_id
+        ));
+    }
+    if state.serial > i64::MAX as u64 {
+        return Err(format!("`serial` is {}, out of range", state.serial));
+    }
+    check_time("started_at", Some(state.started_at))?;
+    check_time("finished_at", state.finished_at)?;
+    for (id, st) in &state.steps {
+        if st.attempt > MAX_ATTEMPT {
+            return Err(format!(
+                "`steps.{id}.attempt` is {}, out of range (at most {MAX_ATTEMPT})",
+                st.attempt
+            ));
+        }
+        check_time(&format!("steps.{id}.started_at"), st.started_at)?;
+        check_time(&format!("steps.{id}.finished_at"), st.finished_at)?;
+    }
+    Ok(())
+}
+
+fn check_time(key: &str, t: Option<f64>) -> Result<(), String> {
+    match t {
+        Some(t) if !(0.0..MAX_TIME).contains(&t) => {
+            Err(format!("`{key}` is {t}, not a time (seconds since 1970)"))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +314,20 @@ mod tests {
         let a: Json = serde_json::from_str(r#"{"a":1,"b":2}"#).expect("json");
         let b: Json = serde_json::from_str(r#"{"b":2,"a":1}"#).expect("json");
         assert_eq!(digest(&a), digest(&b));
+    }
+
+    #[test]
+    fn run_ids_have_the_generated_format() {
+        assert!(is_run_id("20261201-032506-123-0f"));
+        for bad in [
+            "",
+            "../../../precious",
+            "20261201-032506-123-0F",
+            "20261201-032506-123-0f/..",
+            "2026120a-032506-123-0f",
+            "20261201_032506-123-0f",
+        ] {
+            assert!(!is_run_id(bad), "{bad:?}");
+        }
     }
 }

@@ -16,7 +16,7 @@ pub enum Store {
     S3(S3Store),
 }
 
-/// Proof that this process owns a run. Release it explicitly; a directory lock also ends with the process.
+/// Proof that this process owns a run (or, while it picks one, the plan). Release it explicitly; a directory lock also ends with the process.
 pub enum RunLock {
     Dir(DirLock),
     S3(S3Lock),
@@ -51,12 +51,23 @@ impl Store {
         }
     }
 
-    /// Run ids, oldest first.
+    /// Run ids, oldest first. A listing is untrusted (anyone with write access to the store can add an entry):
+    /// only ids of the generated format are runs; others are skipped with a warning.
     pub async fn runs(&self) -> Result<Vec<String>> {
-        match self {
-            Store::Dir(s) => s.runs(),
-            Store::S3(s) => s.runs().await,
-        }
+        let listed = match self {
+            Store::Dir(s) => s.runs()?,
+            Store::S3(s) => s.runs().await?,
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|id| {
+                let ok = crate::state::is_run_id(id);
+                if !ok {
+                    tracing::warn!("ignoring `{id}` in the state store: not a run id");
+                }
+                ok
+            })
+            .collect())
     }
 
     pub async fn load(&self, run: &str) -> Result<Option<RunState>> {
@@ -70,6 +81,22 @@ impl Store {
         match self {
             Store::Dir(s) => s.lock(run, plan_file).map(RunLock::Dir),
             Store::S3(s) => s.lock(run, plan_file).await.map(RunLock::S3),
+        }
+    }
+
+    /// Takes the plan's lock, held while an apply picks or creates its run.
+    pub async fn lock_plan(&self, plan_file: &Path) -> Result<RunLock> {
+        match self {
+            Store::Dir(s) => s.lock_plan(plan_file).map(RunLock::Dir),
+            Store::S3(s) => s.lock_plan(plan_file).await.map(RunLock::S3),
+        }
+    }
+
+    /// Breaks the plan's lock (S3: a dead holder's lock object). A directory lock dies with its process.
+    pub async fn unlock_plan(&self) -> Result<bool> {
+        match self {
+            Store::Dir(_) => Ok(false),
+            Store::S3(s) => s.unlock_plan().await,
         }
     }
 

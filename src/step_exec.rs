@@ -424,6 +424,7 @@ impl Job {
                 .rev()
                 .filter_map(|s| self.resources.get(s).map(|r| (s.clone(), r.clone())))
                 .collect(),
+            &self.root,
         )
         .await
         .map(|steps| Outcome::Destroyed { steps })
@@ -431,13 +432,21 @@ impl Job {
 }
 
 /// Destroys resources in the order given (dependents first). Idempotent: missing things are fine.
-pub async fn destroy_resources(resources: Vec<(String, Vec<Resource>)>) -> Result<Vec<String>> {
+/// Only what resolves under the sandbox `root` is deleted: see `inside_sandbox`.
+pub async fn destroy_resources(
+    resources: Vec<(String, Vec<Resource>)>,
+    root: &std::path::Path,
+) -> Result<Vec<String>> {
     let mut done = Vec::new();
     // Volumes before the hosts that hold them.
     let mut ordered = resources;
     ordered.sort_by_key(|(_, rs)| rs.iter().any(|r| r.kind == "local-sandbox"));
     for (step, rs) in ordered {
-        for r in rs.iter().filter(|r| !r.destroyed) {
+        for (i, r) in rs.iter().enumerate().filter(|(_, r)| !r.destroyed) {
+            let key = format!("steps.{step}.resources[{i}].id");
+            if r.kind.starts_with("local-") && !inside_sandbox(root, &key, &r.id)? {
+                continue; // Already gone.
+            }
             match r.kind.as_str() {
                 "local-sandbox" => {
                     LocalHost {
@@ -469,6 +478,51 @@ pub async fn destroy_resources(resources: Vec<(String, Vec<Resource>)>) -> Resul
         done.push(step);
     }
     Ok(done)
+}
+
+/// Cancels a step that is no longer in the plan but still running on a local host (the plan was edited while
+/// it ran). True if it was cancelled; false if it is not on a local host (it is left to its own timeout and the
+/// run stays unfinished). The host comes from state, so it must lie under the sandbox root.
+pub async fn cancel_orphan(
+    root: &std::path::Path,
+    step: &str,
+    handle: &IndexMap<String, String>,
+) -> Result<bool> {
+    let Some(dir) = handle.get("status_dir") else {
+        return Ok(false);
+    };
+    // `<home>/.sortie/steps/<step>`
+    let Some(home) = std::path::Path::new(dir).ancestors().nth(3) else {
+        return Ok(false);
+    };
+    let home_text = home.to_string_lossy();
+    if !inside_sandbox(root, &format!("steps.{step}.handle.status_dir"), &home_text)? {
+        return Ok(true); // The host is gone, and the step with it.
+    }
+    let host = LocalHost { home: home.into() };
+    host.cancel(step, Duration::from_secs(5)).await?;
+    Ok(true)
+}
+
+/// Whether a local resource path read from state still exists, refusing (exit 2) one that does not resolve,
+/// symlinks followed, strictly under the sandbox root. State comes from S3 or a CI artifact: it is untrusted, and
+/// a path such as `/home/me/data` or a sandbox linked elsewhere must never be deleted.
+fn inside_sandbox(root: &std::path::Path, key: &str, id: &str) -> Result<bool> {
+    let path = std::path::Path::new(id);
+    let real = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("cannot resolve {id}"), e)),
+    };
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    if real.starts_with(&root) && real != root {
+        return Ok(true);
+    }
+    Err(Error::Usage(format!(
+        "refusing to delete {id} (`{key}` in the run's state): it resolves to {}, which is not under the sandbox root {}",
+        real.display(),
+        root.display()
+    )))
 }
 
 fn last_line(path: &std::path::Path) -> String {

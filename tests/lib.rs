@@ -15,6 +15,7 @@ mod invalid_plans;
 mod properties;
 mod quickstart;
 mod reentry;
+mod run_safety;
 mod s3_apply;
 mod schema;
 mod stall;

@@ -147,6 +147,7 @@ fn new_state(run: &str) -> RunState {
         finished_at: None,
         vars: IndexMap::new(),
         steps: IndexMap::new(),
+        plan_file: None,
     }
 }
 
@@ -207,6 +208,87 @@ for_both_stores! {
     other_lineage_refused => test_int_store_other_lineage_refused_dir, test_int_store_other_lineage_refused_s3;
     corrupt_state_untouched => test_int_store_corrupt_state_untouched_dir, test_int_store_corrupt_state_untouched_s3;
     unlock => test_int_store_unlock_dir, test_int_store_unlock_s3;
+    plan_lock_is_exclusive => test_int_store_plan_lock_is_exclusive_dir, test_int_store_plan_lock_is_exclusive_s3;
+    state_document_checked_on_load => test_int_store_state_document_checked_on_load_dir, test_int_store_state_document_checked_on_load_s3;
+}
+
+/// The plan's lock (held while an apply picks its run) has one holder at a time, whom a second taker is told
+/// of; it neither is a run nor blocks a run's lock.
+async fn plan_lock_is_exclusive(backend: &Backend) {
+    let store = backend.store();
+    let first = store
+        .lock_plan(&plan_file())
+        .await
+        .expect("first plan lock");
+    let other = backend.store();
+    match other.lock_plan(&plan_file()).await {
+        Err(e @ Error::PlanLocked { .. }) => {
+            assert_eq!(e.exit_code(), sortie::error::exit::LOCKED);
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("plan {PLAN} is locked by another apply")),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!("pid {} on ", std::process::id())),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("expected PlanLocked, got {e:?}"),
+        Ok(_) => panic!("a second plan lock succeeded"),
+    }
+    let run = other
+        .lock("20240101-000000-001-00", &plan_file())
+        .await
+        .expect("a run lock while the plan is locked");
+    assert!(store.runs().await.expect("runs").is_empty());
+    first.release().await.expect("release");
+    let again = other
+        .lock_plan(&plan_file())
+        .await
+        .expect("plan lock after release");
+    again.release().await.expect("release");
+    run.release().await.expect("release");
+}
+
+/// A state document that is not the run it is stored as (version, plan, run id) or carries a number out of
+/// range is `CorruptState` naming it, and stays as it was.
+async fn state_document_checked_on_load(backend: &Backend) {
+    let run = "20240101-000000-001-00";
+    let good = serde_json::to_value(new_state(run)).expect("json");
+    let cases: Vec<(&str, Json, &str)> = vec![
+        ("version", serde_json::json!(7), "`version` is 7"),
+        ("plan", serde_json::json!("other"), "`plan` is `other`"),
+        (
+            "run_id",
+            serde_json::json!("20240101-000000-002-00"),
+            "`run_id` is",
+        ),
+        ("started_at", serde_json::json!(1e300), "`started_at` is"),
+        (
+            "steps",
+            serde_json::json!({"a": {"status": "running", "attempt": 4294967295u64}}),
+            "`steps.a.attempt` is 4294967295, out of range",
+        ),
+    ];
+    for (key, value, reason) in cases {
+        let mut doc = good.clone();
+        doc[key] = value;
+        let bytes = serde_json::to_vec(&doc).expect("json");
+        backend.write_raw(run, &bytes).await;
+        match backend.store().load(run).await {
+            Err(e @ Error::CorruptState { .. }) => {
+                assert_eq!(e.exit_code(), sortie::error::exit::INVALID);
+                let Error::CorruptState { path, reason: got } = e else {
+                    unreachable!()
+                };
+                assert_eq!(path, backend.location(run), "{key}");
+                assert!(got.contains(reason), "{key}: {got}");
+            }
+            other => panic!("{key}: expected CorruptState, got {other:?}"),
+        }
+        assert_eq!(backend.read_raw(run).await.expect("stored"), bytes);
+    }
 }
 
 /// Save, load, save again: the serial goes up by one per write, the lineage stays.
@@ -252,16 +334,26 @@ async fn round_trip(backend: &Backend) {
 async fn runs_in_order(backend: &Backend) {
     let store = backend.store();
     assert!(store.runs().await.expect("runs").is_empty());
-    for run in ["20240102-0003", "20240101-0001", "20240101-0002"] {
+    for run in [
+        "20240102-000000-003-00",
+        "20240101-000000-001-00",
+        "20240101-000000-002-00",
+    ] {
         store.save(&mut backend.new_run(run)).await.expect("save");
     }
+    // A listing is untrusted: an entry that is not a run id is no run.
+    backend.write_raw("not-a-run", b"{}").await;
     let lock = store
-        .lock("20240103-0000", &plan_file())
+        .lock("20240103-000000-000-00", &plan_file())
         .await
         .expect("lock a run with no state");
     assert_eq!(
         backend.store().runs().await.expect("runs"),
-        ["20240101-0001", "20240101-0002", "20240102-0003"]
+        [
+            "20240101-000000-001-00",
+            "20240101-000000-002-00",
+            "20240102-000000-003-00"
+        ]
     );
     lock.release().await.expect("release");
 }
@@ -552,8 +644,9 @@ async fn test_int_store_empty_prefix_s3() {
         unreachable!()
     };
     let store = Store::S3(S3Store::new(client.clone(), BUCKET, "", PLAN));
-    store.save(&mut new_state("r1")).await.expect("save");
-    let lock = store.lock("r1", Path::new("p.yaml")).await.expect("lock");
+    let run = "20240101-000000-001-00";
+    store.save(&mut new_state(run)).await.expect("save");
+    let lock = store.lock(run, Path::new("p.yaml")).await.expect("lock");
     let listed = client
         .list_objects_v2()
         .bucket(BUCKET)
@@ -562,7 +655,13 @@ async fn test_int_store_empty_prefix_s3() {
         .expect("list");
     let mut keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
     keys.sort();
-    assert_eq!(keys, ["plan/r1/lock.json", "plan/r1/state.json"]);
-    assert_eq!(store.runs().await.expect("runs"), ["r1"]);
+    assert_eq!(
+        keys,
+        [
+            format!("plan/{run}/lock.json"),
+            format!("plan/{run}/state.json")
+        ]
+    );
+    assert_eq!(store.runs().await.expect("runs"), [run]);
     lock.release().await.expect("release");
 }
