@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::test_builder::{repo, Test, PLAN};
+use crate::test_builder::{Test, PLAN};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Harness

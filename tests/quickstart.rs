@@ -142,3 +142,45 @@ fn test_e2e_quickstart_resumes_training_from_the_last_checkpoint_after_kill_9() 
     assert_eq!(output(&status, "train", "final_step"), "40");
     assert_eq!(status["steps"]["train"]["attempt"], 2);
 }
+
+/// Every template, rendered by the real renderer for a real run, passes shellcheck.
+#[test]
+fn test_e2e_every_rendered_pipeline_script_passes_shellcheck() {
+    // Without its teardown the run keeps its host, and each step's rendered script in its status directory.
+    let (_t, _reaper, dir) = quickstart(|s| {
+        let teardown = "  teardown:\n    kind: teardown\n    needs: [upload]\n    when: always\n";
+        assert!(s.contains(teardown), "the quickstart's teardown changed; update this test");
+        s.replace(teardown, "")
+    });
+    let ran = run_plan(&dir, &["apply", "quickstart.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    let hosts: Vec<PathBuf> = std::fs::read_dir(dir.join(".sortie/hosts"))
+        .expect("hosts")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    let mut checked = Vec::new();
+    for step in std::fs::read_dir(hosts[0].join(".sortie/steps")).expect("steps").flatten() {
+        let script = step.path().join("script");
+        let out = std::process::Command::new("shellcheck")
+            .args(["--shell=sh", "--severity=style"])
+            .arg(&script)
+            .output()
+            .expect("shellcheck is installed by scripts/setup-test-env");
+        assert!(
+            out.status.success(),
+            "{}:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        checked.push(step.file_name().to_string_lossy().into_owned());
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        ["env", "evaluate", "fetch-model", "preflight", "prep-data", "train", "upload"],
+        "every pipeline step's script was checked"
+    );
+    // The host processes are stopped by the reaper; the host directory goes with the test directory.
+}
