@@ -387,10 +387,18 @@ async fn test_e2e_aws_examples_quickstart_runs_on_aws() {
         "the quickstart's target line changed; update this test"
     );
     // The plan ships ../pipeline and uses ../templates: give the test directory the same layout.
-    let on_aws = on_aws.replace("../pipeline", "pipeline").replace("../templates", "templates");
+    let on_aws = on_aws
+        .replace("../pipeline", "pipeline")
+        .replace("../templates", "templates");
     let t = aws.test(&on_aws);
-    crate::quickstart::copy_tree(&crate::test_builder::repo().join("pipeline"), &t.dir.path().join("pipeline"));
-    crate::quickstart::copy_tree(&crate::test_builder::repo().join("templates"), &t.dir.path().join("templates"));
+    crate::quickstart::copy_tree(
+        &crate::test_builder::repo().join("pipeline"),
+        &t.dir.path().join("pipeline"),
+    );
+    crate::quickstart::copy_tree(
+        &crate::test_builder::repo().join("templates"),
+        &t.dir.path().join("templates"),
+    );
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
@@ -407,7 +415,9 @@ async fn test_e2e_aws_examples_quickstart_runs_on_aws() {
     let run = events[0]["run"].as_str().expect("run id").to_string();
     let uploaded = events
         .iter()
-        .find(|e| e["event"] == "step_output" && e["step"] == "upload" && e["key"] == "artifact_uri")
+        .find(|e| {
+            e["event"] == "step_output" && e["step"] == "upload" && e["key"] == "artifact_uri"
+        })
         .and_then(|e| e["value"].as_str())
         .expect("upload output")
         .to_string();

@@ -34,7 +34,8 @@ fn quickstart(edit: impl Fn(String) -> String) -> (Test, Reaper, PathBuf) {
     let root = t.dir.path().to_path_buf();
     copy_tree(&repo().join("templates"), &root.join("templates"));
     copy_tree(&repo().join("pipeline"), &root.join("pipeline"));
-    let source = std::fs::read_to_string(repo().join("examples/quickstart.yaml")).expect("quickstart");
+    let source =
+        std::fs::read_to_string(repo().join("examples/quickstart.yaml")).expect("quickstart");
     std::fs::create_dir_all(root.join("examples")).expect("mkdir");
     std::fs::write(root.join("examples/quickstart.yaml"), edit(source)).expect("write plan");
     let reaper = Reaper(root.clone());
@@ -42,14 +43,21 @@ fn quickstart(edit: impl Fn(String) -> String) -> (Test, Reaper, PathBuf) {
 }
 
 fn output<'a>(status: &'a Json, step: &str, key: &str) -> &'a str {
-    status["steps"][step]["outputs"][key].as_str().unwrap_or_default()
+    status["steps"][step]["outputs"][key]
+        .as_str()
+        .unwrap_or_default()
 }
 
 #[test]
 fn test_e2e_quickstart_trains_the_tiny_model_and_uploads_it_with_a_manifest() {
     let (_t, _reaper, dir) = quickstart(|s| s);
     let ran = run_plan(&dir, &["apply", "quickstart.yaml"], MINUTE);
-    assert_eq!(ran.code, Some(0), "plan apply quickstart.yaml:\n{}", ran.show());
+    assert_eq!(
+        ran.code,
+        Some(0),
+        "plan apply quickstart.yaml:\n{}",
+        ran.show()
+    );
     let status = status_json(&dir, "quickstart.yaml", None);
     let run = status["run_id"].as_str().expect("run_id").to_string();
     assert_eq!(status["status"], "succeeded");
@@ -57,13 +65,27 @@ fn test_e2e_quickstart_trains_the_tiny_model_and_uploads_it_with_a_manifest() {
         assert_eq!(step["status"], "succeeded", "step {id}: {step}");
     }
     // The bundled corpus exercises every rule: policy groups all yield rows, invalid records are counted.
-    let train: u64 = output(&status, "prep-data", "train_count").parse().expect("train_count");
-    let val: u64 = output(&status, "prep-data", "val_count").parse().expect("val_count");
+    let train: u64 = output(&status, "prep-data", "train_count")
+        .parse()
+        .expect("train_count");
+    let val: u64 = output(&status, "prep-data", "val_count")
+        .parse()
+        .expect("val_count");
     assert_eq!(val, (train + val) / 5, "val = floor(0.2 n)");
-    assert!(output(&status, "prep-data", "rejected_count").parse::<u64>().expect("rejected") > 0);
+    assert!(
+        output(&status, "prep-data", "rejected_count")
+            .parse::<u64>()
+            .expect("rejected")
+            > 0
+    );
     assert_eq!(output(&status, "train", "final_step"), "40");
     assert_eq!(output(&status, "train", "resumed_from_step"), "0");
-    assert!(output(&status, "preflight", "preflight_checks").parse::<u64>().expect("checks") >= 35);
+    assert!(
+        output(&status, "preflight", "preflight_checks")
+            .parse::<u64>()
+            .expect("checks")
+            >= 35
+    );
 
     // The bucket stand-in (.sortie/bucket beside the plan) holds the trained model and its manifest.
     let artifacts = dir.join(".sortie/bucket/quickstart-finetuned").join(&run);
@@ -77,9 +99,15 @@ fn test_e2e_quickstart_trains_the_tiny_model_and_uploads_it_with_a_manifest() {
         let path = f["path"].as_str().expect("path");
         let bytes = std::fs::read(artifacts.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(f["size"].as_u64(), Some(bytes.len() as u64), "{path}");
-        assert!(!path.contains("optimizer"), "optimizer state outside checkpoints/: {path}");
+        assert!(
+            !path.contains("optimizer"),
+            "optimizer state outside checkpoints/: {path}"
+        );
     }
-    assert!(artifacts.join("checkpoints/checkpoint-40").is_dir(), "checkpoints are synced to the bucket");
+    assert!(
+        artifacts.join("checkpoints/checkpoint-40").is_dir(),
+        "checkpoints are synced to the bucket"
+    );
     assert!(
         std::fs::read_dir(dir.join(".sortie/hosts")).map_or(true, |mut d| d.next().is_none()),
         "hosts left after teardown"
@@ -108,7 +136,11 @@ fn test_e2e_quickstart_resumes_training_from_the_last_checkpoint_after_kill_9() 
             .into_iter()
             .flatten()
             .flatten()
-            .any(|run| run.path().join("checkpoints/checkpoint-20/.complete").exists())
+            .any(|run| {
+                run.path()
+                    .join("checkpoints/checkpoint-20/.complete")
+                    .exists()
+            })
     };
     live.wait_event(
         MINUTE,
@@ -129,16 +161,29 @@ fn test_e2e_quickstart_resumes_training_from_the_last_checkpoint_after_kill_9() 
     assert!(killed.success());
     let deadline = Instant::now() + MINUTE;
     while !status_dir.join("exit_code").exists() {
-        assert!(Instant::now() < deadline, "the wrapper never recorded the killed trainer");
+        assert!(
+            Instant::now() < deadline,
+            "the wrapper never recorded the killed trainer"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     let ran = run_plan(&dir, &["apply", "quickstart.yaml"], MINUTE);
     assert_eq!(ran.code, Some(0), "second apply:\n{}", ran.show());
     let status = status_json(&dir, "quickstart.yaml", None);
-    assert_eq!(status["run_id"], run.as_str(), "the second apply continued the same run");
-    let resumed: u64 = output(&status, "train", "resumed_from_step").parse().expect("resumed");
-    assert!(resumed >= 20, "resumed_from_step = {resumed}\n{}", ran.show());
+    assert_eq!(
+        status["run_id"],
+        run.as_str(),
+        "the second apply continued the same run"
+    );
+    let resumed: u64 = output(&status, "train", "resumed_from_step")
+        .parse()
+        .expect("resumed");
+    assert!(
+        resumed >= 20,
+        "resumed_from_step = {resumed}\n{}",
+        ran.show()
+    );
     assert_eq!(output(&status, "train", "final_step"), "40");
     assert_eq!(status["steps"]["train"]["attempt"], 2);
 }
@@ -149,7 +194,10 @@ fn test_e2e_every_rendered_pipeline_script_passes_shellcheck() {
     // Without its teardown the run keeps its host, and each step's rendered script in its status directory.
     let (_t, _reaper, dir) = quickstart(|s| {
         let teardown = "  teardown:\n    kind: teardown\n    needs: [upload]\n    when: always\n";
-        assert!(s.contains(teardown), "the quickstart's teardown changed; update this test");
+        assert!(
+            s.contains(teardown),
+            "the quickstart's teardown changed; update this test"
+        );
         s.replace(teardown, "")
     });
     let ran = run_plan(&dir, &["apply", "quickstart.yaml"], MINUTE);
@@ -161,7 +209,10 @@ fn test_e2e_every_rendered_pipeline_script_passes_shellcheck() {
         .collect();
     assert_eq!(hosts.len(), 1, "{hosts:?}");
     let mut checked = Vec::new();
-    for step in std::fs::read_dir(hosts[0].join(".sortie/steps")).expect("steps").flatten() {
+    for step in std::fs::read_dir(hosts[0].join(".sortie/steps"))
+        .expect("steps")
+        .flatten()
+    {
         let script = step.path().join("script");
         let out = std::process::Command::new("shellcheck")
             .args(["--shell=sh", "--severity=style"])
@@ -179,7 +230,15 @@ fn test_e2e_every_rendered_pipeline_script_passes_shellcheck() {
     checked.sort();
     assert_eq!(
         checked,
-        ["env", "evaluate", "fetch-model", "preflight", "prep-data", "train", "upload"],
+        [
+            "env",
+            "evaluate",
+            "fetch-model",
+            "preflight",
+            "prep-data",
+            "train",
+            "upload"
+        ],
         "every pipeline step's script was checked"
     );
     // The host processes are stopped by the reaper; the host directory goes with the test directory.
