@@ -162,7 +162,9 @@ pub struct PlanArgs {
 impl PlanArgs {
     pub fn compile(&self) -> Result<Compiled> {
         let overrides = Overrides::from_process(self.var_files.clone(), self.vars.clone());
-        compiler::compile(&self.file, &overrides).map_err(Error::Invalid)
+        let compiled = compiler::compile(&self.file, &overrides).map_err(Error::Invalid)?;
+        eprint!("{}", compiled.render_warnings());
+        Ok(compiled)
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::Value as Json;
 
 use crate::dag::Dag;
 use crate::diagnostic::{did_you_mean, Diagnostic, Location, Span};
+use crate::lifetime_check;
 use crate::plan::{
     HeartbeatSpec, InstanceSpec, Plan, RunSpec, Script, StateLocation, Step, StepKind, Target,
     TeardownSpec, VolumeSpec,
@@ -36,6 +37,15 @@ const VOLUME_TYPES: &[&str] = &["gp3", "gp2", "io1", "io2", "st1", "sc1", "stand
 pub struct Compiled {
     pub plan: Plan,
     pub sources: Sources,
+    /// Problems that do not stop the plan (e.g. an instance lifetime shorter than its steps may need).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Compiled {
+    /// The warnings, rendered like errors (empty when there are none).
+    pub fn render_warnings(&self) -> String {
+        self.sources.render(&self.warnings)
+    }
 }
 
 /// Why a plan did not compile: every problem found, and the sources to render them against.
@@ -64,10 +74,14 @@ pub fn compile(path: &Path, overrides: &Overrides) -> Result<Compiled, Invalid> 
         env: template::environment(),
     };
     match c.run(overrides) {
-        Some(plan) if c.problems.is_empty() => Ok(Compiled {
-            plan,
-            sources: c.sources,
-        }),
+        Some(plan) if c.problems.is_empty() => {
+            let warnings = lifetime_check::warnings(&plan, |path| c.at(path));
+            Ok(Compiled {
+                plan,
+                sources: c.sources,
+                warnings,
+            })
+        }
         _ => Err(Invalid {
             diagnostics: c.problems,
             sources: c.sources,

@@ -13,6 +13,13 @@ pub struct Span {
     pub len: usize,
 }
 
+/// An error stops the command; a warning is printed and the command goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
 /// Where a diagnostic points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -26,6 +33,7 @@ pub enum Location {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    pub severity: Severity,
     pub message: String,
     pub file: PathBuf,
     pub location: Location,
@@ -35,10 +43,18 @@ pub struct Diagnostic {
 impl Diagnostic {
     pub fn new(file: &Path, location: Location, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
+            severity: Severity::Error,
             message: message.into(),
             file: file.to_path_buf(),
             location,
             help: None,
+        }
+    }
+
+    pub fn warning(file: &Path, location: Location, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::new(file, location, message)
         }
     }
 
@@ -50,7 +66,11 @@ impl Diagnostic {
     /// Renders against `source`, the text of `self.file` (if it could be read).
     pub fn render(&self, source: Option<&str>) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "error: {}", self.message);
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let _ = writeln!(out, "{label}: {}", self.message);
         let file = self.file.display();
         match (&self.location, source) {
             (Location::Span(span), Some(text)) => {

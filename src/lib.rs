@@ -13,6 +13,7 @@ pub mod dir_store;
 pub mod error;
 pub mod event;
 pub mod gc;
+pub mod lifetime_check;
 pub mod loader;
 pub mod local_host;
 pub mod plan;
