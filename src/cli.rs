@@ -162,7 +162,10 @@ pub struct PlanArgs {
 impl PlanArgs {
     pub fn compile(&self) -> Result<Compiled> {
         let overrides = Overrides::from_process(self.var_files.clone(), self.vars.clone());
-        compiler::compile(&self.file, &overrides).map_err(Error::Invalid)
+        let compiled = compiler::compile(&self.file, &overrides).map_err(Error::Invalid)?;
+        // Every command that shows or stores a string scrubs these values from it.
+        crate::scrub::add_secret_vars(&compiled.plan.vars);
+        Ok(compiled)
     }
 }
 

@@ -143,23 +143,21 @@ impl DirStore {
 }
 
 /// temp file in the same directory, fsync, rename, fsync the directory: a crash leaves old or new, never half.
+/// The file is 0600 (state and rendered scripts may hold secrets), and a failed write (a full disk) removes its
+/// temp file rather than leave it to keep the disk full.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    // Unique per call: concurrent writers of the same file in one process must not share a temp file.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let fail = |e| Error::io(format!("cannot write {}", path.display()), e);
-    {
-        let mut f = File::create(&tmp).map_err(fail)?;
-        f.write_all(bytes).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-    }
-    fs::rename(&tmp, path).map_err(fail)?;
+    // tempfile names each temp file uniquely (concurrent writers of one file never share one) and deletes it
+    // when dropped on an error path.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sortie-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    tmp.write_all(bytes).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

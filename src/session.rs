@@ -217,7 +217,7 @@ pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Res
     let run = require(&store, plan, sel).await?;
     if output == OutputFormat::Json {
         return serde_json::to_string_pretty(&run)
-            .map(|s| s + "\n")
+            .map(|s| crate::scrub::text(&s) + "\n")
             .map_err(|e| Error::Runtime(e.to_string()));
     }
     let now = state::now();
@@ -281,7 +281,8 @@ pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Res
         run.status.as_str()
     );
     out.push_str(&table(&rows));
-    Ok(out)
+    // A step's error or progress line may quote a secret (state from before scrubbing, or a live heartbeat).
+    Ok(crate::scrub::text(&out))
 }
 
 /// The heartbeat JSON of a running step, if it can be read.
@@ -338,29 +339,50 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
     if let (Some(host), Some(command)) = (handle.get("host"), handle.get("wait_command")) {
         return aws_logs(plan, &store, run, step, host, command, follow).await;
     }
-    let dir = handle.get("status_dir").cloned().ok_or_else(|| {
+    let kept = |run: &RunState| {
+        crate::step_logs::kept_path(
+            &plan.state,
+            &plan.name,
+            &run.run_id,
+            step,
+            run.step(step).attempt,
+        )
+        .filter(|p| p.is_file())
+    };
+    let live = handle
+        .get("status_dir")
+        .map(|d| std::path::Path::new(d).join("output.log"));
+    let mut out = std::io::stdout().lock();
+    // A finished attempt is served from the copy kept beside the state (its host may be gone).
+    if run.step(step).status.is_final() || !follow {
+        if let Some(path) = kept(&run).or(live.clone().filter(|p| p.is_file())) {
+            crate::step_logs::stream(&path, &mut out)?;
+            return Ok(exit::OK);
+        }
+    }
+    let live = live.ok_or_else(|| {
         Error::Usage(format!(
             "step `{step}` of run {} has no log (it has not run on a host)",
             run.run_id
         ))
     })?;
-    let path = std::path::Path::new(&dir).join("output.log");
-    let mut offset = 0u64;
-    let mut out = std::io::stdout().lock();
+    if !follow {
+        return Err(Error::Usage(format!(
+            "the log of step `{step}` of run {} is gone ({} does not exist)",
+            run.run_id,
+            live.display()
+        )));
+    }
+    let mut follower = crate::step_logs::Follower::new(live);
     loop {
-        if let Ok(bytes) = std::fs::read(&path) {
-            if (bytes.len() as u64) > offset {
-                let _ = out.write_all(&bytes[offset as usize..]);
-                let _ = out.flush();
-                offset = bytes.len() as u64;
-            }
-        }
-        if !follow {
-            break;
-        }
+        follower.pump(&mut out, false)?;
         run = require(&store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
         if run.step(step).status.is_final() {
-            drain(&mut offset, &path, &mut out);
+            // The open file outlives teardown; a log never opened is read from its kept copy.
+            match kept(&run).filter(|_| !follower.opened()) {
+                Some(path) => crate::step_logs::stream(&path, &mut out)?,
+                None => follower.pump(&mut out, true)?,
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -402,18 +424,8 @@ async fn aws_logs(
     };
     let log = ssm_host.fetch_log(command).await?;
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(log.as_bytes());
+    let _ = out.write_all(crate::scrub::text(&log).as_bytes());
     Ok(exit::OK)
-}
-
-/// One last read once the step is final, so the tail is not lost.
-fn drain(offset: &mut u64, path: &std::path::Path, out: &mut std::io::StdoutLock<'_>) {
-    if let Ok(bytes) = std::fs::read(path) {
-        if (bytes.len() as u64) > *offset {
-            let _ = out.write_all(&bytes[*offset as usize..]);
-            *offset = bytes.len() as u64;
-        }
-    }
 }
 
 /// Breaks a run's lock: for a holder that died without releasing it (S3). Directory locks end with their process.

@@ -83,9 +83,15 @@ impl Store {
 
     /// Writes state (serial + 1); a concurrent change is a conflict, never overwritten.
     pub async fn save(&self, state: &mut RunState) -> Result<()> {
-        match self {
-            Store::Dir(s) => s.save(state),
-            Store::S3(s) => s.save(state).await,
-        }
+        // What is stored has every known secret value scrubbed (a failing step's error may quote one).
+        let mut clean = crate::scrub::current()
+            .value(&*state)
+            .unwrap_or_else(|| state.clone());
+        let saved = match self {
+            Store::Dir(s) => s.save(&mut clean),
+            Store::S3(s) => s.save(&mut clean).await,
+        };
+        state.serial = clean.serial;
+        saved
     }
 }

@@ -331,6 +331,7 @@ impl Job {
                 }
             }
         }
+        self.keep_log(&host, &id);
         if status.progress.is_some() && status.progress != last_progress {
             let _ = self.tx.send(Msg::Progress {
                 step: self.index,
@@ -374,6 +375,22 @@ impl Job {
         }
     }
 
+    /// Copies the attempt's log beside the run's state: teardown deletes the host, and `plan logs` must still work.
+    fn keep_log(&self, host: &LocalHost, id: &str) {
+        let Some(to) = crate::step_logs::kept_path(
+            &self.state_location,
+            &self.plan_name,
+            &self.run_id,
+            id,
+            self.attempt,
+        ) else {
+            return;
+        };
+        if let Err(e) = crate::step_logs::keep(&host.log_path(id), &to) {
+            tracing::warn!("step `{id}`: the log was not kept: {e}");
+        }
+    }
+
     /// Renders the script and the environment of a run step for its host.
     fn prepare_launch(
         &self,
@@ -383,6 +400,20 @@ impl Job {
         let StepKind::Run(spec) = &self.step.kind else {
             return Err(Error::Runtime("not a run step".into()));
         };
+        let mut sources = vec![(spec.script.name.clone(), spec.script.source.clone())];
+        sources.extend(
+            self.step
+                .env
+                .iter()
+                .map(|(k, v)| (format!("env.{k}"), v.clone())),
+        );
+        if let Some((id, key)) = crate::secret_outputs::unavailable(&self.outputs, &sources) {
+            return Err(Error::Runtime(crate::secret_outputs::message(
+                &self.step.id,
+                &id,
+                &key,
+            )));
+        }
         let ctx = self.context(Some(host));
         let script = template::render_str(
             &template::environment(),

@@ -14,6 +14,7 @@ mod properties;
 mod reentry;
 mod s3_apply;
 mod schema;
+mod secrets;
 mod stall;
 mod store_suite;
 mod variables;

@@ -1,0 +1,186 @@
+//! Secrets are scrubbed by value from everything a run leaves, and secret outputs reach later steps of the same
+//! apply only (issue 7, item 4).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::apply::{plan_cmd, run_cmd, run_plan, sandbox};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+const VAR_SECRET: &str = "var-s3cr3t-8c1f";
+const OUTPUT_SECRET: &str = "out-s3cr3t-5d2e";
+const KEY_ID: &str = "AKIAQWERTYUIOPASDFGH";
+
+fn leaky_plan() -> String {
+    format!(
+        "plan: leaky
+target: {{ provider: local }}
+vars:
+  hf_token: {VAR_SECRET}
+steps:
+  host: {{ kind: instance }}
+  make:
+    kind: run
+    on: host
+    run: echo 'api_token={OUTPUT_SECRET}' >> \"$SORTIE_OUTPUT\"
+  leak:
+    kind: run
+    on: host
+    env: {{ AWS_ACCESS_KEY_ID: {KEY_ID} }}
+    run: |
+      stat -c %a \"$SORTIE_STEP_DIR/script\" > \"$MARK.mode\"
+      echo {{{{ steps.make.outputs.api_token }}}} > \"$MARK\"
+      echo \"var {{{{ vars.hf_token }}}} output {{{{ steps.make.outputs.api_token }}}} key $AWS_ACCESS_KEY_ID\"
+      echo \"var {{{{ vars.hf_token }}}} output {{{{ steps.make.outputs.api_token }}}} key $AWS_ACCESS_KEY_ID\" >&2
+      exit 3
+  teardown: {{ kind: teardown, when: always }}
+"
+    )
+}
+
+/// Every file under `dir` (recursively) that contains one of `needles`, with the needle.
+fn hits_in_files(dir: &Path, needles: &[&str]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            hits.extend(hits_in_files(&path, needles));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            let text = String::from_utf8_lossy(&bytes);
+            for n in needles.iter().filter(|n| text.contains(**n)) {
+                hits.push(format!("{}: {n}", path.display()));
+            }
+        }
+    }
+    hits
+}
+
+fn hits_in(what: &str, text: &str, needles: &[&str]) -> Vec<String> {
+    needles
+        .iter()
+        .filter(|n| text.contains(**n))
+        .map(|n| format!("{what}: {n}"))
+        .collect()
+}
+
+#[test]
+fn test_e2e_planted_secrets_leave_no_trace() {
+    let (t, _reaper) = sandbox("p.yaml", &leaky_plan());
+    let dir = t.dir.path();
+    let mark = dir.join("marks").join("seen");
+    std::fs::create_dir_all(mark.parent().expect("parent")).expect("mkdir");
+    let mut cmd = plan_cmd(dir, &["apply", "p.yaml", "--output", "json"]);
+    cmd.env("MARK", &mark);
+    let json = run_cmd(cmd, MINUTE);
+    assert_eq!(json.code, Some(1), "{}", json.show());
+    // The step did get the real values, and its rendered script was private.
+    let seen = std::fs::read_to_string(&mark).expect("mark");
+    assert_eq!(
+        seen.trim(),
+        OUTPUT_SECRET,
+        "the output reached the next step"
+    );
+    let mode = std::fs::read_to_string(mark.with_extension("mode")).expect("mode");
+    assert_eq!(mode.trim(), "600", "mode of the rendered script");
+
+    let needles = [VAR_SECRET, OUTPUT_SECRET, KEY_ID];
+    let mut hits = hits_in(
+        "apply events",
+        &(json.stdout.clone() + &json.stderr),
+        &needles,
+    );
+    // A human apply of a new run prints the same things as lines.
+    let human = run_plan(dir, &["apply", "p.yaml", "--new"], MINUTE);
+    hits.extend(hits_in(
+        "apply lines",
+        &(human.stdout.clone() + &human.stderr),
+        &needles,
+    ));
+    assert!(human.stdout.contains("<redacted>"), "{}", human.show());
+    for args in [
+        vec!["status", "p.yaml"],
+        vec!["status", "p.yaml", "--output", "json"],
+        vec!["logs", "p.yaml", "leak"],
+        vec!["runs", "p.yaml"],
+    ] {
+        let ran = run_plan(dir, &args, MINUTE);
+        assert_eq!(ran.code, Some(0), "plan {args:?}: {}", ran.show());
+        hits.extend(hits_in(
+            &args.join(" "),
+            &(ran.stdout + &ran.stderr),
+            &needles,
+        ));
+    }
+    // Everything the runs left beside the plan: state, kept logs, hosts.
+    hits.extend(hits_in_files(&dir.join(".sortie"), &needles));
+    assert!(hits.is_empty(), "secrets found:\n{}", hits.join("\n"));
+
+    let logs = run_plan(dir, &["logs", "p.yaml", "leak"], MINUTE);
+    assert!(
+        logs.stdout
+            .contains("var <redacted> output <redacted> key <redacted>"),
+        "the log is served, scrubbed: {}",
+        logs.show()
+    );
+    for state in crate::apply::state_files(dir, "leaky") {
+        let mode = std::fs::metadata(&state)
+            .expect("state")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "mode of {}", state.display());
+    }
+}
+
+#[test]
+fn test_e2e_secret_output_from_an_earlier_apply_fails_clearly() {
+    let plan = "plan: later
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  make:
+    kind: run
+    on: host
+    run: echo 'db_password=p4ssw0rd-later' >> \"$SORTIE_OUTPUT\"
+  use:
+    kind: run
+    on: host
+    needs: [make]
+    run: |
+      test -f \"$GO\" || exit 5
+      echo {{ steps.make.outputs.db_password }}
+";
+    let (t, _reaper) = sandbox("p.yaml", plan);
+    let dir = t.dir.path();
+    let go = dir.join("go");
+    let mut first = plan_cmd(dir, &["apply", "p.yaml"]);
+    first.env("GO", &go);
+    let ran = run_cmd(first, MINUTE);
+    assert_eq!(ran.code, Some(1), "{}", ran.show());
+    std::fs::write(&go, "").expect("go");
+    // The failed run is finished: continue it by name.
+    let run = crate::apply::wait_for_run(dir, "later", MINUTE);
+    let mut second = plan_cmd(dir, &["apply", "p.yaml", "--run", &run]);
+    second.env("GO", &go);
+    let ran = run_cmd(second, MINUTE);
+    assert_eq!(ran.code, Some(1), "{}", ran.show());
+    assert!(
+        ran.stdout.contains(
+            "step `use` needs the secret output `steps.make.outputs.db_password`, which an earlier apply produced"
+        ),
+        "{}",
+        ran.show()
+    );
+    // With --from the secret is made again in the same apply, and it is passed on.
+    let mut third = plan_cmd(dir, &["apply", "p.yaml", "--run", &run, "--from", "make"]);
+    third.env("GO", &go);
+    let ran = run_cmd(third, MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    let logs = run_plan(dir, &["logs", "p.yaml", "use"], MINUTE);
+    assert_eq!(logs.stdout, "<redacted>\n", "{}", logs.show());
+}
