@@ -282,15 +282,18 @@ fn dispatch(command: Command) -> Result<i32> {
         } => {
             let compiled = plan.compile()?;
             let sel = RunSelector::named(run);
+            // Clearing the screen is for a terminal only; a pipe gets one table after another.
+            let clear = watch && std::io::IsTerminal::is_terminal(&std::io::stdout());
             loop {
-                let text = block_on(session::status(&compiled.plan, &sel, output))?;
-                if watch {
+                let (text, finished) = block_on(session::status_of(&compiled.plan, &sel, output))?;
+                if clear {
                     write(&mut out, "\x1b[2J\x1b[H")?;
                 }
                 write(&mut out, &text)?;
                 out.flush()
                     .map_err(|e| Error::io("cannot write to stdout", e))?;
-                if !watch {
+                // A finished run will not change: the watch ends with it.
+                if !watch || finished {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_secs(2));

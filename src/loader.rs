@@ -11,6 +11,18 @@ pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Reads a UTF-8 text file of bounded size.
 pub fn read_text(path: &Path, what: &str) -> Result<String, Diagnostic> {
     let fail = |message: String| Diagnostic::new(path, Location::File, message);
+    // Opening a FIFO for reading waits for a writer, forever if none comes: only regular files are plans.
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read {what}: {e}")))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a directory"
+        } else if std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()) {
+            "a FIFO"
+        } else {
+            "not a regular file"
+        };
+        return Err(fail(format!("cannot read {what}: it is {kind}")));
+    }
     let file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read {what}: {e}")))?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)

@@ -213,8 +213,24 @@ pub async fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Resu
 }
 
 pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
+    status_of(plan, sel, output).await.map(|(text, _)| text)
+}
+
+/// The status text, and whether the run is finished (`status --watch` stops then).
+pub async fn status_of(
+    plan: &Plan,
+    sel: &RunSelector,
+    output: OutputFormat,
+) -> Result<(String, bool)> {
     let store = store(plan).await?;
     let run = require(&store, plan, sel).await?;
+    let finished = run.status.is_finished();
+    status_text(plan, run, output)
+        .await
+        .map(|text| (text, finished))
+}
+
+async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result<String> {
     if output == OutputFormat::Json {
         return serde_json::to_string_pretty(&run)
             .map(|s| crate::scrub::text(&s) + "\n")
@@ -312,8 +328,16 @@ pub async fn runs(plan: &Plan) -> Result<String> {
         .map(String::from)
         .to_vec()];
     for id in store.runs().await? {
-        let Some(run) = store.load(&id).await? else {
-            continue;
+        // One unreadable state document must not hide the other runs: list it as corrupt.
+        let run = match store.load(&id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => continue,
+            Err(e @ Error::CorruptState { .. }) => {
+                tracing::warn!("{}", e.to_string().trim_start_matches("error: "));
+                rows.push(vec![id, "corrupt".into(), String::new(), String::new()]);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let duration = fmt_secs(run.finished_at.unwrap_or_else(state::now) - run.started_at);
         rows.push(vec![

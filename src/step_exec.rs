@@ -339,10 +339,18 @@ impl Job {
             });
         }
         match status.state.as_str() {
-            "succeeded" => Ok(Outcome::Succeeded {
-                outputs: host.outputs(&id),
-                resources: Vec::new(),
-            }),
+            "succeeded" => {
+                let (outputs, problems) = host.outputs(&id);
+                for message in problems {
+                    let _ = self.tx.send(Msg::Event(crate::event::Event::Notice {
+                        message: format!("  warning  {id}: {message}"),
+                    }));
+                }
+                Ok(Outcome::Succeeded {
+                    outputs,
+                    resources: Vec::new(),
+                })
+            }
             "timed_out" => Ok(Outcome::Failed {
                 error: format!(
                     "timed out after {}",

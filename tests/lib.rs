@@ -12,6 +12,7 @@ mod graph;
 mod invalid_plans;
 mod properties;
 mod reentry;
+mod robustness;
 mod s3_apply;
 mod schema;
 mod secrets;

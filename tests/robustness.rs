@@ -1,0 +1,280 @@
+//! Robustness items found by probing the binary (issue 7, item 5): each test is named after its case.
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::apply::{
+    events, plan_cmd, run_cmd, run_plan, sandbox, state_files, status_json, wait_for_run, Guarded,
+};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+const ONE_STEP: &str = "plan: one
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  work: { kind: run, on: host, run: echo working }
+  teardown: { kind: teardown, when: always }
+";
+
+#[test]
+fn test_e2e_non_utf8_environment_variable_does_not_panic() {
+    let (t, _reaper) = sandbox("p.yaml", ONE_STEP);
+    let dir = t.dir.path();
+    for args in [vec!["validate", "p.yaml"], vec!["apply", "p.yaml"]] {
+        let mut cmd = plan_cmd(dir, &args);
+        cmd.env("UNRELATED_LATIN1", std::ffi::OsStr::from_bytes(b"caf\xe9"));
+        let ran = run_cmd(cmd, MINUTE);
+        assert_eq!(ran.code, Some(0), "plan {args:?}: {}", ran.show());
+        assert!(!ran.stderr.contains("panicked"), "{}", ran.show());
+    }
+}
+
+#[test]
+fn test_e2e_non_utf8_output_line_is_reported_and_the_others_kept() {
+    let plan = "plan: outs
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  make:
+    kind: run
+    on: host
+    run: printf 'first=1\\nbad=\\377\\nlast=3\\n' >> \"$SORTIE_OUTPUT\"
+";
+    let (t, _reaper) = sandbox("p.yaml", plan);
+    let dir = t.dir.path();
+    let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    assert!(
+        ran.stdout
+            .contains("warning  make: line 2 of $SORTIE_OUTPUT is not UTF-8 and was skipped"),
+        "{}",
+        ran.show()
+    );
+    let status = status_json(dir, "p.yaml", None);
+    let outputs = &status["steps"]["make"]["outputs"];
+    assert_eq!(outputs["first"], "1", "{status:#}");
+    assert_eq!(outputs["last"], "3", "{status:#}");
+    assert!(outputs.get("bad").is_none(), "{status:#}");
+}
+
+#[test]
+fn test_e2e_retry_line_names_the_attempt_that_failed() {
+    let plan = "plan: retry
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  flaky:
+    kind: run
+    on: host
+    retries: 1
+    backoff: 10ms
+    run: exit 1
+";
+    let (t, _reaper) = sandbox("p.yaml", plan);
+    let ran = run_plan(t.dir.path(), &["apply", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(1), "{}", ran.show());
+    assert!(
+        ran.stdout
+            .contains("  retry    flaky: attempt 1 failed (exit code 1); attempt 2 in "),
+        "{}",
+        ran.show()
+    );
+}
+
+#[test]
+fn test_e2e_status_watch_exits_on_a_finished_run_without_control_codes() {
+    let (t, _reaper) = sandbox("p.yaml", ONE_STEP);
+    let dir = t.dir.path();
+    let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    // Bounded: the old watch never returned and is killed by the harness after 20 s.
+    let ran = run_plan(
+        dir,
+        &["status", "p.yaml", "--watch"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    assert!(
+        !ran.stdout.contains('\x1b'),
+        "control codes in a pipe: {:?}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("work"), "{}", ran.show());
+}
+
+#[test]
+fn test_e2e_validate_on_a_fifo_does_not_block() {
+    let (t, _reaper) = sandbox("p.yaml", ONE_STEP);
+    let dir = t.dir.path();
+    nix::unistd::mkfifo(&dir.join("fifo.yaml"), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let ran = run_plan(dir, &["validate", "fifo.yaml"], Duration::from_secs(10));
+    assert_eq!(ran.code, Some(2), "{}", ran.show());
+    assert!(
+        ran.stderr.contains("cannot read plan file: it is a FIFO")
+            && ran.stderr.contains("fifo.yaml"),
+        "{}",
+        ran.show()
+    );
+}
+
+#[test]
+fn test_e2e_one_corrupt_state_file_does_not_break_runs() {
+    let (t, _reaper) = sandbox("p.yaml", ONE_STEP);
+    let dir = t.dir.path();
+    for _ in 0..2 {
+        let ran = run_plan(dir, &["apply", "p.yaml", "--new"], MINUTE);
+        assert_eq!(ran.code, Some(0), "{}", ran.show());
+    }
+    let files = state_files(dir, "one");
+    assert_eq!(files.len(), 2);
+    std::fs::write(&files[0], "{ not json").expect("corrupt");
+    let ran = run_plan(dir, &["runs", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    let lines: Vec<&str> = ran.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", ran.show());
+    assert!(lines[1].contains("corrupt"), "{}", ran.show());
+    assert!(lines[2].contains("succeeded"), "{}", ran.show());
+    let corrupt_run = files[0]
+        .parent()
+        .and_then(|p| p.file_name())
+        .expect("run dir");
+    let named = format!("{}/state.json is unreadable", corrupt_run.to_string_lossy());
+    assert!(ran.stderr.contains(&named), "{}", ran.show());
+}
+
+#[test]
+fn test_e2e_logs_still_served_after_teardown() {
+    let (t, _reaper) = sandbox("p.yaml", ONE_STEP);
+    let dir = t.dir.path();
+    let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    assert!(!dir
+        .join(".sortie/hosts")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some()));
+    let logs = run_plan(dir, &["logs", "p.yaml", "work"], MINUTE);
+    assert_eq!(
+        (logs.code, logs.stdout.as_str()),
+        (Some(0), "working\n"),
+        "{}",
+        logs.show()
+    );
+}
+
+#[test]
+fn test_e2e_logs_are_streamed_not_read_whole() {
+    let plan = "plan: big
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  work: { kind: run, on: host, run: echo small }
+";
+    let (t, _reaper) = sandbox("p.yaml", plan);
+    let dir = t.dir.path();
+    let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    // Make the kept log 64 MiB, then hold `plan logs` on a full pipe and read its peak memory.
+    let run = wait_for_run(dir, "big", MINUTE);
+    let kept = dir
+        .join(".sortie/state/big")
+        .join(&run)
+        .join("logs/work.1.log");
+    let line = "x".repeat(1023) + "\n";
+    let live = dir
+        .join(".sortie/hosts")
+        .join(format!("{run}-host"))
+        .join(".sortie/steps/work/output.log");
+    for path in [&kept, &live] {
+        std::fs::write(path, line.repeat(64 * 1024)).expect("big log");
+    }
+    let mut cmd = plan_cmd(dir, &["logs", "p.yaml", "work"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = Guarded::spawn(cmd);
+    std::thread::sleep(Duration::from_secs(2));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).expect("proc");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM");
+    let mut out = child.child.stdout.take().expect("stdout");
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = out.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(child.wait_for(MINUTE).success());
+    assert_eq!(total, 64 * 1024 * 1024);
+    assert!(
+        peak_kib < 32 * 1024,
+        "plan logs peaked at {peak_kib} KiB for a 64 MiB log"
+    );
+}
+
+#[test]
+fn test_e2e_logs_follow_across_a_retry_shows_the_new_attempt_from_its_start() {
+    let plan = "plan: follow
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  flaky:
+    kind: run
+    on: host
+    retries: 1
+    backoff: 10ms
+    run: |
+      if [ ! -f \"$MARK\" ]; then
+        echo attempt-one; touch \"$MARK\"; sleep 1; exit 1
+      fi
+      echo attempt-two-first-line
+      i=0; while [ $i -lt 50 ]; do echo \"attempt-two-line-$i\"; i=$((i + 1)); done
+      sleep 1
+      echo attempt-two-done
+";
+    let (t, _reaper) = sandbox("p.yaml", plan);
+    let dir = t.dir.path();
+    let mark = dir.join("mark");
+    let mut apply = plan_cmd(dir, &["apply", "p.yaml", "--output", "json"]);
+    apply
+        .env("MARK", &mark)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut apply = Guarded::spawn(apply);
+    let deadline = Instant::now() + MINUTE;
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "attempt 1 never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let logs = run_plan(dir, &["logs", "p.yaml", "flaky", "-f"], MINUTE);
+    assert_eq!(logs.code, Some(0), "{}", logs.show());
+    assert!(apply.wait_for(MINUTE).success());
+    let mut out = String::new();
+    let _ = apply
+        .child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out);
+    assert!(
+        events(&out).iter().any(|e| e["event"] == "step_retry"),
+        "{out}"
+    );
+    for want in [
+        "attempt-one\n",
+        "attempt-two-first-line\n",
+        "attempt-two-line-0\n",
+        "attempt-two-done\n",
+    ] {
+        assert!(
+            logs.stdout.contains(want),
+            "missing {want:?} in\n{}",
+            logs.show()
+        );
+    }
+}
