@@ -76,15 +76,18 @@ impl DirStore {
     /// Takes the run's lock without waiting; a held lock names its holder.
     pub fn lock(&self, run: &str, plan_file: &Path) -> Result<DirLock> {
         let dir = self.run_dir(run);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let unwritable = |e| Error::StateUnwritable {
+            path: dir.clone(),
+            source: e,
+        };
+        fs::create_dir_all(&dir).map_err(unwritable)?;
         let path = dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            .map_err(unwritable)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
                 let holder = serde_json::json!({
@@ -92,7 +95,8 @@ impl DirStore {
                     "host": hostname(),
                     "since": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                 });
-                write_atomic(&dir.join("lock.json"), holder.to_string().as_bytes())?;
+                write_atomic(&dir.join("lock.json"), holder.to_string().as_bytes())
+                    .map_err(Error::in_state_dir(&dir))?;
                 Ok(DirLock { _lock: lock })
             }
             Err((_, _)) => {
@@ -129,14 +133,16 @@ impl DirStore {
             }
         }
         let dir = self.run_dir(&state.run_id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::StateUnwritable {
+            path: dir.clone(),
+            source: e,
+        })?;
         state.serial += 1;
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::Runtime(format!("cannot encode state: {e}")))?;
         if let Err(e) = write_atomic(&path, &bytes) {
             state.serial -= 1;
-            return Err(e);
+            return Err(Error::in_state_dir(&dir)(e));
         }
         Ok(())
     }

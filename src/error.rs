@@ -45,6 +45,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory cannot be written (read-only, full, not a directory): nothing half-written is left.
+    #[error("error: cannot write the state directory at {}: {source}\n  = help: free space or fix the path (the plan's `state:`), then run `plan apply` again to continue", path.display())]
+    StateUnwritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Something a step's provider or executor reported.
     #[error("error: {0}")]
     Runtime(String),
@@ -53,9 +60,23 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Invalid(_) | Error::Usage(_) | Error::CorruptState { .. } => exit::INVALID,
+            Error::Invalid(_)
+            | Error::Usage(_)
+            | Error::CorruptState { .. }
+            | Error::StateUnwritable { .. } => exit::INVALID,
             Error::Locked { .. } => exit::LOCKED,
             Error::Conflict { .. } | Error::Io { .. } | Error::Runtime(_) => exit::FAILED,
+        }
+    }
+
+    /// An I/O error on the state directory becomes `StateUnwritable` naming `path`; others pass unchanged.
+    pub fn in_state_dir(path: &std::path::Path) -> impl Fn(Error) -> Error + '_ {
+        move |e| match e {
+            Error::Io { source, .. } => Error::StateUnwritable {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
         }
     }
 

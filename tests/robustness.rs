@@ -278,3 +278,47 @@ steps:
         );
     }
 }
+
+/// Every file under `dir` whose name ends in `.tmp`.
+fn temp_files(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            found.extend(temp_files(&path));
+        } else if path.to_string_lossy().ends_with(".tmp") {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+/// A full disk, made real with RLIMIT_FSIZE (`ulimit -f`, no root needed): a write past 512 bytes fails with
+/// EFBIG as it would with ENOSPC, and SIGXFSZ is ignored so the write returns the error.
+#[test]
+fn test_e2e_full_state_dir_is_exit_2_with_the_path_and_leaves_no_temp_files() {
+    let (t, _reaper) = sandbox("p.yaml", ONE_STEP);
+    let dir = t.dir.path();
+    let mut sh = std::process::Command::new("sh");
+    sh.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 1; exec \"$0\" apply p.yaml",
+        crate::test_builder::PLAN,
+    ])
+    .current_dir(dir)
+    .env_remove("RUST_LOG")
+    .env("NO_COLOR", "1");
+    let ran = run_cmd(sh, MINUTE);
+    assert_eq!(ran.code, Some(2), "{}", ran.show());
+    assert!(
+        ran.stderr
+            .contains("error: cannot write the state directory at ")
+            && ran.stderr.contains(".sortie/state/one/"),
+        "{}",
+        ran.show()
+    );
+    assert_eq!(temp_files(&dir.join(".sortie")), Vec::<String>::new());
+    // With room again, the same command goes on.
+    let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+}
