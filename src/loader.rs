@@ -39,10 +39,16 @@ pub fn read_text(path: &Path, what: &str) -> Result<String, Diagnostic> {
             "the {what} is binary (it contains NUL bytes), not YAML text"
         )));
     }
-    String::from_utf8(bytes).map_err(|e| {
+    let mut text = String::from_utf8(bytes).map_err(|e| {
         fail(format!(
             "the {what} is not valid UTF-8 (first bad byte at offset {})",
             e.utf8_error().valid_up_to()
         ))
-    })
+    })?;
+    // A UTF-8 byte order mark (editors on Windows) is not part of the YAML: the parsers would take it for a
+    // second document and every position would be lost.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
 }

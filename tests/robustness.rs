@@ -322,3 +322,30 @@ fn test_e2e_full_state_dir_is_exit_2_with_the_path_and_leaves_no_temp_files() {
     let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
     assert_eq!(ran.code, Some(0), "{}", ran.show());
 }
+
+const BOGUS_KEY: &str = "  = help: a `run` step takes: kind, description, needs, when, timeout, retries, backoff, env, on, script, run, detach, lock, heartbeat\n";
+
+#[test]
+fn test_e2e_bom_and_tab_after_key_keep_positions() {
+    let body = "target: { provider: local }\nsteps:\n  host:\t{ kind: instance }\n  a:\n    kind:\trun\n    on: host\n    run: echo\n    bogus: 1\n";
+    let expected = format!(
+        "error: unknown key `bogus` in `steps.a`\n --> p.yaml:9:5\n  |\n9 |     bogus: 1\n  |     ^^^^^\n{BOGUS_KEY}"
+    );
+    crate::test_builder::Test::new()
+        .file("p.yaml", format!("\u{feff}plan: bom\n{body}"))
+        .args(["validate", "p.yaml"])
+        .status(2)
+        .stderr(&expected)
+        .run();
+}
+
+#[test]
+fn test_e2e_numeric_step_id_is_reported_on_its_line() {
+    let plan = "plan: num\ntarget: { provider: local }\nsteps:\n  host: { kind: instance }\n  x: { kind: run, on: host, run: echo }\n  42: { kind: run, on: host, run: echo }\n";
+    crate::test_builder::Test::new()
+        .file("p.yaml", plan)
+        .args(["validate", "p.yaml"])
+        .status(2)
+        .stderr("error: invalid value for `steps`: invalid type: integer `42`, expected a string\n --> p.yaml:6:3\n  |\n6 |   42: { kind: run, on: host, run: echo }\n  |   ^^\n")
+        .run();
+}
