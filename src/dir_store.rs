@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -99,19 +100,10 @@ impl DirStore {
                     .map_err(Error::in_state_dir(&dir))?;
                 Ok(DirLock { _lock: lock })
             }
-            Err((_, _)) => {
-                let holder = fs::read_to_string(dir.join("lock.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                    .map(|h| {
-                        format!(
-                            "pid {} on {} since {}",
-                            h["pid"],
-                            h["host"].as_str().unwrap_or("?"),
-                            h["since"].as_str().unwrap_or("?")
-                        )
-                    })
-                    .unwrap_or_else(|| "an unknown process".into());
+            Err((file, _)) => {
+                // lock.json may name a dead pid (kill -9); the probe names the process that holds the flock.
+                let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                let holder = crate::lock_probe::describe(&dir, ino);
                 Err(Error::Locked {
                     run: run.to_string(),
                     holder,

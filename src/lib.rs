@@ -15,6 +15,7 @@ pub mod event;
 pub mod gc;
 pub mod loader;
 pub mod local_host;
+pub mod lock_probe;
 pub mod plan;
 pub mod plan_file;
 pub mod reporter;

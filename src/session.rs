@@ -460,6 +460,14 @@ pub async fn unlock(plan: &Plan, sel: &RunSelector) -> Result<String> {
         Some(id) => id.clone(),
         None => require(&store, plan, sel).await?.run_id,
     };
+    // A live directory lock cannot be broken (it ends with its process): say who holds it.
+    if let Some(holder) = store.live_holder(&run_id) {
+        return Err(Error::Locked {
+            run: run_id,
+            holder,
+            plan: plan.file.display().to_string(),
+        });
+    }
     Ok(if store.unlock(&run_id).await? {
         format!("run {run_id}: lock broken\n")
     } else {

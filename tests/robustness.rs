@@ -349,3 +349,70 @@ fn test_e2e_numeric_step_id_is_reported_on_its_line() {
         .stderr("error: invalid value for `steps`: invalid type: integer `42`, expected a string\n --> p.yaml:6:3\n  |\n6 |   42: { kind: run, on: host, run: echo }\n  |   ^^\n")
         .run();
 }
+
+const NAP: &str = "plan: locked
+target: { provider: local }
+steps:
+  host: { kind: instance }
+  nap: { kind: run, on: host, run: sleep 3 }
+";
+
+#[test]
+fn test_e2e_unlock_force_names_the_live_apply_that_holds_the_lock() {
+    let (t, _reaper) = sandbox("p.yaml", NAP);
+    let dir = t.dir.path();
+    let mut first = plan_cmd(dir, &["apply", "p.yaml"]);
+    first.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut first = Guarded::spawn(first);
+    let run = wait_for_run(dir, "locked", Duration::from_secs(20));
+    let ran = run_plan(dir, &["unlock", "p.yaml", "--force", "--run", &run], MINUTE);
+    assert_eq!(ran.code, Some(3), "{}", ran.show());
+    assert!(
+        ran.stderr
+            .contains(&format!("is locked by another apply: pid {}", first.pid())),
+        "{}",
+        ran.show()
+    );
+    assert!(first.wait_for(MINUTE).success());
+    let ran = run_plan(dir, &["unlock", "p.yaml", "--force", "--run", &run], MINUTE);
+    assert_eq!(ran.code, Some(0), "{}", ran.show());
+    assert!(ran.stdout.contains("no lock to break"), "{}", ran.show());
+}
+
+#[test]
+fn test_e2e_locked_message_names_the_live_holder_not_a_dead_pid() {
+    let (t, _reaper) = sandbox("p.yaml", NAP);
+    let dir = t.dir.path();
+    let mut first = plan_cmd(dir, &["apply", "p.yaml"]);
+    first.stdout(Stdio::null()).stderr(Stdio::null());
+    let mut first = Guarded::spawn(first);
+    let run = wait_for_run(dir, "locked", Duration::from_secs(20));
+    // What an earlier apply killed with -9 leaves: lock.json naming a pid that is gone.
+    let mut gone = std::process::Command::new("true").spawn().expect("true");
+    let dead = gone.id();
+    gone.wait().expect("wait");
+    let lock_json = dir
+        .join(".sortie/state/locked")
+        .join(&run)
+        .join("lock.json");
+    let host = nix::unistd::gethostname().expect("hostname");
+    std::fs::write(
+        &lock_json,
+        format!(
+            "{{\"pid\":{dead},\"host\":\"{}\",\"since\":\"2020-01-01T00:00:00Z\"}}",
+            host.to_string_lossy()
+        ),
+    )
+    .expect("lock.json");
+    let ran = run_plan(dir, &["apply", "p.yaml", "--run", &run], MINUTE);
+    assert_eq!(ran.code, Some(3), "{}", ran.show());
+    assert!(
+        ran.stderr
+            .contains(&format!("locked by another apply: pid {} on", first.pid()))
+            && !ran.stderr.contains(&format!("pid {dead} ")),
+        "dead pid {dead}, live {}:\n{}",
+        first.pid(),
+        ran.show()
+    );
+    assert!(first.wait_for(MINUTE).success());
+}
