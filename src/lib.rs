@@ -20,6 +20,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod reporter;
 pub mod runner;
+pub mod s3_scrub;
 pub mod s3_store;
 pub mod scrub;
 pub mod secret_outputs;

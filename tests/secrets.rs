@@ -184,3 +184,108 @@ steps:
     let logs = run_plan(dir, &["logs", "p.yaml", "use"], MINUTE);
     assert_eq!(logs.stdout, "<redacted>\n", "{}", logs.show());
 }
+
+/// The aws target: the same secrets, and every object the run leaves in the endpoint's S3 is grepped too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_planted_secrets_leave_no_trace_in_s3() {
+    let profile = "sortie-ssm";
+    let endpoint = crate::aws_endpoint::Endpoint::start_with(&[
+        "--seed-profile",
+        profile,
+        "--require-instance-profile",
+    ]);
+    endpoint.create_bucket("sortie-state").await;
+    let plan = format!(
+        "plan: awsleaky
+target: {{ provider: aws, region: us-east-1 }}
+state: s3://sortie-state/runs
+defaults: {{ timeout: 5m }}
+vars:
+  hf_token: {VAR_SECRET}
+steps:
+  instance:
+    kind: instance
+    instance_types: [g5.2xlarge]
+    image: ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
+    profile: {profile}
+    root_size: 20GiB
+    max_lifetime: 2h
+  make:
+    kind: run
+    run: echo 'api_token={OUTPUT_SECRET}' >> \"$SORTIE_OUTPUT\"
+  leak:
+    kind: run
+    needs: [make]
+    env: {{ AWS_ACCESS_KEY_ID: {KEY_ID} }}
+    run: |
+      echo \"var {{{{ vars.hf_token }}}} output {{{{ steps.make.outputs.api_token }}}} key $AWS_ACCESS_KEY_ID\"
+      echo \"var {{{{ vars.hf_token }}}} output {{{{ steps.make.outputs.api_token }}}} key $AWS_ACCESS_KEY_ID\" >&2
+      exit 3
+  teardown:
+    kind: teardown
+    when: always
+"
+    );
+    let t = crate::test_builder::Test::new()
+        .file("p.yaml", plan)
+        .env("SORTIE_POLL_INTERVAL", "100ms")
+        .envs(endpoint.env());
+    let needles = [VAR_SECRET, OUTPUT_SECRET, KEY_ID];
+    let apply = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    let text = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+    };
+    assert_eq!(apply.status.code(), Some(1), "{}", text(&apply));
+    let mut hits = hits_in("apply", &text(&apply), &needles);
+    for args in [
+        vec!["status", "p.yaml"],
+        vec!["status", "p.yaml", "--output", "json"],
+        vec!["logs", "p.yaml", "leak"],
+    ] {
+        let out = t.command().args(&args).output().expect("plan");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "plan {args:?}: {}\n--- apply\n{}",
+            text(&out),
+            text(&apply)
+        );
+        hits.extend(hits_in(&args.join(" "), &text(&out), &needles));
+        if args[0] == "logs" {
+            assert!(text(&out).contains("key <redacted>"), "{}", text(&out));
+        }
+    }
+    let s3 = endpoint.s3_client().await;
+    let listed = s3
+        .list_objects_v2()
+        .bucket("sortie-state")
+        .send()
+        .await
+        .expect("list");
+    let keys: Vec<String> = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect();
+    assert!(keys.iter().any(|k| k.contains("/ssm/")), "{keys:?}");
+    for key in &keys {
+        let got = s3
+            .get_object()
+            .bucket("sortie-state")
+            .key(key)
+            .send()
+            .await
+            .expect("get");
+        let bytes = got.body.collect().await.expect("body").into_bytes();
+        hits.extend(hits_in(
+            &format!("s3://sortie-state/{key}"),
+            &String::from_utf8_lossy(&bytes),
+            &needles,
+        ));
+    }
+    assert!(hits.is_empty(), "secrets found:\n{}", hits.join("\n"));
+}
