@@ -212,7 +212,9 @@ steps:
     max_lifetime: 2h
   make:
     kind: run
-    run: echo 'api_token={OUTPUT_SECRET}' >> \"$SORTIE_OUTPUT\"
+    run: |
+      echo 'api_token={OUTPUT_SECRET}' >> \"$SORTIE_OUTPUT\"
+      echo \"mode=$(stat -c %a \"$SORTIE_STEP_DIR/script\")\" >> \"$SORTIE_OUTPUT\"
   leak:
     kind: run
     needs: [make]
@@ -255,6 +257,13 @@ steps:
             text(&apply)
         );
         hits.extend(hits_in(&args.join(" "), &text(&out), &needles));
+        if args.contains(&"json") {
+            let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state");
+            assert_eq!(
+                state["steps"]["make"]["outputs"]["mode"], "600",
+                "{state:#}"
+            );
+        }
         if args[0] == "logs" {
             assert!(text(&out).contains("key <redacted>"), "{}", text(&out));
         }
