@@ -43,10 +43,10 @@ impl DirStore {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
-                return Err(Error::io(
-                    format!("cannot list runs in {}", self.root.display()),
-                    e,
-                ))
+                return Err(Error::StateDir {
+                    path: self.root.clone(),
+                    source: e,
+                })
             }
         };
         let mut runs: Vec<String> = entries
@@ -77,7 +77,7 @@ impl DirStore {
     /// Takes the run's lock without waiting; a held lock names its holder.
     pub fn lock(&self, run: &str, plan_file: &Path) -> Result<DirLock> {
         let dir = self.run_dir(run);
-        let unwritable = |e| Error::StateUnwritable {
+        let unwritable = |e| Error::StateDir {
             path: dir.clone(),
             source: e,
         };
@@ -125,7 +125,7 @@ impl DirStore {
             }
         }
         let dir = self.run_dir(&state.run_id);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::StateUnwritable {
+        std::fs::create_dir_all(&dir).map_err(|e| Error::StateDir {
             path: dir.clone(),
             source: e,
         })?;
@@ -145,7 +145,13 @@ impl DirStore {
 /// temp file rather than leave it to keep the disk full.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let fail = |e| Error::io(format!("cannot write {}", path.display()), e);
+    // tempfile's errors name its temp file, which is gone by then: keep the OS error only.
+    let fail = |e: std::io::Error| {
+        let e = e
+            .raw_os_error()
+            .map_or(e, std::io::Error::from_raw_os_error);
+        Error::io(format!("cannot write {}", path.display()), e)
+    };
     // tempfile names each temp file uniquely (concurrent writers of one file never share one) and deletes it
     // when dropped on an error path.
     let mut tmp = tempfile::Builder::new()

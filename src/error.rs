@@ -45,9 +45,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The state directory cannot be written (read-only, full, not a directory): nothing half-written is left.
-    #[error("error: cannot write the state directory at {}: {source}\n  = help: free space or fix the path (the plan's `state:`), then run `plan apply` again to continue", path.display())]
-    StateUnwritable {
+    /// The state directory cannot be used (full, read-only, not a directory): nothing half-written is left.
+    #[error("error: cannot use the state directory {}: {source}\n  = help: free space or fix the path (the plan's `state:`), then run `plan apply` again to continue", path.display())]
+    StateDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -63,16 +63,16 @@ impl Error {
             Error::Invalid(_)
             | Error::Usage(_)
             | Error::CorruptState { .. }
-            | Error::StateUnwritable { .. } => exit::INVALID,
+            | Error::StateDir { .. } => exit::INVALID,
             Error::Locked { .. } => exit::LOCKED,
             Error::Conflict { .. } | Error::Io { .. } | Error::Runtime(_) => exit::FAILED,
         }
     }
 
-    /// An I/O error on the state directory becomes `StateUnwritable` naming `path`; others pass unchanged.
+    /// An I/O error on the state directory becomes `StateDir` naming `path`; others pass unchanged.
     pub fn in_state_dir(path: &std::path::Path) -> impl Fn(Error) -> Error + '_ {
         move |e| match e {
-            Error::Io { source, .. } => Error::StateUnwritable {
+            Error::Io { source, .. } => Error::StateDir {
                 path: path.to_path_buf(),
                 source,
             },

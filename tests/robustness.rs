@@ -312,7 +312,7 @@ fn test_e2e_full_state_dir_is_exit_2_with_the_path_and_leaves_no_temp_files() {
     assert_eq!(ran.code, Some(2), "{}", ran.show());
     assert!(
         ran.stderr
-            .contains("error: cannot write the state directory at ")
+            .contains("error: cannot use the state directory ")
             && ran.stderr.contains(".sortie/state/one/"),
         "{}",
         ran.show()
@@ -415,4 +415,23 @@ fn test_e2e_locked_message_names_the_live_holder_not_a_dead_pid() {
         ran.show()
     );
     assert!(first.wait_for(MINUTE).success());
+}
+
+#[test]
+fn test_e2e_unusable_state_dir_is_exit_2_with_the_path() {
+    let plan = ONE_STEP.replace("plan: one\n", "plan: one\nstate: blocker/state\n");
+    let (t, _reaper) = sandbox("p.yaml", &plan);
+    let dir = t.dir.path();
+    std::fs::write(dir.join("blocker"), "a file, not a directory").expect("blocker");
+    for args in [vec!["apply", "p.yaml"], vec!["runs", "p.yaml"]] {
+        let ran = run_plan(dir, &args, MINUTE);
+        assert_eq!(ran.code, Some(2), "plan {args:?}: {}", ran.show());
+        assert!(
+            ran.stderr
+                .contains("error: cannot use the state directory ")
+                && ran.stderr.contains("blocker/state/one: Not a directory"),
+            "{}",
+            ran.show()
+        );
+    }
 }
