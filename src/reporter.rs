@@ -71,9 +71,13 @@ impl Reporter {
 
     pub fn emit(&self, event: &Event) {
         // Events leave the process (terminal, CI logs): scrub every known secret value from them.
-        let mut event = crate::scrub::current()
-            .value(event)
-            .unwrap_or_else(|| event.clone());
+        let scrubber = crate::scrub::current();
+        let mut event = scrubber.value(event).unwrap_or_else(|| Event::Notice {
+            // Never the unscrubbed event: its JSON text, scrubbed, is still worth showing.
+            message: scrubber
+                .text(&serde_json::to_string(event).unwrap_or_default())
+                .into_owned(),
+        });
         if let Event::StepOutput { key, value, .. } = &mut event {
             if is_secret_name(key) {
                 *value = "<redacted>".into();

@@ -198,6 +198,50 @@ mod tests {
     }
 
     #[test]
+    fn every_event_survives_scrubbing() {
+        use crate::event::Event;
+        let s = Scrubber::default();
+        let step = || "a".to_string();
+        let events = [
+            Event::RunStarted {
+                run: step(),
+                plan: step(),
+                steps: 1,
+                resumed: false,
+            },
+            Event::StepFailover {
+                step: step(),
+                instance_type: step(),
+                availability_zone: None,
+                market: step(),
+                code: step(),
+                message: step(),
+            },
+            Event::StepRetry {
+                step: step(),
+                attempt: 2,
+                delay_secs: 0.5,
+                error: step(),
+            },
+            Event::StepFinished {
+                step: step(),
+                status: step(),
+                attempt: 1,
+                duration_secs: 1.0,
+                error: None,
+            },
+            Event::RunFinished {
+                run: step(),
+                status: step(),
+                exit_code: 1,
+            },
+        ];
+        for e in &events {
+            assert!(s.value(e).is_some(), "{e:?}");
+        }
+    }
+
+    #[test]
     fn a_key_block_is_scrubbed_across_lines() {
         let mut l = LineScrubber {
             scrubber: Scrubber::default(),

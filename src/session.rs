@@ -390,7 +390,7 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
             run.run_id
         ))
     })?;
-    if !follow {
+    if !follow || run.step(step).status.is_final() {
         return Err(Error::Usage(format!(
             "the log of step `{step}` of run {} is gone ({} does not exist)",
             run.run_id,
