@@ -326,6 +326,7 @@ impl Job {
                 // Longer than one SSM command may last: keep waiting with another.
                 continue;
             }
+            self.scrub_s3(&host, &command, &outputs).await;
             return Ok(outcome_of(&status, outputs, &inv, self.step.timeout));
         }
     }
@@ -346,6 +347,26 @@ impl Job {
         })
         .await
         .map_err(|e| Error::Runtime(format!("packing files: {e}")))?
+    }
+
+    /// What the step printed is in S3 (the wait command's output, the heartbeat), written by SSM and the host:
+    /// rewrite it scrubbed, and delete a staged script (it holds the rendered secrets).
+    async fn scrub_s3(&self, host: &SsmHost, command: &str, outputs: &IndexMap<String, String>) {
+        for (k, v) in outputs {
+            if crate::state::is_secret_name(k) {
+                crate::scrub::add_secret(v);
+            }
+        }
+        let Some(out) = &host.output else {
+            return;
+        };
+        let prefix = out.prefix.trim_end_matches('/');
+        crate::s3_scrub::scrub_prefix(&host.s3, &out.bucket, &format!("{prefix}/{command}/")).await;
+        if let Some((bucket, key)) = self.heartbeat_object() {
+            crate::s3_scrub::scrub_object(&host.s3, &bucket, &key).await;
+        }
+        let script = format!("{prefix}/scripts/{}.{}", self.step.id, self.attempt);
+        crate::s3_scrub::delete(&host.s3, &out.bucket, &script).await;
     }
 
     /// What a stall check needs on AWS: the heartbeat's S3 location (state must be in S3) and how often to look.

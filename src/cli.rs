@@ -164,6 +164,8 @@ impl PlanArgs {
         let overrides = Overrides::from_process(self.var_files.clone(), self.vars.clone());
         let compiled = compiler::compile(&self.file, &overrides).map_err(Error::Invalid)?;
         eprint!("{}", compiled.render_warnings());
+        // Every command that shows or stores a string scrubs these values from it.
+        crate::scrub::add_secret_vars(&compiled.plan.vars);
         Ok(compiled)
     }
 }
@@ -281,15 +283,18 @@ fn dispatch(command: Command) -> Result<i32> {
         } => {
             let compiled = plan.compile()?;
             let sel = RunSelector::named(run);
+            // Clearing the screen is for a terminal only; a pipe gets one table after another.
+            let clear = watch && std::io::IsTerminal::is_terminal(&std::io::stdout());
             loop {
-                let text = block_on(session::status(&compiled.plan, &sel, output))?;
-                if watch {
+                let (text, finished) = block_on(session::status_of(&compiled.plan, &sel, output))?;
+                if clear {
                     write(&mut out, "\x1b[2J\x1b[H")?;
                 }
                 write(&mut out, &text)?;
                 out.flush()
                     .map_err(|e| Error::io("cannot write to stdout", e))?;
-                if !watch {
+                // A finished run will not change: the watch ends with it.
+                if !watch || finished {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_secs(2));

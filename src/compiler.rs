@@ -341,10 +341,11 @@ impl Compiler {
                     };
                     self.error(location, format!("{inner} in {shown}"));
                 } else {
-                    self.error(
-                        self.at(&full),
-                        format!("invalid value for {shown}: {inner}"),
-                    );
+                    // A key that is not a string (`42:` as a step id) is reported on its own line, not the map's.
+                    let location = literal_in(&inner)
+                        .and_then(|lit| self.spans.key(&yaml::join_key(&full, lit)))
+                        .map_or_else(|| self.at(&full), Location::Span);
+                    self.error(location, format!("invalid value for {shown}: {inner}"));
                 }
                 None
             }
@@ -1515,4 +1516,12 @@ fn span_in(source: &str, line: usize, range: Option<std::ops::Range<usize>>) -> 
             len: text.chars().count().max(1),
         },
     }
+}
+
+/// The literal serde quotes in "invalid type: integer `42`, expected ...": the offending key or value.
+fn literal_in(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("invalid type: ")?;
+    let start = rest.find('`')? + 1;
+    let len = rest[start..].find('`')?;
+    Some(&rest[start..start + len])
 }

@@ -3,6 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -46,10 +47,10 @@ impl DirStore {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
-                return Err(Error::io(
-                    format!("cannot list runs in {}", self.root.display()),
-                    e,
-                ))
+                return Err(Error::StateDir {
+                    path: self.root.clone(),
+                    source: e,
+                })
             }
         };
         let mut runs: Vec<String> = entries
@@ -81,39 +82,51 @@ impl DirStore {
     /// Takes the run's lock without waiting; a held lock names its holder.
     pub fn lock(&self, run: &str, plan_file: &Path) -> Result<DirLock> {
         let dir = self.run_dir(run);
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let unwritable = |e| Error::StateDir {
+            path: dir.clone(),
+            source: e,
+        };
+        fs::create_dir_all(&dir).map_err(unwritable)?;
         let path = dir.join("lock");
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+            .map_err(unwritable)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
-                write_atomic(&dir.join("lock.json"), holder_json().as_bytes())?;
+                write_atomic(&dir.join("lock.json"), holder_json().as_bytes())
+                    .map_err(Error::in_state_dir(&dir))?;
                 Ok(DirLock { _lock: lock })
             }
-            Err((_, _)) => Err(Error::Locked {
-                run: run.to_string(),
-                holder: describe_holder(&dir.join("lock.json")),
-                plan: plan_file.display().to_string(),
-            }),
+            Err((file, _)) => {
+                // lock.json may name a dead pid (kill -9); the probe names the process that holds the flock.
+                let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                let holder = crate::lock_probe::describe(&dir, ino);
+                Err(Error::Locked {
+                    run: run.to_string(),
+                    holder,
+                    plan: plan_file.display().to_string(),
+                })
+            }
         }
     }
 
     /// Takes the plan's lock without waiting: a flock on the plan's state directory, held while an apply picks
     /// or creates its run so that concurrent applies cannot each start one. A held lock names its holder.
     pub fn lock_plan(&self, plan_file: &Path) -> Result<DirLock> {
-        fs::create_dir_all(&self.root)
-            .map_err(|e| Error::io(format!("cannot create {}", self.root.display()), e))?;
-        let file = File::open(&self.root)
-            .map_err(|e| Error::io(format!("cannot open {}", self.root.display()), e))?;
+        let unusable = |e| Error::StateDir {
+            path: self.root.clone(),
+            source: e,
+        };
+        fs::create_dir_all(&self.root).map_err(unusable)?;
+        let file = File::open(&self.root).map_err(unusable)?;
         let holder_path = self.root.join(PLAN_LOCK_HOLDER);
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => {
-                write_atomic(&holder_path, holder_json().as_bytes())?;
+                write_atomic(&holder_path, holder_json().as_bytes())
+                    .map_err(Error::in_state_dir(&self.root))?;
                 Ok(DirLock { _lock: lock })
             }
             Err(_) => Err(Error::PlanLocked {
@@ -136,37 +149,43 @@ impl DirStore {
             }
         }
         let dir = self.run_dir(&state.run_id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::StateDir {
+            path: dir.clone(),
+            source: e,
+        })?;
         state.serial += 1;
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::Runtime(format!("cannot encode state: {e}")))?;
         if let Err(e) = write_atomic(&path, &bytes) {
             state.serial -= 1;
-            return Err(e);
+            return Err(Error::in_state_dir(&dir)(e));
         }
         Ok(())
     }
 }
 
 /// temp file in the same directory, fsync, rename, fsync the directory: a crash leaves old or new, never half.
+/// The file is 0600 (state and rendered scripts may hold secrets), and a failed write (a full disk) removes its
+/// temp file rather than leave it to keep the disk full.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    // Unique per call: concurrent writers of the same file in one process must not share a temp file.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let fail = |e| Error::io(format!("cannot write {}", path.display()), e);
-    {
-        let mut f = File::create(&tmp).map_err(fail)?;
-        f.write_all(bytes).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-    }
-    fs::rename(&tmp, path).map_err(fail)?;
+    // tempfile's errors name its temp file, which is gone by then: keep the OS error only.
+    let fail = |e: std::io::Error| {
+        let e = e
+            .raw_os_error()
+            .map_or(e, std::io::Error::from_raw_os_error);
+        Error::io(format!("cannot write {}", path.display()), e)
+    };
+    // tempfile names each temp file uniquely (concurrent writers of one file never share one) and deletes it
+    // when dropped on an error path.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".sortie-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(fail)?;
+    tmp.write_all(bytes).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -52,6 +52,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The state directory cannot be used (full, read-only, not a directory): nothing half-written is left.
+    #[error("error: cannot use the state directory {}: {source}\n  = help: free space or fix the path (the plan's `state:`), then run `plan apply` again to continue", path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Something a step's provider or executor reported.
     #[error("error: {0}")]
     Runtime(String),
@@ -60,9 +67,23 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Invalid(_) | Error::Usage(_) | Error::CorruptState { .. } => exit::INVALID,
+            Error::Invalid(_)
+            | Error::Usage(_)
+            | Error::CorruptState { .. }
+            | Error::StateDir { .. } => exit::INVALID,
             Error::Locked { .. } | Error::PlanLocked { .. } => exit::LOCKED,
             Error::Conflict { .. } | Error::Io { .. } | Error::Runtime(_) => exit::FAILED,
+        }
+    }
+
+    /// An I/O error on the state directory becomes `StateDir` naming `path`; others pass unchanged.
+    pub fn in_state_dir(path: &std::path::Path) -> impl Fn(Error) -> Error + '_ {
+        move |e| match e {
+            Error::Io { source, .. } => Error::StateDir {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
         }
     }
 

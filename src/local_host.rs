@@ -225,15 +225,28 @@ impl LocalHost {
         })
     }
 
-    /// The `key=value` lines the step wrote to `$SORTIE_OUTPUT`.
-    pub fn outputs(&self, step: &str) -> IndexMap<String, String> {
-        let text =
-            std::fs::read_to_string(self.status_dir(step).join("outputs")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-            .filter(|(k, _)| !k.is_empty())
-            .collect()
+    /// The `key=value` lines the step wrote to `$SORTIE_OUTPUT`, and a problem per line that is not UTF-8
+    /// (decoded per line: one bad byte must not lose the other outputs).
+    pub fn outputs(&self, step: &str) -> (IndexMap<String, String>, Vec<String>) {
+        let bytes = std::fs::read(self.status_dir(step).join("outputs")).unwrap_or_default();
+        let mut outputs = IndexMap::new();
+        let mut problems = Vec::new();
+        for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+            let Ok(line) = std::str::from_utf8(line) else {
+                problems.push(format!(
+                    "line {} of $SORTIE_OUTPUT is not UTF-8 and was skipped: {}",
+                    n + 1,
+                    String::from_utf8_lossy(line)
+                ));
+                continue;
+            };
+            if let Some((k, v)) = line.split_once('=') {
+                if !k.trim().is_empty() {
+                    outputs.insert(k.trim().to_string(), v.to_string());
+                }
+            }
+        }
+        (outputs, problems)
     }
 
     /// Cancels every step still running in the sandbox, then deletes it.

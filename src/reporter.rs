@@ -70,7 +70,14 @@ impl Reporter {
     }
 
     pub fn emit(&self, event: &Event) {
-        let mut event = event.clone();
+        // Events leave the process (terminal, CI logs): scrub every known secret value from them.
+        let scrubber = crate::scrub::current();
+        let mut event = scrubber.value(event).unwrap_or_else(|| Event::Notice {
+            // Never the unscrubbed event: its JSON text, scrubbed, is still worth showing.
+            message: scrubber
+                .text(&serde_json::to_string(event).unwrap_or_default())
+                .into_owned(),
+        });
         if let Event::StepOutput { key, value, .. } = &mut event {
             if is_secret_name(key) {
                 *value = "<redacted>".into();
@@ -120,7 +127,11 @@ fn human(event: &Event) -> String {
             delay_secs,
             error,
         } => {
-            format!("  retry    {step}: attempt {attempt} failed ({error}); retrying in {delay_secs:.1}s")
+            // `attempt` is the one about to start; the one that failed is the one before it.
+            format!(
+                "  retry    {step}: attempt {} failed ({error}); attempt {attempt} in {delay_secs:.1}s",
+                attempt.saturating_sub(1)
+            )
         }
         Event::StepProgress { step, progress } => format!("  progress {step}: {progress}"),
         Event::StepFailover {

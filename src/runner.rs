@@ -98,6 +98,9 @@ struct Walker<'a> {
     cancel_first: Vec<bool>,
     left_running: bool,
     stopping: u8,
+    /// Real values of secret-named outputs produced in this apply (state keeps only `<redacted>`): later steps of
+    /// the same apply render with them.
+    secret_outputs: IndexMap<String, IndexMap<String, String>>,
 }
 
 pub async fn walk(
@@ -141,6 +144,7 @@ pub async fn walk(
         cancel_first,
         left_running: false,
         stopping: 0,
+        secret_outputs: IndexMap::new(),
     };
     w.run().await
 }
@@ -337,7 +341,13 @@ impl Walker<'_> {
                 .steps
                 .iter()
                 .filter(|(_, s)| s.status == StepStatus::Succeeded)
-                .map(|(k, s)| (k.clone(), s.outputs.clone()))
+                .map(|(k, s)| {
+                    let mut outputs = s.outputs.clone();
+                    if let Some(real) = self.secret_outputs.get(k) {
+                        outputs.extend(real.clone());
+                    }
+                    (k.clone(), outputs)
+                })
                 .collect();
             let resources = self
                 .state
@@ -432,7 +442,12 @@ impl Walker<'_> {
                     .into_iter()
                     .map(|(k, v)| {
                         let v = if state::is_secret_name(&k) {
-                            "<redacted>".to_string()
+                            crate::scrub::add_secret(&v);
+                            self.secret_outputs
+                                .entry(step.id.clone())
+                                .or_default()
+                                .insert(k.clone(), v);
+                            crate::scrub::REDACTED.to_string()
                         } else {
                             v
                         };

@@ -336,11 +336,27 @@ pub async fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Resu
 }
 
 pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
+    status_of(plan, sel, output).await.map(|(text, _)| text)
+}
+
+/// The status text, and whether the run is finished (`status --watch` stops then).
+pub async fn status_of(
+    plan: &Plan,
+    sel: &RunSelector,
+    output: OutputFormat,
+) -> Result<(String, bool)> {
     let store = store(plan).await?;
     let run = require(&store, plan, sel).await?;
+    let finished = run.status.is_finished();
+    status_text(plan, run, output)
+        .await
+        .map(|text| (text, finished))
+}
+
+async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result<String> {
     if output == OutputFormat::Json {
         return serde_json::to_string_pretty(&run)
-            .map(|s| s + "\n")
+            .map(|s| crate::scrub::text(&s) + "\n")
             .map_err(|e| Error::Runtime(e.to_string()));
     }
     let now = state::now();
@@ -404,7 +420,8 @@ pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Res
         run.status.as_str()
     );
     out.push_str(&table(&rows));
-    Ok(out)
+    // A step's error or progress line may quote a secret (state from before scrubbing, or a live heartbeat).
+    Ok(crate::scrub::text(&out))
 }
 
 /// The heartbeat JSON of a running step, if it can be read.
@@ -434,8 +451,16 @@ pub async fn runs(plan: &Plan) -> Result<String> {
         .map(String::from)
         .to_vec()];
     for id in store.runs().await? {
-        let Some(run) = store.load(&id).await? else {
-            continue;
+        // One unreadable state document must not hide the other runs: list it as corrupt.
+        let run = match store.load(&id).await {
+            Ok(Some(run)) => run,
+            Ok(None) => continue,
+            Err(e @ Error::CorruptState { .. }) => {
+                tracing::warn!("{}", e.to_string().trim_start_matches("error: "));
+                rows.push(vec![id, "corrupt".into(), String::new(), String::new()]);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let duration = fmt_secs(run.finished_at.unwrap_or_else(state::now) - run.started_at);
         rows.push(vec![
@@ -461,29 +486,50 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
     if let (Some(host), Some(command)) = (handle.get("host"), handle.get("wait_command")) {
         return aws_logs(plan, &store, run, step, host, command, follow).await;
     }
-    let dir = handle.get("status_dir").cloned().ok_or_else(|| {
+    let kept = |run: &RunState| {
+        crate::step_logs::kept_path(
+            &plan.state,
+            &plan.name,
+            &run.run_id,
+            step,
+            run.step(step).attempt,
+        )
+        .filter(|p| p.is_file())
+    };
+    let live = handle
+        .get("status_dir")
+        .map(|d| std::path::Path::new(d).join("output.log"));
+    let mut out = std::io::stdout().lock();
+    // A finished attempt is served from the copy kept beside the state (its host may be gone).
+    if run.step(step).status.is_final() || !follow {
+        if let Some(path) = kept(&run).or(live.clone().filter(|p| p.is_file())) {
+            crate::step_logs::stream(&path, &mut out)?;
+            return Ok(exit::OK);
+        }
+    }
+    let live = live.ok_or_else(|| {
         Error::Usage(format!(
             "step `{step}` of run {} has no log (it has not run on a host)",
             run.run_id
         ))
     })?;
-    let path = std::path::Path::new(&dir).join("output.log");
-    let mut offset = 0u64;
-    let mut out = std::io::stdout().lock();
+    if !follow || run.step(step).status.is_final() {
+        return Err(Error::Usage(format!(
+            "the log of step `{step}` of run {} is gone ({} does not exist)",
+            run.run_id,
+            live.display()
+        )));
+    }
+    let mut follower = crate::step_logs::Follower::new(live);
     loop {
-        if let Ok(bytes) = std::fs::read(&path) {
-            if (bytes.len() as u64) > offset {
-                let _ = out.write_all(&bytes[offset as usize..]);
-                let _ = out.flush();
-                offset = bytes.len() as u64;
-            }
-        }
-        if !follow {
-            break;
-        }
+        follower.pump(&mut out, false)?;
         run = require(&store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
         if run.step(step).status.is_final() {
-            drain(&mut offset, &path, &mut out);
+            // The open file outlives teardown; a log never opened is read from its kept copy.
+            match kept(&run).filter(|_| !follower.opened()) {
+                Some(path) => crate::step_logs::stream(&path, &mut out)?,
+                None => follower.pump(&mut out, true)?,
+            }
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -525,18 +571,8 @@ async fn aws_logs(
     };
     let log = ssm_host.fetch_log(command).await?;
     let mut out = std::io::stdout().lock();
-    let _ = out.write_all(log.as_bytes());
+    let _ = out.write_all(crate::scrub::text(&log).as_bytes());
     Ok(exit::OK)
-}
-
-/// One last read once the step is final, so the tail is not lost.
-fn drain(offset: &mut u64, path: &std::path::Path, out: &mut std::io::StdoutLock<'_>) {
-    if let Ok(bytes) = std::fs::read(path) {
-        if (bytes.len() as u64) > *offset {
-            let _ = out.write_all(&bytes[*offset as usize..]);
-            *offset = bytes.len() as u64;
-        }
-    }
 }
 
 /// Breaks a run's lock: for a holder that died without releasing it (S3). Directory locks end with their process.
@@ -560,6 +596,14 @@ pub async fn unlock(plan: &Plan, sel: &RunSelector) -> Result<String> {
         },
         None => require(&store, plan, sel).await?.run_id,
     };
+    // A live directory lock cannot be broken (it ends with its process): say who holds it.
+    if let Some(holder) = store.live_holder(&run_id) {
+        return Err(Error::Locked {
+            run: run_id,
+            holder,
+            plan: plan.file.display().to_string(),
+        });
+    }
     Ok(plan_note
         + &if store.unlock(&run_id).await? {
             format!("run {run_id}: lock broken\n")

@@ -263,12 +263,21 @@ impl SsmHost {
         let _ = writeln!(s, "H={HOME}; mkdir -p \"$H/steps\" \"$H/scripts\"");
         write_file(&mut s, "\"$H/wrapper.sh\"", WRAPPER.as_bytes());
         let script_path = format!("\"$H/scripts\"/{}", q(&format!("{step}.{attempt}")));
+        // The rendered script may hold secrets: 0600 (a subshell, so the step keeps the host's umask).
+        s.push_str(
+            "(umask 077
+",
+        );
         match script_url {
             Some(url) => {
                 let _ = writeln!(s, "curl -fsS -o {script_path} {}", q(url));
             }
             None => write_file(&mut s, &script_path, script.as_bytes()),
         }
+        s.push_str(
+            ")
+",
+        );
         if let Some(files) = files {
             files.script(&mut s, step, attempt);
         }

@@ -108,11 +108,25 @@ impl Store {
         }
     }
 
+    /// Who holds a directory run lock now, if anyone (S3 locks are not probed: `unlock` breaks them).
+    pub fn live_holder(&self, run: &str) -> Option<String> {
+        match self {
+            Store::Dir(s) => crate::lock_probe::live_holder(s.state_path(run).parent()?),
+            Store::S3(_) => None,
+        }
+    }
+
     /// Writes state (serial + 1); a concurrent change is a conflict, never overwritten.
     pub async fn save(&self, state: &mut RunState) -> Result<()> {
-        match self {
-            Store::Dir(s) => s.save(state),
-            Store::S3(s) => s.save(state).await,
-        }
+        // What is stored has every known secret value scrubbed (a failing step's error may quote one).
+        let mut clean = crate::scrub::current()
+            .value(&*state)
+            .unwrap_or_else(|| state.clone());
+        let saved = match self {
+            Store::Dir(s) => s.save(&mut clean),
+            Store::S3(s) => s.save(&mut clean).await,
+        };
+        state.serial = clean.serial;
+        saved
     }
 }

@@ -336,6 +336,7 @@ impl Job {
                 }
             }
         }
+        self.keep_log(&host, &id);
         if status.progress.is_some() && status.progress != last_progress {
             let _ = self.tx.send(Msg::Progress {
                 step: self.index,
@@ -343,10 +344,18 @@ impl Job {
             });
         }
         match status.state.as_str() {
-            "succeeded" => Ok(Outcome::Succeeded {
-                outputs: host.outputs(&id),
-                resources: Vec::new(),
-            }),
+            "succeeded" => {
+                let (outputs, problems) = host.outputs(&id);
+                for message in problems {
+                    let _ = self.tx.send(Msg::Event(crate::event::Event::Notice {
+                        message: format!("  warning  {id}: {message}"),
+                    }));
+                }
+                Ok(Outcome::Succeeded {
+                    outputs,
+                    resources: Vec::new(),
+                })
+            }
             "timed_out" => Ok(Outcome::Failed {
                 error: format!(
                     "timed out after {}",
@@ -379,6 +388,22 @@ impl Job {
         }
     }
 
+    /// Copies the attempt's log beside the run's state: teardown deletes the host, and `plan logs` must still work.
+    fn keep_log(&self, host: &LocalHost, id: &str) {
+        let Some(to) = crate::step_logs::kept_path(
+            &self.state_location,
+            &self.plan_name,
+            &self.run_id,
+            id,
+            self.attempt,
+        ) else {
+            return;
+        };
+        if let Err(e) = crate::step_logs::keep(&host.log_path(id), &to) {
+            tracing::warn!("step `{id}`: the log was not kept: {e}");
+        }
+    }
+
     /// Renders the script and the environment of a run step for its host.
     fn prepare_launch(
         &self,
@@ -388,6 +413,20 @@ impl Job {
         let StepKind::Run(spec) = &self.step.kind else {
             return Err(Error::Runtime("not a run step".into()));
         };
+        let mut sources = vec![(spec.script.name.clone(), spec.script.source.clone())];
+        sources.extend(
+            self.step
+                .env
+                .iter()
+                .map(|(k, v)| (format!("env.{k}"), v.clone())),
+        );
+        if let Some((id, key)) = crate::secret_outputs::unavailable(&self.outputs, &sources) {
+            return Err(Error::Runtime(crate::secret_outputs::message(
+                &self.step.id,
+                &id,
+                &key,
+            )));
+        }
         let ctx = self.context(Some(host));
         let script = template::render_script(&spec.script.name, &spec.script.source, &ctx)
             .map_err(|e| {

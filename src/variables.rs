@@ -27,8 +27,11 @@ impl Overrides {
         Overrides {
             var_files,
             vars,
-            env: std::env::vars()
+            // vars_os: `std::env::vars` panics on any variable that is not UTF-8, even an unrelated one.
+            env: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v)))
                 .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+                .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
                 .collect(),
         }
     }

@@ -126,6 +126,15 @@ impl LazySpans {
 /// nesting, alias bombs, several documents), all without expanding anything.
 fn index(source: &str) -> (SpanIndex, Option<YamlError>) {
     let mut builder = IndexBuilder::default();
+    // yaml-rust2 refuses a tab after `key:` that YAML (and serde_yaml) allow; one space for one tab keeps every
+    // line and column, so the positions survive.
+    let spaced;
+    let source = if source.contains(":\t") {
+        spaced = tabs_after_colons(source);
+        spaced.as_str()
+    } else {
+        source
+    };
     let mut parser = Parser::new_from_str(source);
     if let Err(e) = parser.load(&mut builder, true) {
         let m = e.marker();
@@ -144,6 +153,24 @@ fn index(source: &str) -> (SpanIndex, Option<YamlError>) {
     }
     let err = builder.error.take();
     (builder.index, err)
+}
+
+/// `key:<tabs and spaces>value` with the tabs in that gap replaced by spaces (same length).
+fn tabs_after_colons(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut after_colon = false;
+    for c in source.chars() {
+        match c {
+            '\t' if after_colon => out.push(' '),
+            _ => out.push(c),
+        }
+        after_colon = match c {
+            ':' => true,
+            '\t' | ' ' => after_colon,
+            _ => false,
+        };
+    }
+    out
 }
 
 /// Parses one YAML document. serde_yaml refuses duplicate keys, deep nesting, alias bombs and several documents
