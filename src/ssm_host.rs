@@ -128,9 +128,10 @@ pub(crate) fn step_dir(step: &str) -> String {
 /// Shell lines that write `bytes` to `path` (a shell expression) without any quoting hazard.
 fn write_file(out: &mut String, path: &str, bytes: &[u8]) {
     let encoded = base64_encode(bytes);
+    // A temp name per shell ($$): two steps launched at once on one host both write wrapper.sh.
     let _ = writeln!(
         out,
-        "printf '%s' '{encoded}' | base64 -d > {path}.tmp && mv -f {path}.tmp {path}"
+        "printf '%s' '{encoded}' | base64 -d > {path}.$$.tmp && mv -f {path}.$$.tmp {path}"
     );
 }
 
