@@ -323,7 +323,7 @@ fn test_e2e_full_state_dir_is_exit_2_with_the_path_and_leaves_no_temp_files() {
     assert_eq!(ran.code, Some(0), "{}", ran.show());
 }
 
-const BOGUS_KEY: &str = "  = help: a `run` step takes: kind, description, needs, when, timeout, retries, backoff, env, on, script, run, detach, lock, heartbeat\n";
+const BOGUS_KEY: &str = "  = help: a `run` step takes: kind, description, needs, when, timeout, retries, backoff, env, on, script, run, detach, lock, heartbeat, files\n";
 
 #[test]
 fn test_e2e_bom_and_tab_after_key_keep_positions() {

@@ -40,13 +40,28 @@ def quickstart_vars(bucket: Path) -> dict:
     }
 
 
+COMMENT = re.compile(r"\{#.*?#\}\n?", re.S)
+# The one statement the templates use: `{%- set x = vars.y or run.plan_dir ~ "/suffix" %}`.
+SET = re.compile(r'\{%-?\s*set\s+(\w+)\s*=\s*vars\.(\w+)\s+or\s+run\.plan_dir\s*~\s*"([^"]*)"\s*-?%\}\n?')
+
+
 def render(text: str, ctx: dict) -> str:
+    local: dict = {}
+
+    def assign(m):
+        name, var, suffix = m.groups()
+        local[name] = ctx["vars"].get(var) or f"{ctx['run'].get('plan_dir', '')}{suffix}"
+        return ""
+
     def value(m):
-        node = ctx
-        for part in m.group(1).split("."):
+        parts = m.group(1).split(".")
+        node = local if parts[0] in local else ctx
+        for part in parts:
             node = node[part]
         return str(node)
 
+    text = SET.sub(assign, COMMENT.sub("", text))
+    assert "{%" not in text and "{#" not in text, "a template statement this stand-in does not know"
     return EXPR.sub(value, text)
 
 
