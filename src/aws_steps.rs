@@ -535,27 +535,25 @@ fn outcome_of(
     }
 }
 
-/// Destroys AWS resources, volumes before instances: unmount (best effort), detach, delete; terminate.
+/// Destroys AWS resources: unmounts volumes (best effort, so no write is lost), then terminates every instance,
+/// then deletes the volumes. Instances go first and always, whatever fails with a volume: a volume stuck in
+/// `detaching` must never keep a GPU running until its max_lifetime. A terminated instance releases its
+/// volumes, so they are deleted after. Every resource is tried; the first error is returned after all of them.
 pub async fn destroy_aws(
     target: &Target,
     resources: &[(String, Vec<Resource>)],
 ) -> Result<Vec<String>> {
-    let provider = AwsProvider::new(target, provider_poll()).await;
-    let config = crate::aws::sdk_config(target).await;
-    let mut done = Vec::new();
-    let mut ordered: Vec<&(String, Vec<Resource>)> = resources.iter().collect();
-    ordered.sort_by_key(|(_, rs)| rs.iter().any(|r| r.kind == aws_provider::KIND_INSTANCE));
-    for (step, rs) in ordered {
-        for r in rs.iter().filter(|r| !r.destroyed) {
+    // Owned lists, so nothing borrowed by a closure is held across an await (the future must be Send).
+    let mut instances: Vec<(String, String)> = Vec::new();
+    let mut volumes: Vec<(String, Resource)> = Vec::new();
+    for (step, rs) in resources {
+        for r in rs
+            .iter()
+            .filter(|r| !r.destroyed && !r.kind.ends_with("-kept"))
+        {
             match r.kind.as_str() {
-                aws_provider::KIND_VOLUME => {
-                    if let (Some(instance), Some(mount)) = (&r.host, &r.mount) {
-                        unmount(&config, instance, mount).await;
-                    }
-                    provider.delete_volume(&r.id).await?
-                }
-                aws_provider::KIND_INSTANCE => provider.terminate_instance(&r.id).await?,
-                k if k.ends_with("-kept") => {}
+                aws_provider::KIND_INSTANCE => instances.push((step.clone(), r.id.clone())),
+                aws_provider::KIND_VOLUME => volumes.push((step.clone(), r.clone())),
                 other => {
                     return Err(Error::Runtime(format!(
                         "cannot destroy a `{other}` resource on the aws target"
@@ -563,7 +561,34 @@ pub async fn destroy_aws(
                 }
             }
         }
-        done.push(step.clone());
     }
-    Ok(done)
+    let provider = AwsProvider::new(target, provider_poll()).await;
+    let config = crate::aws::sdk_config(target).await;
+    for (_, r) in &volumes {
+        if let (Some(instance), Some(mount)) = (&r.host, &r.mount) {
+            unmount(&config, instance, mount).await;
+        }
+    }
+    let mut failed: Vec<String> = Vec::new();
+    let mut first_error = None;
+    for (step, id) in &instances {
+        if let Err(e) = provider.terminate_instance(id).await {
+            failed.push(step.clone());
+            first_error.get_or_insert(e);
+        }
+    }
+    for (step, r) in &volumes {
+        if let Err(e) = provider.delete_volume(&r.id).await {
+            failed.push(step.clone());
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(resources
+            .iter()
+            .map(|(step, _)| step.clone())
+            .filter(|step| !failed.contains(step))
+            .collect()),
+    }
 }

@@ -98,6 +98,24 @@ impl S3Store {
         ))
     }
 
+    /// A 403 on a GET. S3 answers a missing key with 403 instead of 404 when the caller may not list the
+    /// bucket, and the state of a new run is such a key: name the grant that is most likely missing.
+    fn denied_get<E>(&self, key: &str, e: SdkError<E>) -> Error
+    where
+        E: std::error::Error + ProvideErrorMetadata + 'static,
+    {
+        let code = e.code().unwrap_or("AccessDenied").to_string();
+        Error::Runtime(format!(
+            "S3 denied GetObject {} ({code}, HTTP 403). If the object does not exist yet (a new run's state), \
+             S3 answers 403 instead of 404 because this identity may not list the bucket: {}\n  = help: grant \
+             s3:ListBucket on arn:aws:s3:::{} with no s3:prefix condition, and s3:GetObject on the state prefix \
+             (docs/IAM.md, statements StateList and State)",
+            self.url(key),
+            DisplayErrorContext(&e),
+            self.bucket
+        ))
+    }
+
     /// Run ids, oldest first (ids sort by creation time). Only runs with a state document count, as in the
     /// directory store: a run whose first apply died before its first write has a lock object but no state.
     pub async fn runs(&self) -> Result<Vec<String>> {
@@ -174,6 +192,9 @@ impl S3Store {
         {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                return Err(self.denied_get(key, e))
+            }
             Err(e) => return Err(self.sdk_error("GetObject", key, e)),
         };
         let etag = out.e_tag().map(str::to_string);

@@ -498,3 +498,36 @@ steps:
         String::from_utf8_lossy(&second.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_teardown_terminates_the_instance_even_when_a_volume_cannot_be_detached() {
+    // A volume stuck in `detaching` (here: DetachVolume always refused) must not keep the GPU running: the
+    // instance is terminated first, which releases the volume, and the volume is deleted after.
+    let aws = Aws::start().await;
+    aws.endpoint.add_fault(
+        r#"{"action": "ec2:DetachVolume", "times": -1,
+            "error": {"code": "UnauthorizedOperation", "message": "stuck", "status": 403}}"#,
+    );
+    let t = aws.test(&plan(false));
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = events(&out.stdout)[0]["run"]
+        .as_str()
+        .expect("run id")
+        .to_string();
+    let left = aws.left_of_run(&run).await;
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(
+        aws.endpoint.calls().get("ec2:DetachVolume").is_none(),
+        "terminating first leaves nothing to detach"
+    );
+}

@@ -5,6 +5,7 @@ mod test_builder;
 
 mod apply;
 mod aws_apply;
+mod aws_iam;
 mod aws_mistral;
 mod aws_provider;
 mod aws_reentry;

@@ -146,21 +146,63 @@ def introspect(environ: dict[str, Any]) -> RequestInfo | None:
 
 
 class CallCounter:
+    """Counts per operation, and per operation for each access key (so a test can tell the orchestrator's
+    calls from the instance's and its own)."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
+        self._counts: dict[tuple[str, str], int] = {}
 
-    def add(self, name: str) -> None:
+    def add(self, name: str, access_key: str = "") -> None:
         with self._lock:
-            self._counts[name] = self._counts.get(name, 0) + 1
+            key = (access_key, name)
+            self._counts[key] = self._counts.get(key, 0) + 1
 
-    def snapshot(self) -> dict[str, int]:
+    def snapshot(self, access_key: str | None = None) -> dict[str, int]:
+        totals: dict[str, int] = {}
         with self._lock:
-            return dict(sorted(self._counts.items()))
+            for (key, name), n in self._counts.items():
+                if access_key is None or key == access_key:
+                    totals[name] = totals.get(name, 0) + n
+        return dict(sorted(totals.items()))
 
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+
+
+class RequestLog:
+    """The distinct requests of each access key: operation plus its short parameters (values over 256
+    characters, such as scripts and user data, are left out), for tests that check what a caller touched,
+    e.g. every request sortie makes against the IAM policy it documents. Bounded per key."""
+
+    LIMIT = 5000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def add(self, info: RequestInfo, query: str) -> None:
+        params = {k: v for k, v in info.params.items() if isinstance(v, (str, int, float, bool)) and len(str(v)) <= 256}
+        if info.service == "s3" and query:
+            # REST routing gives only the path's parameters; ListObjectsV2's prefix is in the query string.
+            for k, v in parse_qs(query).items():
+                if k in ("prefix", "list-type") and v:
+                    params[k] = v[0]
+        entry = {"name": info.name, "params": dict(sorted(params.items()))}
+        ident = json.dumps(entry, sort_keys=True)
+        with self._lock:
+            seen = self._seen.setdefault(info.access_key, {})
+            if ident not in seen and len(seen) < self.LIMIT:
+                seen[ident] = entry
+
+    def snapshot(self, access_key: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._seen.get(access_key, {}).values())
+
+    def reset(self) -> None:
+        with self._lock:
+            self._seen.clear()
 
 
 # ------------------------------------------------------------------ faults

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .faults import CallCounter, FaultRegistry
+from .faults import CallCounter, FaultRegistry, RequestLog
 from .sandbox import Sandboxes
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ class Runtime:
     seed_profile: str | None = None
     faults: FaultRegistry = field(default_factory=FaultRegistry)
     calls: CallCounter = field(default_factory=CallCounter)
+    requests: RequestLog = field(default_factory=RequestLog)
     # every invocation ever sent (until reset), by (command id, instance id)
     invocations: dict[tuple[str, str], "Invocation"] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -54,6 +55,7 @@ class Runtime:
         self.sandboxes.wipe()
         self.faults.clear()
         self.calls.reset()
+        self.requests.reset()
 
     def shutdown(self) -> None:
         with self.lock:

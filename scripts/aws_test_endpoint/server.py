@@ -7,6 +7,7 @@ import json
 import threading
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs
 
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -72,7 +73,8 @@ class SortieMiddleware:
             return self.app(environ, start_response)
         info = introspect(environ)
         if info is not None:
-            rt.calls.add(info.name)
+            rt.calls.add(info.name, info.access_key)
+            rt.requests.add(info, environ.get("QUERY_STRING", "") or "")
             if rt.faults:
                 fault = rt.faults.take(info)
                 if fault is not None:
@@ -93,11 +95,19 @@ class SortieMiddleware:
             return _json(start_response, 200, self.info)
         if path == "/_sortie/calls":
             if method == "GET":
-                return _json(start_response, 200, rt.calls.snapshot())
+                # ?access_key=K: only the calls signed with that key.
+                key = parse_qs(environ.get("QUERY_STRING", "")).get("access_key", [None])[0]
+                return _json(start_response, 200, rt.calls.snapshot(key))
             if method == "DELETE":
                 rt.calls.reset()
+                rt.requests.reset()
                 return _json(start_response, 200, {})
             return _json(start_response, 405, {"error": "GET or DELETE"})
+        if path == "/_sortie/requests":
+            key = parse_qs(environ.get("QUERY_STRING", "")).get("access_key", [""])[0]
+            if method == "GET" and key:
+                return _json(start_response, 200, rt.requests.snapshot(key))
+            return _json(start_response, 400, {"error": "GET /_sortie/requests?access_key=KEY"})
         if path == "/_sortie/faults":
             if method == "GET":
                 return _json(start_response, 200, rt.faults.list())

@@ -486,6 +486,14 @@ def test_int_call_counter(endpoint, ec2, ssm, s3):
         "s3:CreateBucket": 1,
         "s3:PutObject": 1,
     }
+    assert endpoint.control("GET", "/_sortie/calls?access_key=testing")["ec2:DescribeInstances"] == 2
+    other = boto3.client(
+        "ec2", endpoint_url=endpoint.url, region_name=REGION,
+        aws_access_key_id="AKIAOTHERCALLER", aws_secret_access_key="x",
+    )
+    other.describe_instances()
+    assert endpoint.control("GET", "/_sortie/calls?access_key=AKIAOTHERCALLER") == {"ec2:DescribeInstances": 1}
+    assert endpoint.control("GET", "/_sortie/calls")["ec2:DescribeInstances"] == 3
     endpoint.control("DELETE", "/_sortie/calls")
     assert endpoint.control("GET", "/_sortie/calls") == {}
 
