@@ -125,6 +125,23 @@ impl Aws {
     }
 }
 
+/// `plan apply p.yaml --output json`, which must succeed; its events.
+fn apply_ok(t: &Test) -> Vec<serde_json::Value> {
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    events(&out.stdout)
+}
+
 fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -260,18 +277,7 @@ async fn test_e2e_aws_capacity_failover_is_recorded() {
         r#"{"action":"RunInstances","match":{"InstanceType":"g5.2xlarge"},"error":{"code":"InsufficientInstanceCapacity","message":"no g5 here","status":500},"times":-1}"#,
     );
     let t = aws.test(&plan(false));
-    let out = t
-        .command()
-        .args(["apply", "p.yaml", "--output", "json"])
-        .output()
-        .expect("apply");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events = events(&out.stdout);
+    let events = apply_ok(&t);
     let failovers: Vec<_> = events
         .iter()
         .filter(|e| e["event"] == "step_failover")
@@ -509,21 +515,7 @@ async fn test_e2e_aws_teardown_terminates_the_instance_even_when_a_volume_cannot
             "error": {"code": "UnauthorizedOperation", "message": "stuck", "status": 403}}"#,
     );
     let t = aws.test(&plan(false));
-    let out = t
-        .command()
-        .args(["apply", "p.yaml", "--output", "json"])
-        .output()
-        .expect("apply");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run = events(&out.stdout)[0]["run"]
-        .as_str()
-        .expect("run id")
-        .to_string();
+    let run = apply_ok(&t)[0]["run"].as_str().expect("run id").to_string();
     let left = aws.left_of_run(&run).await;
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(

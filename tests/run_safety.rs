@@ -152,6 +152,25 @@ fn test_e2e_apply_run_of_an_unknown_run_is_refused() {
     assert!(!dir.join(".sortie/hosts").exists());
 }
 
+/// Starts `plan apply FILE` (plan name PLAN), waits until its step touched `m/started`, and kills the apply with
+/// SIGKILL; the step goes on running on the host. Returns the run id.
+fn apply_killed_mid_step(dir: &Path, file: &str, plan: &str) -> String {
+    let mut first = plan_cmd(dir, &["apply", file]);
+    first
+        .env("MARKERS", dir.join("m"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut first = Guarded::spawn(first);
+    let run = wait_for_run(dir, plan, MINUTE);
+    let deadline = Instant::now() + MINUTE;
+    while !dir.join("m/started").exists() {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill9();
+    run
+}
+
 /// Two plan files with one `plan:` name share a state directory: the second must not continue (and tear down)
 /// the first one's unfinished run while its step still runs.
 #[test]
@@ -172,20 +191,8 @@ steps:
     let dir = t.dir.path();
     std::fs::write(dir.join("b.yaml"), b).expect("write b.yaml");
     std::fs::create_dir(dir.join("m")).expect("mkdir");
-    let mut first = plan_cmd(dir, &["apply", "a.yaml"]);
-    first
-        .env("MARKERS", dir.join("m"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut first = Guarded::spawn(first);
-    let run = wait_for_run(dir, "shared", MINUTE);
-    let deadline = Instant::now() + MINUTE;
-    while !dir.join("m/started").exists() {
-        assert!(Instant::now() < deadline, "train never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // The apply dies; its step goes on running on the host.
-    first.kill9();
+    let run = apply_killed_mid_step(dir, "a.yaml", "shared");
     let ran = run_plan(dir, &["apply", "b.yaml"], MINUTE);
     assert_eq!(ran.code, Some(2), "{}", ran.show());
     assert!(
@@ -396,19 +403,7 @@ steps:
     let (t, _reaper) = sandbox("p.yaml", before);
     let dir = t.dir.path();
     std::fs::create_dir(dir.join("m")).expect("mkdir");
-    let mut first = plan_cmd(dir, &["apply", "p.yaml"]);
-    first
-        .env("MARKERS", dir.join("m"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut first = Guarded::spawn(first);
-    let run = wait_for_run(dir, "edited", MINUTE);
-    let deadline = Instant::now() + MINUTE;
-    while !dir.join("m/started").exists() {
-        assert!(Instant::now() < deadline, "train never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    first.kill9();
+    let run = apply_killed_mid_step(dir, "p.yaml", "edited");
     std::fs::write(dir.join("p.yaml"), after).expect("edit the plan");
     let ran = run_plan(dir, &["apply", "p.yaml"], MINUTE);
     assert_eq!(ran.code, Some(0), "{}", ran.show());
