@@ -292,11 +292,14 @@ impl Job {
                     let wait = host.wait(&command, &mut cancel);
                     tokio::pin!(wait);
                     let mut watch = watch;
+                    let mut seen_ts = None;
                     loop {
                         tokio::select! {
                             r = &mut wait => break r,
                             _ = tokio::time::sleep(every) => {
-                                let beat = fetch_beat(&host.s3, &bucket, &key).await;
+                                let Some(beat) = current_beat(&host, &id, &bucket, &key, &mut seen_ts).await else {
+                                    continue;
+                                };
                                 if let Some(reason) = watch.observe(beat, std::time::Instant::now()) {
                                     host.cancel(&id, Duration::from_secs(30)).await?;
                                     host.cancel_command(&command).await;
@@ -475,6 +478,34 @@ async fn unmount(config: &aws_config::SdkConfig, instance: &str, mount: &str) {
         Ok(Err(e)) => tracing::warn!("unmounting {mount} on {instance}: {e}"),
         Err(_) => {
             tracing::warn!("unmounting {mount} on {instance} took too long; detaching anyway")
+        }
+    }
+}
+
+/// What the stall check should see now. The heartbeat the host uploads to S3 while its timestamp moves; when it
+/// does not (a presigned URL that died with the session that signed it, a host with no route to S3), the host
+/// itself, through SSM: a broken heartbeat channel is never a stalled step. `None` when neither answers (the
+/// check is skipped; a host that is gone ends the wait command). `Some(None)` is a step with no heartbeat yet.
+async fn current_beat(
+    host: &SsmHost,
+    step: &str,
+    bucket: &str,
+    key: &str,
+    seen_ts: &mut Option<u64>,
+) -> Option<Option<crate::stall::Beat>> {
+    let uploaded = fetch_beat(&host.s3, bucket, key).await;
+    if let Some(beat) = uploaded.filter(|b| b.ts.is_some() && b.ts != *seen_ts) {
+        *seen_ts = beat.ts;
+        return Some(Some(beat));
+    }
+    match host.status(step).await {
+        Ok(status) => Some(status.log_bytes.map(|log_bytes| crate::stall::Beat {
+            log_bytes,
+            ts: status.heartbeat_at,
+        })),
+        Err(e) => {
+            tracing::warn!("stall check of `{step}`: the heartbeat is not moving and the host did not answer: {e}");
+            None
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct HostStatus {
     pub progress: Option<String>,
     pub error: Option<String>,
     pub heartbeat_at: Option<u64>,
+    /// The size of the step's log on the host when the status was read.
+    pub log_bytes: Option<u64>,
 }
 
 impl HostStatus {
@@ -222,6 +224,7 @@ impl LocalHost {
             progress,
             error: read("error").filter(|e| !e.is_empty()),
             heartbeat_at: None,
+            log_bytes: None,
         })
     }
 
@@ -326,6 +329,7 @@ pub fn parse_status(text: &str) -> HostStatus {
             "progress" if !v.is_empty() => s.progress = Some(v.to_string()),
             "error" if !v.is_empty() => s.error = Some(v.to_string()),
             "heartbeat_at" => s.heartbeat_at = v.parse().ok(),
+            "log_bytes" => s.log_bytes = v.parse().ok(),
             _ => {}
         }
     }

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Beat {
     pub log_bytes: u64,
+    /// When the host wrote it (epoch seconds): if this stops moving, the channel that carries heartbeats may
+    /// be broken, which says nothing about the step.
+    pub ts: Option<u64>,
 }
 
 impl Beat {
@@ -15,6 +18,7 @@ impl Beat {
         let v: serde_json::Value = serde_json::from_str(json).ok()?;
         Some(Beat {
             log_bytes: v["log_bytes"].as_u64()?,
+            ts: v["ts"].as_u64(),
         })
     }
 }
@@ -62,16 +66,43 @@ mod tests {
     fn growing_log_is_not_stalled_and_a_quiet_one_is() {
         let start = Instant::now();
         let mut w = StallWatch::new(Duration::from_secs(10));
-        assert_eq!(w.observe(Some(Beat { log_bytes: 1 }), start), None);
         assert_eq!(
-            w.observe(Some(Beat { log_bytes: 2 }), start + Duration::from_secs(9)),
+            w.observe(
+                Some(Beat {
+                    log_bytes: 1,
+                    ts: None
+                }),
+                start
+            ),
             None
         );
         assert_eq!(
-            w.observe(Some(Beat { log_bytes: 2 }), start + Duration::from_secs(18)),
+            w.observe(
+                Some(Beat {
+                    log_bytes: 2,
+                    ts: None
+                }),
+                start + Duration::from_secs(9)
+            ),
             None
         );
-        let stalled = w.observe(Some(Beat { log_bytes: 2 }), start + Duration::from_secs(19));
+        assert_eq!(
+            w.observe(
+                Some(Beat {
+                    log_bytes: 2,
+                    ts: None
+                }),
+                start + Duration::from_secs(18)
+            ),
+            None
+        );
+        let stalled = w.observe(
+            Some(Beat {
+                log_bytes: 2,
+                ts: None,
+            }),
+            start + Duration::from_secs(19),
+        );
         assert!(stalled.is_some_and(|s| s.starts_with("stalled: no new output for 10s")));
     }
 
@@ -87,6 +118,12 @@ mod tests {
         let beat = Beat::parse(
             r#"{"attempt":1,"ts":1,"pid":2,"progress":"1/2","metrics":"","log_bytes":42}"#,
         );
-        assert_eq!(beat, Some(Beat { log_bytes: 42 }));
+        assert_eq!(
+            beat,
+            Some(Beat {
+                log_bytes: 42,
+                ts: Some(1)
+            })
+        );
     }
 }

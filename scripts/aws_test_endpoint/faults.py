@@ -10,6 +10,7 @@ shape instead of letting moto handle the request.
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import re
@@ -278,7 +279,11 @@ class Fault:
             if have is None and key == "AvailabilityZone" and info.operation == "RunInstances":
                 continue  # neither Placement nor subnet given: AWS picks the AZ, any AZ matches
             wants = want if isinstance(want, list) else [want]
-            if have is None or str(have) not in [str(w) for w in wants]:
+            # A wanted string with `*` is a glob (`"*/heartbeat.json"`); anything else must be equal.
+            if have is None or not any(
+                fnmatch.fnmatchcase(str(have), w) if isinstance(w, str) and "*" in w else str(have) == str(w)
+                for w in wants
+            ):
                 return False
         return True
 

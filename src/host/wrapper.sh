@@ -106,6 +106,8 @@ cmd_status() {
 	printf 'heartbeat_at=%s\nprogress=%s\nerror=%s\n' \
 		"$([ -f "$D/heartbeat.json" ] && sed -n 's/.*"ts":\([0-9]*\).*/\1/p' "$D/heartbeat.json" || :)" \
 		"$(hb_field progress)" "$([ -f "$D/error" ] && tr '\n' ' ' <"$D/error" | sed 's/ *$//' || :)"
+	# The log's size now, read here: the stall check asks for it when the uploaded heartbeat stops moving.
+	printf 'log_bytes=%s\n' "$([ -f "$D/output.log" ] && wc -c <"$D/output.log" | tr -d ' ' || :)"
 }
 
 # Move the current attempt's files to attempts/N (attempts/N.2, ... if a lost attempt N was restarted).

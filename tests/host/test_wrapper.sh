@@ -382,7 +382,7 @@ test_int_wrapper_status_format_and_absent() {
 	local rc=0
 	W status "$T/nothing" >"$T/out" || fail "status exited $?"
 	expect_eq "$(cut -d= -f1 "$T/out" | tr '\n' ' ')" \
-		"state attempt pid exit_code started_at finished_at heartbeat_at progress error " "keys"
+		"state attempt pid exit_code started_at finished_at heartbeat_at progress error log_bytes " "keys"
 	expect_file_has "$T/out" "state=absent"
 	W wait "$T/nothing" >/dev/null || rc=$?
 	expect_eq "$rc" 125 "wait on an absent step"
