@@ -14,6 +14,7 @@ use crate::ssm_host::{self, OutputLocation, SsmHost, SsmPoll};
 use crate::state::Resource;
 use crate::step_exec::{Job, Msg, Outcome};
 use crate::step_files;
+use crate::step_watch::{StallProbe, StepWatch, Verdict};
 
 /// The volume script (docs/HOST_PROTOCOL.md): find the NVMe device by volume id, mkfs only when empty, mount, fstab.
 pub const VOLUME_SCRIPT: &str = include_str!("host/volume.sh");
@@ -268,6 +269,7 @@ impl Job {
             return Ok(Outcome::LeftRunning);
         }
         let mut cancel = self.cancel.clone();
+        let mut watch = self.step_watch(spec).await;
         loop {
             let command = match wait_command.take() {
                 Some(c) => c,
@@ -287,21 +289,21 @@ impl Job {
                     c
                 }
             };
-            let waited = match self.stall_probe(spec.heartbeat.stale_after) {
-                Some((watch, every, bucket, key)) => {
-                    let wait = host.wait(&command, &mut cancel);
-                    tokio::pin!(wait);
-                    let mut watch = watch;
-                    let mut seen_ts = None;
-                    loop {
-                        tokio::select! {
-                            r = &mut wait => break r,
-                            _ = tokio::time::sleep(every) => {
-                                let Some(beat) = current_beat(&host, &id, &bucket, &key, &mut seen_ts).await else {
-                                    continue;
-                                };
-                                if let Some(reason) = watch.observe(beat, std::time::Instant::now()) {
+            let waited = {
+                let wait = host.wait(&command, &mut cancel);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        r = &mut wait => break r,
+                        _ = tokio::time::sleep(watch.next_in()) => {
+                            match watch.check(&host, &id).await {
+                                None => {}
+                                Some(Verdict::Stalled(reason)) => {
                                     host.cancel(&id, Duration::from_secs(30)).await?;
+                                    host.cancel_command(&command).await;
+                                    return Ok(Outcome::Failed { error: reason });
+                                }
+                                Some(Verdict::HostGone(reason)) => {
                                     host.cancel_command(&command).await;
                                     return Ok(Outcome::Failed { error: reason });
                                 }
@@ -309,7 +311,6 @@ impl Job {
                         }
                     }
                 }
-                None => host.wait(&command, &mut cancel).await,
             };
             let inv = match waited {
                 Ok(inv) => inv,
@@ -325,6 +326,12 @@ impl Job {
                 return Ok(Outcome::Cancelled);
             }
             let (status, outputs, _log) = ssm_host::split_wait_output(&inv.stdout);
+            if !status.is_finished() {
+                // The wait ended without the step's result: a host that is gone says why better than SSM does.
+                if let Some(reason) = watch.host_gone(&host.instance_id).await {
+                    return Ok(Outcome::Failed { error: reason });
+                }
+            }
             if !status.is_finished() && inv.status == "TimedOut" && spec.detach {
                 // Longer than one SSM command may last: keep waiting with another.
                 continue;
@@ -372,17 +379,24 @@ impl Job {
         crate::s3_scrub::delete(&host.s3, &out.bucket, &script).await;
     }
 
-    /// What a stall check needs on AWS: the heartbeat's S3 location (state must be in S3) and how often to look.
-    fn stall_probe(
-        &self,
-        stale_after: Option<Duration>,
-    ) -> Option<(crate::stall::StallWatch, Duration, String, String)> {
-        let stale = stale_after?;
-        let (bucket, key) = self.heartbeat_object()?;
-        let every = poll_override().unwrap_or_else(|| {
-            (stale / 10).clamp(Duration::from_secs(30), Duration::from_secs(120))
+    /// What is watched while the step runs: its heartbeat for a stall (only with S3 state, where the host uploads
+    /// it), at a tenth of stale_after (30 s to 2 min); its host every 3 minutes.
+    async fn step_watch(&self, spec: &RunSpec) -> StepWatch {
+        let stall = spec.heartbeat.stale_after.and_then(|stale| {
+            let (bucket, key) = self.heartbeat_object()?;
+            let every = poll_override().unwrap_or_else(|| {
+                (stale / 10).clamp(Duration::from_secs(30), Duration::from_secs(120))
+            });
+            Some(StallProbe {
+                watch: crate::stall::StallWatch::new(stale),
+                every,
+                bucket,
+                key,
+            })
         });
-        Some((crate::stall::StallWatch::new(stale), every, bucket, key))
+        let config = crate::aws::sdk_config(&self.target).await;
+        let host_every = poll_override().unwrap_or(Duration::from_secs(180));
+        StepWatch::new(stall, aws_sdk_ec2::Client::new(&config), host_every)
     }
 
     /// The bucket and key of this step's heartbeat (only with S3 state).
@@ -480,45 +494,6 @@ async fn unmount(config: &aws_config::SdkConfig, instance: &str, mount: &str) {
             tracing::warn!("unmounting {mount} on {instance} took too long; detaching anyway")
         }
     }
-}
-
-/// What the stall check should see now. The heartbeat the host uploads to S3 while its timestamp moves; when it
-/// does not (a presigned URL that died with the session that signed it, a host with no route to S3), the host
-/// itself, through SSM: a broken heartbeat channel is never a stalled step. `None` when neither answers (the
-/// check is skipped; a host that is gone ends the wait command). `Some(None)` is a step with no heartbeat yet.
-async fn current_beat(
-    host: &SsmHost,
-    step: &str,
-    bucket: &str,
-    key: &str,
-    seen_ts: &mut Option<u64>,
-) -> Option<Option<crate::stall::Beat>> {
-    let uploaded = fetch_beat(&host.s3, bucket, key).await;
-    if let Some(beat) = uploaded.filter(|b| b.ts.is_some() && b.ts != *seen_ts) {
-        *seen_ts = beat.ts;
-        return Some(Some(beat));
-    }
-    match host.status(step).await {
-        Ok(status) => Some(status.log_bytes.map(|log_bytes| crate::stall::Beat {
-            log_bytes,
-            ts: status.heartbeat_at,
-        })),
-        Err(e) => {
-            tracing::warn!("stall check of `{step}`: the heartbeat is not moving and the host did not answer: {e}");
-            None
-        }
-    }
-}
-
-/// The heartbeat the host uploaded, if it is there yet.
-async fn fetch_beat(
-    s3: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-) -> Option<crate::stall::Beat> {
-    let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
-    let bytes = got.body.collect().await.ok()?.into_bytes();
-    crate::stall::Beat::parse(&String::from_utf8_lossy(&bytes))
 }
 
 fn outcome_of(

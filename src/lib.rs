@@ -38,6 +38,7 @@ pub mod state_store;
 pub mod step_exec;
 pub mod step_files;
 pub mod step_logs;
+pub mod step_watch;
 pub mod template;
 pub mod variables;
 pub mod yaml;

@@ -12,6 +12,7 @@ mod aws_reentry;
 mod examples;
 mod files;
 mod graph;
+mod host_watch;
 mod injection;
 mod invalid_plans;
 mod properties;

@@ -1,0 +1,134 @@
+//! A host that dies under a running step (stopped, terminated, reclaimed by spot) ends the step at once with
+//! that reason, not after SSM's execution timeout, and the run still tears down.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::apply::Live;
+use crate::aws_endpoint::Endpoint;
+use crate::test_builder::Test;
+
+const PLAN: &str = "plan: hostwatch
+target: { provider: aws, region: us-east-1 }
+state: s3://sortie-state/runs
+steps:
+  instance:
+    kind: instance
+    instance_types: [g5.2xlarge]
+    image: ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
+    profile: sortie-ssm
+    root_size: 20GiB
+  train:
+    kind: run
+    detach: true
+    timeout: 20h
+    run: |
+      echo started
+      sleep 120
+  teardown: { kind: teardown }
+";
+
+/// Starts the apply, waits until `train` runs, does `what` to its instance, and returns the apply's exit code,
+/// how long it took after `what`, and the final state.
+async fn apply_and_then(what: &str) -> (Option<i32>, Duration, serde_json::Value) {
+    let endpoint =
+        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
+    endpoint.create_bucket("sortie-state").await;
+    let t = Test::new()
+        .file("p.yaml", PLAN)
+        .env("SORTIE_POLL_INTERVAL", "200ms")
+        .envs(endpoint.env());
+    let mut cmd: Command = t.command();
+    cmd.args(["apply", "p.yaml", "--output", "json"]);
+    let mut live = Live::start(cmd);
+    live.wait_event(
+        Duration::from_secs(60),
+        |e| e["event"] == "step_started" && e["step"] == "train",
+        || true,
+    );
+    // Launched and being waited for: the state names the wait command.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        let status = t
+            .command()
+            .args(["status", "p.yaml", "--output", "json"])
+            .output()
+            .expect("status");
+        let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
+        if state["steps"]["train"].to_string().contains("wait_command") {
+            break state;
+        }
+        assert!(Instant::now() < deadline, "train never launched: {state:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let instance = state["steps"]["instance"]["outputs"]["instance_id"]
+        .as_str()
+        .expect("instance id")
+        .to_string();
+    let ec2 = aws_sdk_ec2::Client::new(&endpoint.sdk_config().await);
+    let acted = Instant::now();
+    match what {
+        "stop" => {
+            ec2.stop_instances()
+                .instance_ids(&instance)
+                .send()
+                .await
+                .expect("stop");
+        }
+        _ => {
+            ec2.terminate_instances()
+                .instance_ids(&instance)
+                .send()
+                .await
+                .expect("terminate");
+        }
+    }
+    let code = live.proc.child.wait().expect("apply exits").code();
+    let took = acted.elapsed();
+    let status = t
+        .command()
+        .args(["status", "p.yaml", "--output", "json"])
+        .output()
+        .expect("status");
+    (
+        code,
+        took,
+        serde_json::from_slice(&status.stdout).expect("state"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_terminated_host_ends_its_step_at_once_with_the_reason() {
+    let (code, took, state) = apply_and_then("terminate").await;
+    assert_eq!(code, Some(1), "{state:#}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let error = state["steps"]["train"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("host i-") && error.contains(" is terminated"),
+        "{error}"
+    );
+    assert_eq!(
+        state["steps"]["teardown"]["status"], "succeeded",
+        "{state:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_stopped_host_ends_its_step_at_once_with_the_reason() {
+    let (code, took, state) = apply_and_then("stop").await;
+    assert_eq!(code, Some(1), "{state:#}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let error = state["steps"]["train"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains(" is stopped") || error.contains(" is stopping"),
+        "{error}"
+    );
+    assert_eq!(
+        state["steps"]["teardown"]["status"], "succeeded",
+        "{state:#}"
+    );
+}
