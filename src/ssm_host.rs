@@ -256,34 +256,34 @@ impl SsmHost {
         step: &str,
         attempt: u32,
         script: &str,
-        spec: &LaunchSpec,
-        script_url: Option<&str>,
+        env: &[(String, String)],
+        staged: &Staged,
         files: Option<&Delivery>,
     ) -> String {
         let mut s = String::from("set -eu\n");
         let _ = writeln!(s, "H={HOME}; mkdir -p \"$H/steps\" \"$H/scripts\"");
         write_file(&mut s, "\"$H/wrapper.sh\"", WRAPPER.as_bytes());
         let script_path = format!("\"$H/scripts\"/{}", q(&format!("{step}.{attempt}")));
+        let env_path = format!("\"$H/scripts\"/{}", q(&format!("{step}.{attempt}.env")));
         // The rendered script may hold secrets: 0600 (a subshell, so the step keeps the host's umask).
-        s.push_str(
-            "(umask 077
-",
-        );
-        match script_url {
+        s.push_str("(umask 077\n");
+        match &staged.script_url {
             Some(url) => {
                 let _ = writeln!(s, "curl -fsS -o {script_path} {}", q(url));
             }
             None => write_file(&mut s, &script_path, script.as_bytes()),
         }
-        s.push_str(
-            ")
-",
-        );
+        if let Some(url) = &staged.env_url {
+            let _ = writeln!(s, "curl -fsS -o {env_path} {}", q(url));
+        }
+        s.push_str(")\n");
         if let Some(files) = files {
             files.script(&mut s, step, attempt);
         }
-        for (k, v) in &spec.wrapper_env(30) {
-            let _ = writeln!(s, "export {k}={}", q(v));
+        if staged.env_url.is_some() {
+            let _ = writeln!(s, ". {env_path}; rm -f {env_path}");
+        } else {
+            s.push_str(&env_exports(env));
         }
         let _ = writeln!(s, "export SORTIE_HOME=\"$H\"");
         let _ = writeln!(
@@ -292,6 +292,44 @@ impl SsmHost {
             step_dir(step)
         );
         s
+    }
+
+    /// Puts what must not travel in the SSM command into S3: a script over the inline limit, and a script or
+    /// env that holds a secret (by value, or by an env name such as *_TOKEN). SSM keeps a command's parameters
+    /// for 30 days, readable with ssm:ListCommands.
+    async fn stage_launch(
+        &self,
+        step: &str,
+        attempt: u32,
+        script: &str,
+        env: &[(String, String)],
+    ) -> Result<Staged> {
+        let scrubber = crate::scrub::current();
+        let secret = scrubber.text(script) != script
+            || env
+                .iter()
+                .any(|(k, v)| crate::state::is_secret_name(k) || scrubber.text(v) != v.as_str());
+        let secret = secret && self.output.is_some();
+        let mut staged = Staged::default();
+        if script.len() > INLINE_LIMIT || secret {
+            let key = format!("scripts/{step}.{attempt}");
+            let what = format!("the script of `{step}`");
+            staged.script_url = Some(
+                self.stage(&what, &key, script.as_bytes().to_vec(), false)
+                    .await?,
+            );
+            if secret {
+                staged.secret_keys.push(key);
+            }
+        }
+        if secret {
+            let key = format!("scripts/{step}.{attempt}.env");
+            let what = format!("the environment of `{step}`");
+            let body = env_exports(env).into_bytes();
+            staged.env_url = Some(self.stage(&what, &key, body, false).await?);
+            staged.secret_keys.push(key);
+        }
+        Ok(staged)
     }
 
     /// The command that waits for `step` on the host, then prints its outputs and its log (the full stdout is
@@ -327,20 +365,8 @@ impl SsmHost {
         spec: &LaunchSpec,
         files: Option<Bundle>,
     ) -> Result<HostStatus> {
-        let url = if script.len() > INLINE_LIMIT {
-            let key = format!("scripts/{step}.{attempt}");
-            Some(
-                self.stage(
-                    &format!("the script of `{step}`"),
-                    &key,
-                    script.as_bytes().to_vec(),
-                    false,
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
+        let env = spec.wrapper_env(30);
+        let staged = self.stage_launch(step, attempt, script, &env).await?;
         let delivery = match files {
             Some(bundle) => {
                 let sha256 = crate::step_files::hex(&sha2::Sha256::digest(&bundle.archive));
@@ -362,19 +388,18 @@ impl SsmHost {
             }
             None => None,
         };
-        let inv = self
+        let launched = self
             .run(
-                &self.launch_script(
-                    step,
-                    attempt,
-                    script,
-                    spec,
-                    url.as_deref(),
-                    delivery.as_ref(),
-                ),
+                &self.launch_script(step, attempt, script, &env, &staged, delivery.as_ref()),
                 Duration::from_secs(300),
             )
-            .await?;
+            .await;
+        // A staged script or env that holds secrets is on the host now (0600); the S3 copy goes at once, so
+        // the presigned URL that SSM keeps in its command history leads nowhere.
+        for key in &staged.secret_keys {
+            self.unstage(key).await;
+        }
+        let inv = launched?;
         if !inv.succeeded() {
             if let Some(d) = delivery
                 .as_ref()
@@ -530,6 +555,23 @@ impl SsmHost {
             })?;
         Ok(req.uri().to_string())
     }
+}
+
+/// What a launch fetches from S3 instead of carrying it in the SSM command, and the keys to delete after it.
+#[derive(Debug, Default)]
+pub struct Staged {
+    pub script_url: Option<String>,
+    pub env_url: Option<String>,
+    pub secret_keys: Vec<String>,
+}
+
+/// `export K='v'` lines for the step's environment.
+fn env_exports(env: &[(String, String)]) -> String {
+    let mut s = String::new();
+    for (k, v) in env {
+        let _ = writeln!(s, "export {k}={}", q(v));
+    }
+    s
 }
 
 /// Splits a wait command's stdout into the wrapper's status, the step's outputs and its log.
