@@ -26,6 +26,9 @@ fn poll_override() -> Option<Duration> {
         .and_then(|v| humantime::parse_duration(&v).ok())
 }
 
+/// How many wait commands in a row may end without the step's result before the step fails.
+const MAX_REWAITS: u32 = 5;
+
 pub fn provider_poll() -> PollConfig {
     match poll_override() {
         Some(d) => PollConfig {
@@ -270,6 +273,7 @@ impl Job {
         }
         let mut cancel = self.cancel.clone();
         let mut watch = self.step_watch(spec).await;
+        let mut rewaits = 0;
         loop {
             let command = match wait_command.take() {
                 Some(c) => c,
@@ -327,14 +331,12 @@ impl Job {
             }
             let (status, outputs, _log) = ssm_host::split_wait_output(&inv.stdout);
             if !status.is_finished() {
-                // The wait ended without the step's result: a host that is gone says why better than SSM does.
-                if let Some(reason) = watch.host_gone(&host.instance_id).await {
-                    return Ok(Outcome::Failed { error: reason });
+                rewaits += 1;
+                match ended_without_result(&host, &id, &inv, spec.detach, &watch, rewaits).await {
+                    Some(Ok(())) => continue,
+                    Some(Err(error)) => return Ok(Outcome::Failed { error }),
+                    None => {}
                 }
-            }
-            if !status.is_finished() && inv.status == "TimedOut" && spec.detach {
-                // Longer than one SSM command may last: keep waiting with another.
-                continue;
             }
             self.scrub_s3(&host, &command, &outputs).await;
             return Ok(outcome_of(&status, outputs, &inv, self.step.timeout));
@@ -494,6 +496,39 @@ async fn unmount(config: &aws_config::SdkConfig, instance: &str, mount: &str) {
             tracing::warn!("unmounting {mount} on {instance} took too long; detaching anyway")
         }
     }
+}
+
+/// A wait command ended without the step's result. `Some(Ok)`: wait again with a new command (a detached step
+/// longer than one SSM command may last, or an agent that restarted or updated itself under the command while
+/// the step goes on: a step is never failed for what happened to the command that watched it). `Some(Err)`: the
+/// host is gone, with EC2's reason, which says more than SSM. `None`: the wrapper cannot answer; the step fails
+/// with what SSM said. Re-waits are bounded by [`MAX_REWAITS`].
+async fn ended_without_result(
+    host: &SsmHost,
+    id: &str,
+    inv: &ssm_host::Invocation,
+    detach: bool,
+    watch: &StepWatch,
+    rewaits: u32,
+) -> Option<std::result::Result<(), String>> {
+    if let Some(reason) = watch.host_gone(&host.instance_id).await {
+        return Some(Err(reason));
+    }
+    if inv.status == "TimedOut" && detach {
+        return Some(Ok(()));
+    }
+    let on_host = host.status(id).await.map(|s| s.state).unwrap_or_default();
+    let known = matches!(
+        on_host.as_str(),
+        "running" | "starting" | "succeeded" | "failed" | "timed_out" | "cancelled"
+    );
+    (rewaits <= MAX_REWAITS && known).then(|| {
+        tracing::warn!(
+            "the wait for `{id}` ended without a result ({}); the step is {on_host} on the host, waiting again",
+            inv.describe()
+        );
+        Ok(())
+    })
 }
 
 fn outcome_of(

@@ -132,3 +132,67 @@ async fn test_e2e_aws_stopped_host_ends_its_step_at_once_with_the_reason() {
         "{state:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_wait_command_lost_under_a_running_step_waits_again() {
+    // An SSM agent restart (or auto-update) ends the command that waits for the step, without the step's
+    // result. The step still runs on the host: sortie asks the wrapper and waits again, and the step succeeds.
+    let endpoint =
+        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
+    endpoint.create_bucket("sortie-state").await;
+    let plan = PLAN.replace(
+        "      echo started\n      sleep 120\n",
+        "      echo started\n      sleep 4\n      echo done=yes >> \"$SORTIE_OUTPUT\"\n",
+    );
+    let t = Test::new()
+        .file("p.yaml", plan)
+        .env("SORTIE_POLL_INTERVAL", "200ms")
+        .envs(endpoint.env());
+    let mut cmd: Command = t.command();
+    cmd.args(["apply", "p.yaml", "--output", "json"]);
+    let mut live = Live::start(cmd);
+    live.wait_event(
+        Duration::from_secs(60),
+        |e| e["event"] == "step_started" && e["step"] == "train",
+        || true,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (instance, command) = loop {
+        let status = t
+            .command()
+            .args(["status", "p.yaml", "--output", "json"])
+            .output()
+            .expect("status");
+        let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
+        let handle = &state["steps"]["train"]["handle"];
+        if let (Some(i), Some(c)) = (handle["host"].as_str(), handle["wait_command"].as_str()) {
+            break (i.to_string(), c.to_string());
+        }
+        assert!(Instant::now() < deadline, "train never launched: {state:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let ssm = aws_sdk_ssm::Client::new(&endpoint.sdk_config().await);
+    ssm.cancel_command()
+        .command_id(&command)
+        .instance_ids(&instance)
+        .send()
+        .await
+        .expect("cancel the wait command");
+    let code = live.proc.child.wait().expect("apply exits").code();
+    let status = t
+        .command()
+        .args(["status", "p.yaml", "--output", "json"])
+        .output()
+        .expect("status");
+    let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
+    assert_eq!(code, Some(0), "{state:#}");
+    assert_eq!(state["steps"]["train"]["status"], "succeeded", "{state:#}");
+    assert_eq!(
+        state["steps"]["train"]["outputs"]["done"], "yes",
+        "{state:#}"
+    );
+    assert_ne!(
+        state["steps"]["train"]["handle"]["wait_command"], command,
+        "a new wait command"
+    );
+}
