@@ -85,3 +85,39 @@ async fn test_e2e_apply_with_s3_state() {
     let runs = t.command().args(["runs", "p.yaml"]).output().expect("runs");
     assert!(String::from_utf8_lossy(&runs.stdout).contains(&run_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_s3_state_write_whose_answer_was_lost_is_not_a_conflict() {
+    // S3 stores a checkpoint, then its answer is lost (a 500 after the write): the SDK retries, and the retry
+    // fails its own condition (If-None-Match on the first write, If-Match on later ones). The document there is
+    // the one we wrote, so the apply goes on.
+    let endpoint = Endpoint::start();
+    endpoint.create_bucket("sortie-state").await;
+    endpoint.add_fault(
+        r#"{"action": "s3:PutObject", "match": {"Key": "runs/s3state/*/state.json"}, "after": true,
+            "times": 3, "error": {"code": "InternalError", "message": "lost", "status": 500}}"#,
+    );
+    let t = Test::new().file("p.yaml", PLAN).envs(endpoint.env());
+    let out = t
+        .command()
+        .args(["apply", "p.yaml", "--output", "json"])
+        .output()
+        .expect("apply");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = endpoint.http("GET", "/_sortie/faults", None);
+    assert_eq!(status, 200);
+    assert!(body.trim() == "[]", "every lost answer was used: {body}");
+    let state = t
+        .command()
+        .args(["status", "p.yaml", "--output", "json"])
+        .output()
+        .expect("status");
+    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state");
+    assert_eq!(state["status"], "succeeded", "{state:#}");
+}

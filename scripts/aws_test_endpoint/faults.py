@@ -223,6 +223,7 @@ class Fault:
     status: int
     times: int  # remaining; -1 = unlimited
     fired: int = 0
+    after: bool = False  # let the request through, then answer with the error (a lost response)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -232,6 +233,7 @@ class Fault:
             "error": {"code": self.code, "message": self.message, "status": self.status},
             "times": self.times,
             "fired": self.fired,
+            "after": self.after,
         }
 
     @classmethod
@@ -258,7 +260,11 @@ class Fault:
         times = spec.get("times", 1)
         if not isinstance(times, int) or isinstance(times, bool) or (times < 1 and times != -1):
             raise FaultSpecError("'times' must be a positive integer, or -1 for unlimited")
+        after = spec.get("after", False)
+        if not isinstance(after, bool):
+            raise FaultSpecError("'after' must be true or false")
         return cls(
+            after=after,
             id=uuid.uuid4().hex[:12],
             action=action,
             match=match,

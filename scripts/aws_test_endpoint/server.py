@@ -79,6 +79,10 @@ class SortieMiddleware:
                 fault = rt.faults.take(info)
                 if fault is not None:
                     log(f"fault {fault.id}: {info.name} -> {fault.status} {fault.code}")
+                    if fault.after:
+                        # The request takes effect; only its answer is lost.
+                        with _S3_WRITE_LOCK:
+                            list(self.app(environ, lambda *_args, **_kw: None))
                     status, headers, body = error_response(info, fault.code, fault.message, fault.status, method)
                     start_response(f"{status} {_reason(status)}", headers)
                     return [body]
