@@ -21,6 +21,7 @@ pub mod plan;
 pub mod plan_file;
 pub mod reporter;
 pub mod runner;
+pub mod s3_lock_lease;
 pub mod s3_scrub;
 pub mod s3_store;
 pub mod script_template;

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -22,8 +22,6 @@ const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock.json";
 /// The plan's lock, beside the run prefixes (not a run: it has no `<run>/state.json`).
 const PLAN_LOCK_FILE: &str = "plan-lock.json";
-/// How long a lock is advertised as valid. Nothing breaks an expired lock by itself: `plan unlock --force` does.
-const LOCK_TTL: Duration = Duration::from_secs(3600);
 /// A lock object can vanish between our failed create and our read of it (its holder released it): try again.
 const LOCK_ATTEMPTS: usize = 3;
 
@@ -51,6 +49,16 @@ pub struct S3Lock {
     bucket: String,
     key: String,
     owner: String,
+    /// Renews the lease while the lock is held (see s3_lock_lease).
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for S3Lock {
+    fn drop(&mut self) {
+        if let Some(task) = self.renewal.take() {
+            task.abort();
+        }
+    }
 }
 
 /// The body of `lock.json`.
@@ -250,7 +258,8 @@ impl S3Store {
             pid: std::process::id(),
             host: crate::state_store::hostname(),
             since: humantime::format_rfc3339_seconds(now).to_string(),
-            expires: humantime::format_rfc3339_seconds(now + LOCK_TTL).to_string(),
+            expires: humantime::format_rfc3339_seconds(now + crate::s3_lock_lease::ttl())
+                .to_string(),
         };
         let body = serde_json::to_vec_pretty(&doc)
             .map_err(|e| Error::Runtime(format!("cannot encode lock: {e}")))?;
@@ -267,14 +276,7 @@ impl S3Store {
                 .send()
                 .await;
             match put {
-                Ok(_) => {
-                    return Ok(Ok(S3Lock {
-                        client: self.client.clone(),
-                        bucket: self.bucket.clone(),
-                        key,
-                        owner,
-                    }))
-                }
+                Ok(out) => return Ok(Ok(self.held_lock(key, owner, &body, out.e_tag()))),
                 Err(e) if is_precondition_failure(&e) => {}
                 Err(e) => return Err(self.sdk_error("PutObject", &key, e)),
             }
@@ -284,20 +286,21 @@ impl S3Store {
             };
             match serde_json::from_slice::<serde_json::Value>(&bytes) {
                 Ok(held) if held["owner"].as_str() == Some(owner.as_str()) => {
-                    return Ok(Ok(S3Lock {
-                        client: self.client.clone(),
-                        bucket: self.bucket.clone(),
-                        key,
-                        owner,
-                    }))
+                    return Ok(Ok(self.held_lock(key, owner, &body, etag.as_deref())))
                 }
                 // A holder on this very host whose process is gone (kill -9, a crashed CI job) can never
                 // release it: break it, but only the exact object we read (If-Match), then try again.
-                Ok(held) if holder_is_dead_here(&held) => {
+                Ok(held)
+                    if holder_is_dead_here(&held)
+                        || crate::s3_lock_lease::expired(&held, SystemTime::now()) =>
+                {
                     tracing::warn!(
-                        "breaking the lock {}: its holder (pid {} on this host) is gone",
+                        "breaking the lock {}: its holder (pid {} on {}) is gone, or its lease expired at {} \
+                         and was not renewed",
                         self.url(&key),
-                        held["pid"]
+                        held["pid"],
+                        held["host"].as_str().unwrap_or("?"),
+                        held["expires"].as_str().unwrap_or("?")
                     );
                     let mut delete = self.client.delete_object().bucket(&self.bucket).key(&key);
                     if let Some(etag) = &etag {
@@ -320,6 +323,27 @@ impl S3Store {
             break;
         }
         Ok(Err(holder.unwrap_or_else(|| "an unknown process".into())))
+    }
+
+    /// A lock we hold, with its lease renewed in the background until it is released or dropped.
+    fn held_lock(&self, key: String, owner: String, body: &[u8], etag: Option<&str>) -> S3Lock {
+        let doc = serde_json::from_slice(body).unwrap_or_default();
+        let renewal = tokio::runtime::Handle::try_current().ok().map(|_| {
+            crate::s3_lock_lease::spawn_renewal(
+                self.client.clone(),
+                self.bucket.clone(),
+                key.clone(),
+                doc,
+                etag.map(str::to_string),
+            )
+        });
+        S3Lock {
+            client: self.client.clone(),
+            bucket: self.bucket.clone(),
+            key,
+            owner,
+            renewal,
+        }
     }
 
     /// Breaks a run's lock, whoever holds it. True if a lock object was removed.
@@ -463,7 +487,10 @@ impl S3Store {
 impl S3Lock {
     /// Deletes the lock object if it is still ours. A lock that was broken (and perhaps taken by another
     /// apply) is left alone, with a warning.
-    pub async fn release(self) -> Result<()> {
+    pub async fn release(mut self) -> Result<()> {
+        if let Some(task) = self.renewal.take() {
+            task.abort();
+        }
         let url = format!("s3://{}/{}", self.bucket, self.key);
         let fail = |op: &str, e: &dyn std::error::Error| {
             Error::Runtime(format!("S3 {op} {url} failed: {}", DisplayErrorContext(e)))
@@ -536,7 +563,7 @@ fn base_prefix(prefix: &str, plan: &str) -> String {
 }
 
 /// 412 PreconditionFailed, or 409 ConditionalRequestConflict (a concurrent conditional write on the same key).
-fn is_precondition_failure<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
+pub(crate) fn is_precondition_failure<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
     matches!(
         e.code(),
         Some("PreconditionFailed") | Some("ConditionalRequestConflict")

@@ -121,3 +121,92 @@ async fn test_e2e_s3_state_write_whose_answer_was_lost_is_not_a_conflict() {
     let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state");
     assert_eq!(state["status"], "succeeded", "{state:#}");
 }
+
+/// A lock object as another machine's apply leaves it, with its lease ending `expires_in` from now (negative:
+/// in the past).
+fn foreign_lock(expires_in: i64) -> String {
+    let now = std::time::SystemTime::now();
+    let expires = if expires_in >= 0 {
+        now + std::time::Duration::from_secs(expires_in.unsigned_abs())
+    } else {
+        now - std::time::Duration::from_secs(expires_in.unsigned_abs())
+    };
+    serde_json::json!({
+        "owner": "0123456789abcdef0123456789abcdef",
+        "pid": 4242,
+        "host": "ci-runner-that-died",
+        "since": humantime::format_rfc3339_seconds(now - std::time::Duration::from_secs(7200)).to_string(),
+        "expires": humantime::format_rfc3339_seconds(expires).to_string(),
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_s3_expired_lock_of_a_dead_machine_is_taken_over() {
+    let endpoint = Endpoint::start();
+    endpoint.create_bucket("sortie-state").await;
+    let s3 = endpoint.s3_client().await;
+    let put = |body: String| {
+        s3.put_object()
+            .bucket("sortie-state")
+            .key("runs/s3state/plan-lock.json")
+            .body(body.into_bytes().into())
+            .send()
+    };
+    let t = Test::new().file("p.yaml", PLAN).envs(endpoint.env());
+    // Still within its lease (or within the margin for clock skew): held.
+    put(foreign_lock(-60)).await.expect("put lock");
+    let held = t
+        .command()
+        .args(["apply", "p.yaml"])
+        .output()
+        .expect("apply");
+    let err = String::from_utf8_lossy(&held.stderr);
+    assert_eq!(held.status.code(), Some(3), "{err}");
+    assert!(err.contains("ci-runner-that-died"), "{err}");
+    // Expired an hour ago and never renewed: its holder is gone; the lock is taken over.
+    put(foreign_lock(-3600)).await.expect("put lock");
+    let out = t
+        .command()
+        .args(["apply", "p.yaml"])
+        .output()
+        .expect("apply");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("breaking the lock") && err.contains("lease expired"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_s3_lock_is_renewed_while_its_apply_runs() {
+    // A 3 s lease: without renewal, a second apply 5 s into an 8 s step would take the run over.
+    let endpoint = Endpoint::start();
+    endpoint.create_bucket("sortie-state").await;
+    let plan = PLAN.replace("sleep 2;", "sleep 8;");
+    let t = Test::new()
+        .file("p.yaml", plan)
+        .env("SORTIE_S3_LOCK_TTL", "3s")
+        .envs(endpoint.env());
+    let mut first = t.command();
+    first.args(["apply", "p.yaml", "--output", "json"]);
+    let mut live = crate::apply::Live::start(first);
+    live.wait_event(
+        std::time::Duration::from_secs(30),
+        |e| e["event"] == "step_started" && e["step"] == "b",
+        || true,
+    );
+    let run = crate::apply::run_id(&live.seen);
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let second = t
+        .command()
+        .args(["apply", "p.yaml", "--run", &run])
+        .output()
+        .expect("second apply");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(3), "{err}");
+    assert!(err.contains("is locked by another apply"), "{err}");
+    let code = live.proc.child.wait().expect("first apply").code();
+    assert_eq!(code, Some(0));
+}
