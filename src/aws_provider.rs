@@ -125,6 +125,8 @@ pub struct InstanceOutputs {
     pub instance_type: String,
     /// `spot` or `on-demand`.
     pub market: String,
+    /// The AMI it runs: what an `ssm:` image parameter resolved to, recorded so a run can be repeated.
+    pub image_id: String,
 }
 
 /// The `volume` step's AWS outputs (the mount path is the executor's).
@@ -214,6 +216,7 @@ impl AwsProvider {
             _ => "on-demand",
         });
         Ok(InstanceOutputs {
+            image_id: instance.image_id().unwrap_or_default().to_string(),
             instance_id,
             availability_zone: instance
                 .placement()
@@ -1176,7 +1179,10 @@ enum Scope {
 /// The failover codes of RunInstances (`None`: not a capacity error, so give up).
 fn failover_scope(code: &str, market: &str) -> Option<Scope> {
     match code {
-        "InsufficientInstanceCapacity" | "Unsupported" => Some(Scope::Zone),
+        // A subnet with no free address is a zone's problem too: another zone has another subnet.
+        "InsufficientInstanceCapacity" | "Unsupported" | "InsufficientFreeAddressesInSubnet" => {
+            Some(Scope::Zone)
+        }
         // VcpuLimitExceeded is what AWS answers for on-demand vCPU quotas today; the quota is per family.
         "InstanceLimitExceeded" | "VcpuLimitExceeded" => Some(Scope::Type),
         "SpotMaxPriceTooLow" if market == "spot" => Some(Scope::Zone),
@@ -1454,6 +1460,10 @@ mod tests {
         );
         assert_eq!(
             failover_scope("Unsupported", "on-demand"),
+            Some(Scope::Zone)
+        );
+        assert_eq!(
+            failover_scope("InsufficientFreeAddressesInSubnet", "on-demand"),
             Some(Scope::Zone)
         );
         assert_eq!(

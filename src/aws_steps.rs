@@ -163,6 +163,7 @@ impl Job {
             ("private_ip".to_string(), out.private_ip),
             ("instance_type".to_string(), out.instance_type),
             ("market".to_string(), out.market),
+            ("image_id".to_string(), out.image_id),
             (
                 "connect".to_string(),
                 format!("aws ssm start-session --target {}", out.instance_id),

@@ -191,6 +191,13 @@ async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
         .as_str()
         .expect("instance id");
     assert!(instance.starts_with("i-"), "{instance}");
+    let image = state["steps"]["instance"]["outputs"]["image_id"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        image.starts_with("ami-"),
+        "the resolved AMI is recorded: {image}"
+    );
     assert_eq!(state["steps"]["prep-data"]["outputs"]["rows"], "3");
     assert_eq!(state["steps"]["train"]["outputs"]["adapter"], "done");
     assert_eq!(
@@ -296,6 +303,32 @@ async fn test_e2e_aws_capacity_failover_is_recorded() {
         })
         .expect("instance_type output");
     assert_eq!(launched["value"], "g6.2xlarge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_subnet_without_free_addresses_fails_over_to_another_zone() {
+    let aws = Aws::start().await;
+    aws.endpoint.add_fault(
+        r#"{"action":"RunInstances","match":{"AvailabilityZone":"us-east-1a"},"error":{"code":"InsufficientFreeAddressesInSubnet","message":"no free address in subnet-1a","status":400},"times":-1}"#,
+    );
+    let t = aws.test(&plan(false));
+    let events = apply_ok(&t);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "step_failover"
+                && e["code"] == "InsufficientFreeAddressesInSubnet"),
+        "{events:?}"
+    );
+    let zone = events
+        .iter()
+        .find(|e| {
+            e["event"] == "step_output"
+                && e["step"] == "instance"
+                && e["key"] == "availability_zone"
+        })
+        .expect("availability_zone output");
+    assert_ne!(zone["value"], "us-east-1a");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,10 @@ What the SSM agent (amazon-ssm-agent, runscript plugin) does on an instance is r
 ``AWS-RunShellScript``:
 
 * the ``commands`` are joined with newlines into ``_script.sh`` in the agent's orchestration
-  directory (inside the instance's sandbox) and started as ``bash -c <script>`` in a new
-  process group, with stdout/stderr going to FILES (the invocation ends when bash exits, even
+  directory (inside the instance's sandbox) and started as ``sh -c <script>`` in a new
+  process group (the agent's ShellCommand/ShellArgs in pluginutil; ``sh`` is dash on Debian and
+  Ubuntu, so a bashism fails here as it does on an Ubuntu instance), with stdout/stderr going to
+  FILES (the invocation ends when the shell exits, even
   if a daemon it started keeps the files open);
 * executionTimeout (seconds, default 3600; the agent replaces values outside 5..172800 with
   3600) and CancelCommand SIGKILL the process group, exactly like the agent's killProcess;
@@ -282,7 +284,7 @@ class Invocation:
             else:
                 try:
                     proc = subprocess.Popen(
-                        ["bash", "-c", shlex.quote(str(script))],
+                        ["sh", "-c", shlex.quote(str(script))],
                         cwd=cwd,
                         env=env,
                         stdin=subprocess.DEVNULL,
