@@ -70,7 +70,6 @@ steps:
     instance_types: [g5.2xlarge]
     image: ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64
     profile: sortie-ssm
-    root_size: 20GiB
   hang:
     kind: run
     detach: true

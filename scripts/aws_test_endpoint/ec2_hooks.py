@@ -11,6 +11,10 @@ moto's behaviour is kept; these wrappers only add the local side effects:
 * DeleteVolume  -> the volume's backing file goes away;
 * RunInstances with IamInstanceProfile and a count > 1 -> every instance gets the profile
   association (moto associated only the first one);
+* RunInstances with a block device mapping that gives neither a size nor a snapshot (e.g. only
+  ``Encrypted`` and ``VolumeType`` for the root device) -> the size comes from the AMI's own
+  mapping, as AWS merges the two ("Block device mappings", EC2 User Guide: a mapping for a
+  device the AMI maps overrides only what it sets); moto answered MissingParameter;
 * StopInstances / TerminateInstances / RebootInstances -> every process of the instance's
   sandbox is SIGKILLed, including daemons that escaped with setsid (found through
   /proc/*/environ), and its running SSM invocations end as Failed.
@@ -77,6 +81,17 @@ def install() -> None:
     for name in ("stop", "terminate", "reboot"):
         _wrap_power_off(name)
 
+    orig_parse = InstanceResponse._parse_block_device_mapping
+
+    def parse_block_device_mapping(self: Any) -> Any:
+        for mapping in self._get_param("BlockDeviceMappings", []) or []:
+            ebs = mapping.get("Ebs")
+            if isinstance(ebs, dict) and not ebs.get("VolumeSize") and not ebs.get("SnapshotId"):
+                ebs["VolumeSize"] = _ami_root_size(self)
+        return orig_parse(self)
+
+    InstanceResponse._parse_block_device_mapping = parse_block_device_mapping  # type: ignore[method-assign]
+
     orig_run = InstanceResponse.run_instances
 
     def run_instances(self: Any) -> Any:
@@ -92,6 +107,15 @@ def install() -> None:
         return result
 
     InstanceResponse.run_instances = run_instances  # type: ignore[method-assign]
+
+
+def _ami_root_size(response: Any) -> int:
+    """The size (GiB) of the requested AMI's root snapshot; 8 when moto does not know it."""
+    try:
+        image = response.ec2_backend.describe_images(ami_ids=[response._get_param("ImageId")])[0]
+        return int(image.ebs_snapshot.volume.size)
+    except Exception:
+        return 8
 
 
 def _wrap_power_off(name: str) -> None:

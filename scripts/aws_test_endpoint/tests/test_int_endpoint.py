@@ -597,3 +597,19 @@ def test_int_second_endpoint_port_zero_env_and_required_profile(tmp_path):
     finally:
         assert _stop(proc) == 0
     _wait_dead(leftovers)  # the server killed them on its way out
+
+
+def test_int_root_mapping_without_size_takes_the_amis_size(endpoint, ec2, ssm):
+    # AWS merges a mapping for the AMI's root device with the AMI's own: Encrypted/VolumeType alone is valid.
+    image = ec2.describe_images(ImageIds=[_ami(ssm)])["Images"][0]
+    root = image["RootDeviceName"]
+    (instance,) = _launch(
+        ec2, ssm,
+        BlockDeviceMappings=[{"DeviceName": root, "Ebs": {"Encrypted": True, "VolumeType": "gp3"}}],
+    )
+    described = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]
+    volume_id = next(m["Ebs"]["VolumeId"] for m in described["BlockDeviceMappings"] if m["DeviceName"] == root)
+    volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+    snapshot = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    size = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["VolumeSize"]
+    assert volume["Size"] == size
