@@ -28,6 +28,20 @@ steps:
   teardown: { kind: teardown }
 ";
 
+/// Waits until `train` is launched and being waited for; its host and its wait command.
+fn launched(t: &Test) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = t.state("p.yaml");
+        let handle = &state["steps"]["train"]["handle"];
+        if let (Some(i), Some(c)) = (handle["host"].as_str(), handle["wait_command"].as_str()) {
+            return (i.to_string(), c.to_string());
+        }
+        assert!(Instant::now() < deadline, "train never launched: {state:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Starts the apply, waits until `train` runs, does `what` to its instance, and returns the apply's exit code,
 /// how long it took after `what`, and the final state.
 async fn apply_and_then(what: &str) -> (Option<i32>, Duration, serde_json::Value) {
@@ -46,25 +60,7 @@ async fn apply_and_then(what: &str) -> (Option<i32>, Duration, serde_json::Value
         |e| e["event"] == "step_started" && e["step"] == "train",
         || true,
     );
-    // Launched and being waited for: the state names the wait command.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let state = loop {
-        let status = t
-            .command()
-            .args(["status", "p.yaml", "--output", "json"])
-            .output()
-            .expect("status");
-        let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
-        if state["steps"]["train"].to_string().contains("wait_command") {
-            break state;
-        }
-        assert!(Instant::now() < deadline, "train never launched: {state:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let instance = state["steps"]["instance"]["outputs"]["instance_id"]
-        .as_str()
-        .expect("instance id")
-        .to_string();
+    let (instance, _) = launched(&t);
     let ec2 = aws_sdk_ec2::Client::new(&endpoint.sdk_config().await);
     let acted = Instant::now();
     match what {
@@ -85,16 +81,7 @@ async fn apply_and_then(what: &str) -> (Option<i32>, Duration, serde_json::Value
     }
     let code = live.proc.child.wait().expect("apply exits").code();
     let took = acted.elapsed();
-    let status = t
-        .command()
-        .args(["status", "p.yaml", "--output", "json"])
-        .output()
-        .expect("status");
-    (
-        code,
-        took,
-        serde_json::from_slice(&status.stdout).expect("state"),
-    )
+    (code, took, t.state("p.yaml"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,21 +143,7 @@ async fn test_e2e_aws_wait_command_lost_under_a_running_step_waits_again() {
         |e| e["event"] == "step_started" && e["step"] == "train",
         || true,
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (instance, command) = loop {
-        let status = t
-            .command()
-            .args(["status", "p.yaml", "--output", "json"])
-            .output()
-            .expect("status");
-        let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
-        let handle = &state["steps"]["train"]["handle"];
-        if let (Some(i), Some(c)) = (handle["host"].as_str(), handle["wait_command"].as_str()) {
-            break (i.to_string(), c.to_string());
-        }
-        assert!(Instant::now() < deadline, "train never launched: {state:#}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (instance, command) = launched(&t);
     let ssm = aws_sdk_ssm::Client::new(&endpoint.sdk_config().await);
     ssm.cancel_command()
         .command_id(&command)
@@ -179,12 +152,7 @@ async fn test_e2e_aws_wait_command_lost_under_a_running_step_waits_again() {
         .await
         .expect("cancel the wait command");
     let code = live.proc.child.wait().expect("apply exits").code();
-    let status = t
-        .command()
-        .args(["status", "p.yaml", "--output", "json"])
-        .output()
-        .expect("status");
-    let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
+    let state = t.state("p.yaml");
     assert_eq!(code, Some(0), "{state:#}");
     assert_eq!(state["steps"]["train"]["status"], "succeeded", "{state:#}");
     assert_eq!(

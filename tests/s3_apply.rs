@@ -73,12 +73,7 @@ async fn test_e2e_apply_with_s3_state() {
         .send()
         .await;
     assert!(lock.is_err(), "the lock object was released");
-    let status = t
-        .command()
-        .args(["status", "p.yaml", "--output", "json"])
-        .output()
-        .expect("status");
-    let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state JSON");
+    let state = t.state("p.yaml");
     assert_eq!(state["run_id"], run_id.as_str());
     assert_eq!(state["status"], "succeeded");
     assert_eq!(state["steps"]["a"]["outputs"]["v"], "1");
@@ -113,12 +108,7 @@ async fn test_e2e_s3_state_write_whose_answer_was_lost_is_not_a_conflict() {
     let (status, body) = endpoint.http("GET", "/_sortie/faults", None);
     assert_eq!(status, 200);
     assert!(body.trim() == "[]", "every lost answer was used: {body}");
-    let state = t
-        .command()
-        .args(["status", "p.yaml", "--output", "json"])
-        .output()
-        .expect("status");
-    let state: serde_json::Value = serde_json::from_slice(&state.stdout).expect("state");
+    let state = t.state("p.yaml");
     assert_eq!(state["status"], "succeeded", "{state:#}");
 }
 

@@ -37,12 +37,7 @@ fn test_e2e_local_stalled_step_is_cancelled_and_fails() {
         "took {:?}",
         started.elapsed()
     );
-    let status = t
-        .command()
-        .args(["status", "p.yaml", "--output", "json"])
-        .output()
-        .expect("status");
-    let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
+    let state = t.state("p.yaml");
     let error = state["steps"]["hang"]["error"].as_str().unwrap_or_default();
     assert!(error.starts_with("stalled: no new output for"), "{error}");
 }
@@ -98,12 +93,7 @@ steps:
         "took {:?}",
         started.elapsed()
     );
-    let status = t
-        .command()
-        .args(["status", "p.yaml", "--output", "json"])
-        .output()
-        .expect("status");
-    let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
+    let state = t.state("p.yaml");
     assert_eq!(state["steps"]["teardown"]["status"], "succeeded");
     (out.status.code(), state)
 }

@@ -115,4 +115,19 @@ impl Test {
         }
         cmd
     }
+
+    /// `plan status FILE --output json`: the latest run's state.
+    pub fn state(&self, file: &str) -> serde_json::Value {
+        let out = self
+            .command()
+            .args(["status", file, "--output", "json"])
+            .output()
+            .expect("plan status");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "plan status {file}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
 }
