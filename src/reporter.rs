@@ -15,6 +15,8 @@ pub struct Reporter {
     format: OutputFormat,
     /// Live progress lines when stdout is a terminal: one spinner per running step.
     live: Option<Live>,
+    /// The run the events are about, from `run_started`: every JSON event names it.
+    run: std::sync::Mutex<Option<String>>,
 }
 
 struct Live {
@@ -66,7 +68,11 @@ impl Reporter {
                 multi: indicatif::MultiProgress::new(),
                 bars: std::sync::Mutex::new(std::collections::HashMap::new()),
             });
-        Reporter { format, live }
+        Reporter {
+            format,
+            live,
+            run: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn emit(&self, event: &Event) {
@@ -97,12 +103,37 @@ impl Reporter {
             return;
         }
         let line = match self.format {
-            OutputFormat::Json => serde_json::to_string(&event).unwrap_or_default(),
+            OutputFormat::Json => self.json_line(&event),
             OutputFormat::Human => human(&event),
         };
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
+    }
+}
+
+impl Reporter {
+    /// The event as one JSON object, with `run` (when the event does not carry it already) and `ts`, when it was
+    /// emitted (RFC 3339, UTC, milliseconds), appended after the event's own fields.
+    fn json_line(&self, event: &Event) -> String {
+        if let Event::RunStarted { run, .. } = event {
+            if let Ok(mut current) = self.run.lock() {
+                *current = Some(run.clone());
+            }
+        }
+        let mut line = serde_json::to_string(event).unwrap_or_default();
+        if !line.ends_with('}') {
+            return line;
+        }
+        line.pop();
+        let has_run = matches!(event, Event::RunStarted { .. } | Event::RunFinished { .. });
+        let run = self.run.lock().ok().and_then(|r| r.clone());
+        if let (false, Some(run)) = (has_run, run) {
+            line.push_str(&format!(",\"run\":{}", serde_json::Value::from(run)));
+        }
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        line.push_str(&format!(",\"ts\":\"{ts}\"}}"));
+        line
     }
 }
 

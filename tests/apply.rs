@@ -574,6 +574,16 @@ steps:
         evs.first().map(|e| &e["event"]),
         Some(&Json::from("run_started"))
     );
+    // Every event names its run and when it was emitted (RFC 3339), so a CI log says when a step started.
+    let run = evs[0]["run"].as_str().expect("run id");
+    let mut previous = None;
+    for e in &evs {
+        assert_eq!(e["run"], run, "{e}");
+        let ts = e["ts"].as_str().unwrap_or_else(|| panic!("no ts: {e}"));
+        let at = humantime::parse_rfc3339(ts).unwrap_or_else(|err| panic!("ts {ts}: {err}"));
+        assert!(previous.is_none_or(|p| p <= at), "out of order: {e}");
+        previous = Some(at);
+    }
     let last = evs.last().expect("events");
     assert_eq!(last["event"], "run_finished", "{last}");
     assert_eq!(last["exit_code"], 0, "{last}");
