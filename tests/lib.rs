@@ -10,6 +10,7 @@ mod aws_provider;
 mod aws_reentry;
 mod examples;
 mod files;
+mod fuzz_corpus;
 mod graph;
 mod injection;
 mod invalid_plans;
