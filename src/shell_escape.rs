@@ -132,6 +132,13 @@ fn heredoc(h: &Heredoc, value: &str) -> Result<String, Unsafe> {
                 h.delimiter
             )));
         }
+        // `<<-` strips the leading tabs of every body line, the value's included: no escape keeps them.
+        let at_line_start = prefix.is_none_or(|p| p.chars().all(|c| c == '\t'));
+        if h.strip_tabs && at_line_start && segment.starts_with('\t') {
+            return Err(Unsafe(
+                "a line of the value starts with a tab, which `<<-` strips".into(),
+            ));
+        }
     }
     if h.quoted {
         Ok(value.to_string())
@@ -206,6 +213,22 @@ mod tests {
         assert!(doc(None, Some("F")).apply("EO").is_err());
         assert!(doc(Some("E"), None).apply("O").is_err());
         assert!(doc(Some("x"), Some("")).apply("EOF").is_ok());
+    }
+
+    #[test]
+    fn strip_tabs_heredoc_refuses_lines_starting_with_a_tab() {
+        assert!(doc(Some(""), Some("")).apply("\tx").is_err());
+        assert!(doc(Some("\t"), Some("")).apply("\tx").is_err());
+        assert!(doc(Some("x"), Some("")).apply("a\n\tb").is_err());
+        assert!(doc(None, Some("")).apply("\tx").is_err());
+        assert_eq!(
+            doc(Some("x"), Some("")).apply("\ty").expect("escape"),
+            "\ty"
+        );
+        assert_eq!(
+            doc(Some(""), Some("")).apply("a\tb").expect("escape"),
+            "a\tb"
+        );
     }
 
     #[test]
