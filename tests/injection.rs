@@ -35,6 +35,9 @@ fn heredoc_dash(v: &str) -> Option<String> {
 fn integer(v: &str) -> Option<String> {
     v.parse::<i64>().ok().map(|n| format!("{n}\n"))
 }
+fn one_minus(v: &str) -> Option<String> {
+    v.parse::<i64>().ok().map(|n| format!("{}\n", 1 - n))
+}
 fn comment(v: &str) -> Option<String> {
     (!v.contains(['\n', '\r'])).then(|| "ok".to_string())
 }
@@ -96,6 +99,11 @@ const CONTEXTS: &[Context] = &[
         expect: integer,
     },
     Context {
+        name: "arith_after_minus",
+        script: "echo $((1-{{ vars.X }})) > got",
+        expect: one_minus,
+    },
+    Context {
         name: "comment",
         script: "# note: {{ vars.X }}\nprintf ok > got",
         expect: comment,
@@ -124,6 +132,8 @@ const VALUES: &[&str] = &[
     "",
     "a[$(touch MARK)]",
     "x\r\ny",
+    "010",
+    "-5",
     "\tindented",
 ];
 

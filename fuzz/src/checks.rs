@@ -719,7 +719,7 @@ fn arith_tokens(text: &str) -> Result<Vec<ArithToken>, String> {
             b'+' | b'-' => {
                 if bytes.get(i + 1) == Some(&c) {
                     return Err(format!(
-                        "`{0}{0}` is an increment or decrement in bash",
+                        "`{0}{0}` reads as the increment or decrement operator",
                         char::from(c)
                     ));
                 }
