@@ -413,14 +413,14 @@ const SHELL_CONTEXTS: &[ShellContext] = &[
     ShellContext {
         name: "arithmetic",
         script: "echo $(( {{ vars.v }} ))",
-        read: |out| arithmetic(out, "echo $(( ", " ))", "", 0),
+        read: |out| arithmetic(out, "echo $(( ", " ))", ""),
         expect: decimal,
         escapable: small_integer,
     },
     ShellContext {
         name: "arithmetic after a minus",
         script: "echo $((1-{{ vars.v }}))",
-        read: |out| arithmetic(out, "echo $((", "))", "1-", 1),
+        read: |out| arithmetic(out, "echo $((", "))", "1-"),
         expect: decimal,
         escapable: small_integer,
     },
@@ -659,44 +659,33 @@ fn unquoted_heredoc_line(text: &str) -> Result<String, String> {
     Ok(decoded)
 }
 
-/// `$(( … ))` around `before` and the value: sh evaluates the expression, where only integer constants (C syntax:
-/// `0x` hexadecimal, a leading `0` octal), unary and binary `+` and `-`, and parentheses are allowed here. The
-/// value read back, in decimal: the result for a bare value, `minuend - result` for `1-X`.
-fn arithmetic(
-    out: &str,
-    prefix: &str,
-    suffix: &str,
-    before: &str,
-    minuend: i128,
-) -> Result<String, String> {
+/// `$(( … ))` around `before` and the value: the operand after `before` as sh evaluates it, where only integer
+/// constants (C syntax: `0x` hexadecimal, a leading `0` octal), unary and binary `+` and `-`, and parentheses are
+/// allowed here. The whole expression is read, so that a `--` formed across `before` and the value is caught; the
+/// value must be one operand, and is given back in decimal.
+fn arithmetic(out: &str, prefix: &str, suffix: &str, before: &str) -> Result<String, String> {
     let inner = out
         .strip_prefix(prefix)
         .and_then(|o| o.strip_suffix(suffix))
         .ok_or("the text around the arithmetic changed")?;
-    let expression = inner
-        .strip_prefix(before)
-        .ok_or("the text before the value changed")?;
+    let tokens = arith_tokens(inner)?;
+    let before = arith_tokens(before)?;
+    if !tokens.starts_with(&before) {
+        return Err(format!(
+            "arithmetic {inner:?} changed the text before the value"
+        ));
+    }
     let mut parser = Arith {
-        tokens: arith_tokens(&format!("{before}{expression}"))?,
-        at: 0,
+        tokens,
+        at: before.len(),
     };
-    let result = parser.sum()?;
+    let operand = parser.unary()?;
     if parser.at != parser.tokens.len() {
         return Err(format!(
-            "arithmetic {inner:?} does not parse as one expression"
+            "in arithmetic {inner:?} the value is not one operand"
         ));
     }
-    if !(i128::from(i64::MIN)..=i128::from(i64::MAX)).contains(&result) {
-        return Err(format!(
-            "arithmetic {inner:?} overflows the shell's integers"
-        ));
-    }
-    let value = if before.is_empty() {
-        result
-    } else {
-        minuend - result
-    };
-    Ok(value.to_string())
+    Ok(operand.to_string())
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -782,7 +771,8 @@ fn c_integer(text: &str) -> Result<i128, String> {
     Ok(n)
 }
 
-/// sum := unary (('+' | '-') unary)*; unary := ('+' | '-') unary | '(' sum ')' | number.
+/// sum := unary (('+' | '-') unary)*; unary := ('+' | '-') unary | '(' sum ')' | number. The constants are at most
+/// `i64::MAX`, and the expressions short, so i128 does not overflow before the checked sums do.
 struct Arith {
     tokens: Vec<ArithToken>,
     at: usize,
@@ -806,7 +796,8 @@ impl Arith {
             } else {
                 total.checked_add(operand)
             }
-            .ok_or("arithmetic overflows")?;
+            .filter(|t| t.unsigned_abs() <= i64::MAX.unsigned_abs().into())
+            .ok_or("arithmetic overflows the shell's integers")?;
         }
         Ok(total)
     }
