@@ -90,16 +90,34 @@ fn backslash(value: &str, special: &[char]) -> String {
     out
 }
 
+/// A decimal integer, written so that the shell reads the number it means: without leading zeros (`010` would be
+/// octal 8, `08` an error), within 64 bits (dash saturates a larger constant, bash wraps it), and a negative one in
+/// parentheses (after a `-` in the template, `-5` would make `--`, the decrement operator).
 fn arith(value: &str) -> Result<String, Unsafe> {
-    let digits = value.strip_prefix('-').unwrap_or(value);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(value.to_string())
-    } else {
-        Err(Unsafe(format!(
+    let (negative, digits) = match value.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, value),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Unsafe(format!(
             "`{}` is not an integer, and shell arithmetic evaluates anything else as code",
             value.escape_debug()
-        )))
+        )));
     }
+    let digits = match digits.trim_start_matches('0') {
+        "" => "0",
+        d => d,
+    };
+    if digits.parse::<i64>().is_err() {
+        return Err(Unsafe(format!(
+            "`{value}` is beyond the shell's 64-bit integers"
+        )));
+    }
+    Ok(if negative && digits != "0" {
+        format!("(-{digits})")
+    } else {
+        digits.to_string()
+    })
 }
 
 fn comment(value: &str) -> Result<String, Unsafe> {
@@ -131,6 +149,13 @@ fn heredoc(h: &Heredoc, value: &str) -> Result<String, Unsafe> {
                 "the value could form the line `{}`, which would end the heredoc early",
                 h.delimiter
             )));
+        }
+        // `<<-` strips the leading tabs of every body line, the value's included: no escape keeps them.
+        let at_line_start = prefix.is_none_or(|p| p.chars().all(|c| c == '\t'));
+        if h.strip_tabs && at_line_start && segment.starts_with('\t') {
+            return Err(Unsafe(
+                "a line of the value starts with a tab, which `<<-` strips".into(),
+            ));
         }
     }
     if h.quoted {
@@ -189,10 +214,27 @@ mod tests {
 
     #[test]
     fn arithmetic_takes_integers_only() {
-        assert_eq!(Escape::Arith.apply("-42").expect("escape"), "-42");
+        assert_eq!(Escape::Arith.apply("42").expect("escape"), "42");
+        assert_eq!(Escape::Arith.apply("-42").expect("escape"), "(-42)");
         assert!(Escape::Arith.apply("a[$(touch x)]").is_err());
         assert!(Escape::Arith.apply("").is_err());
         assert!(Escape::Arith.apply("-").is_err());
+    }
+
+    #[test]
+    fn arithmetic_reads_the_number_meant() {
+        // Leading zeros would make octal (or an error); `--` would be a decrement; 64 bits is all there is.
+        assert_eq!(Escape::Arith.apply("010").expect("escape"), "10");
+        assert_eq!(Escape::Arith.apply("-007").expect("escape"), "(-7)");
+        assert_eq!(Escape::Arith.apply("000").expect("escape"), "0");
+        assert_eq!(Escape::Arith.apply("-0").expect("escape"), "0");
+        assert_eq!(
+            Escape::Arith.apply("9223372036854775807").expect("escape"),
+            "9223372036854775807"
+        );
+        assert!(Escape::Arith.apply("9223372036854775808").is_err());
+        assert!(Escape::Arith.apply("-9223372036854775808").is_err());
+        assert!(Escape::Arith.apply("99999999999999999999").is_err());
     }
 
     #[test]
@@ -206,6 +248,22 @@ mod tests {
         assert!(doc(None, Some("F")).apply("EO").is_err());
         assert!(doc(Some("E"), None).apply("O").is_err());
         assert!(doc(Some("x"), Some("")).apply("EOF").is_ok());
+    }
+
+    #[test]
+    fn strip_tabs_heredoc_refuses_lines_starting_with_a_tab() {
+        assert!(doc(Some(""), Some("")).apply("\tx").is_err());
+        assert!(doc(Some("\t"), Some("")).apply("\tx").is_err());
+        assert!(doc(Some("x"), Some("")).apply("a\n\tb").is_err());
+        assert!(doc(None, Some("")).apply("\tx").is_err());
+        assert_eq!(
+            doc(Some("x"), Some("")).apply("\ty").expect("escape"),
+            "\ty"
+        );
+        assert_eq!(
+            doc(Some(""), Some("")).apply("a\tb").expect("escape"),
+            "a\tb"
+        );
     }
 
     #[test]

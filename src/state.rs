@@ -317,6 +317,21 @@ mod tests {
     }
 
     #[test]
+    fn floats_load_exactly_as_written() {
+        // A state file is read and rewritten at every checkpoint: a parse off by one ULP would drift timestamps
+        // and float vars on each cycle (serde_json's default parser can be; `float_roundtrip` is exact).
+        for text in [
+            "11796097920.8899963",
+            "11796097920.889996",
+            "1796097920.8899963",
+        ] {
+            let parsed: f64 = serde_json::from_str(text).expect("a float");
+            let exact: f64 = text.parse().expect("a float");
+            assert_eq!(parsed.to_bits(), exact.to_bits(), "{text}");
+        }
+    }
+
+    #[test]
     fn run_ids_have_the_generated_format() {
         assert!(is_run_id("20261201-032506-123-0f"));
         for bad in [

@@ -28,8 +28,15 @@ fn dot(v: &str) -> Option<String> {
 fn heredoc(v: &str) -> Option<String> {
     (!v.split('\n').any(|l| l.trim_start_matches('\t') == "EOF")).then(|| format!("{v}\n"))
 }
+/// A `<<-` heredoc line: also refused when a line of the value starts with a tab, which `<<-` strips.
+fn heredoc_dash(v: &str) -> Option<String> {
+    heredoc(v).filter(|_| !v.split('\n').any(|l| l.starts_with('\t')))
+}
 fn integer(v: &str) -> Option<String> {
     v.parse::<i64>().ok().map(|n| format!("{n}\n"))
+}
+fn one_minus(v: &str) -> Option<String> {
+    v.parse::<i64>().ok().map(|n| format!("{}\n", 1 - n))
 }
 fn comment(v: &str) -> Option<String> {
     (!v.contains(['\n', '\r'])).then(|| "ok".to_string())
@@ -69,7 +76,7 @@ const CONTEXTS: &[Context] = &[
     Context {
         name: "heredoc_dash",
         script: "cat > got <<-\"EOF\"\n{{ vars.X }}\n\tEOF",
-        expect: heredoc,
+        expect: heredoc_dash,
     },
     Context {
         name: "cmdsub",
@@ -90,6 +97,11 @@ const CONTEXTS: &[Context] = &[
         name: "arith",
         script: "echo $(( {{ vars.X }} )) > got",
         expect: integer,
+    },
+    Context {
+        name: "arith_after_minus",
+        script: "echo $((1-{{ vars.X }})) > got",
+        expect: one_minus,
     },
     Context {
         name: "comment",
@@ -120,6 +132,9 @@ const VALUES: &[&str] = &[
     "",
     "a[$(touch MARK)]",
     "x\r\ny",
+    "010",
+    "-5",
+    "\tindented",
 ];
 
 fn plan(ctx: &Context, shebang: &str, values: &[String]) -> String {

@@ -11,6 +11,7 @@ mod aws_provider;
 mod aws_reentry;
 mod examples;
 mod files;
+mod fuzz_corpus;
 mod graph;
 mod host_watch;
 mod injection;
