@@ -158,11 +158,60 @@ fn heredoc(h: &Heredoc, value: &str) -> Result<String, Unsafe> {
             ));
         }
     }
+    let hazards: Vec<Option<usize>> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, segment)| {
+            let prefix = if i == 0 { h.prefix.as_deref()? } else { "" };
+            let prefix = if h.strip_tabs {
+                prefix.trim_start_matches('\t')
+            } else {
+                prefix
+            };
+            dash_heredoc_hazard(&h.delimiter, prefix, segment)
+        })
+        .collect();
     if h.quoted {
-        Ok(value.to_string())
-    } else {
-        Ok(backslash(value, &['\\', '$', '`']))
+        return match hazards.iter().any(Option::is_some) {
+            true => Err(Unsafe(format!(
+                "a line of the value starts like `{}` and goes on with a non-ASCII character, which dash (sh on \
+                 Debian and Ubuntu) corrupts in a heredoc; use an unquoted heredoc or double quotes",
+                h.delimiter
+            ))),
+            false => Ok(value.to_string()),
+        };
     }
+    let escaped: Vec<String> = segments
+        .iter()
+        .zip(&hazards)
+        .map(|(segment, hazard)| match hazard {
+            // An empty expansion between the delimiter-like start and the character: dash then compares an
+            // ASCII `$`, and the line reads the same.
+            Some(at) => format!(
+                "{}${{SORTIE_NONE:+}}{}",
+                backslash(&segment[..*at], &['\\', '$', '`']),
+                backslash(&segment[*at..], &['\\', '$', '`'])
+            ),
+            None => backslash(segment, &['\\', '$', '`']),
+        })
+        .collect();
+    Ok(escaped.join("\n"))
+}
+
+/// dash (sh on Debian and Ubuntu) loses the first byte of a non-ASCII character that follows the start of the
+/// delimiter at the start of a heredoc body line: before `EOF`, the line `Eé` reads as `E\xa9`. Where the
+/// value makes such a line after `prefix` (the literal start of its line), the byte index in `segment` of that
+/// character.
+fn dash_heredoc_hazard(delimiter: &str, prefix: &str, segment: &str) -> Option<usize> {
+    let line = format!("{prefix}{segment}");
+    let common = line
+        .bytes()
+        .zip(delimiter.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let non_ascii = line.as_bytes().get(common).is_some_and(|b| *b >= 0x80);
+    let at = common.checked_sub(prefix.len())?;
+    (common >= 1 && non_ascii && segment.is_char_boundary(at)).then_some(at)
 }
 
 /// Whether a line made of `prefix`, `segment` and `suffix` (unknown parts being anything) could equal the
@@ -235,6 +284,25 @@ mod tests {
         assert!(Escape::Arith.apply("9223372036854775808").is_err());
         assert!(Escape::Arith.apply("-9223372036854775808").is_err());
         assert!(Escape::Arith.apply("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn heredoc_keeps_a_non_ascii_character_after_a_delimiter_like_start_under_dash() {
+        let doc = |quoted| {
+            Escape::Heredoc(Heredoc {
+                delimiter: "EOF".into(),
+                quoted,
+                strip_tabs: false,
+                prefix: Some(String::new()),
+                suffix: Some(String::new()),
+            })
+        };
+        assert_eq!(
+            doc(false).apply("Eé\nEOé x\nxé\nEOFé").as_deref(),
+            Ok("E${SORTIE_NONE:+}é\nEO${SORTIE_NONE:+}é x\nxé\nEOF${SORTIE_NONE:+}é")
+        );
+        assert!(doc(true).apply("a\nEé").is_err());
+        assert_eq!(doc(true).apply("xé\néE").as_deref(), Ok("xé\néE"));
     }
 
     #[test]

@@ -28,9 +28,25 @@ fn dot(v: &str) -> Option<String> {
 fn heredoc(v: &str) -> Option<String> {
     (!v.split('\n').any(|l| l.trim_start_matches('\t') == "EOF")).then(|| format!("{v}\n"))
 }
-/// A `<<-` heredoc line: also refused when a line of the value starts with a tab, which `<<-` strips.
+/// dash loses the first byte of a non-ASCII character that follows a delimiter-like start of a heredoc line
+/// (`Eé` before `EOF`); an unquoted heredoc avoids it with an empty expansion, a quoted one refuses the value.
+fn dash_hazard(v: &str) -> bool {
+    v.split('\n').any(|l| {
+        let common = l
+            .bytes()
+            .zip("EOF".bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        common >= 1 && l.as_bytes().get(common).is_some_and(|b| *b >= 0x80)
+    })
+}
+/// A quoted heredoc line: also refused for the dash hazard.
+fn heredoc_quoted(v: &str) -> Option<String> {
+    heredoc(v).filter(|_| !dash_hazard(v))
+}
+/// A quoted `<<-` heredoc line: also refused when a line of the value starts with a tab, which `<<-` strips.
 fn heredoc_dash(v: &str) -> Option<String> {
-    heredoc(v).filter(|_| !v.split('\n').any(|l| l.starts_with('\t')))
+    heredoc_quoted(v).filter(|_| !v.split('\n').any(|l| l.starts_with('\t')))
 }
 fn integer(v: &str) -> Option<String> {
     v.parse::<i64>().ok().map(|n| format!("{n}\n"))
@@ -71,7 +87,7 @@ const CONTEXTS: &[Context] = &[
     Context {
         name: "heredoc_quoted",
         script: "cat > got <<'EOF'\n{{ vars.X }}\nEOF",
-        expect: heredoc,
+        expect: heredoc_quoted,
     },
     Context {
         name: "heredoc_dash",
@@ -135,6 +151,8 @@ const VALUES: &[&str] = &[
     "010",
     "-5",
     "\tindented",
+    "Eé",
+    "x\nEOé-EOFé",
 ];
 
 fn plan(ctx: &Context, shebang: &str, values: &[String]) -> String {

@@ -637,12 +637,21 @@ fn heredoc(
     Err("the heredoc never ends".into())
 }
 
+/// The empty expansion the escaper puts before a non-ASCII character that follows a delimiter-like line start
+/// (dash would lose a byte there): `${NAME:+}` is empty whether NAME is set or not.
+const EMPTY_EXPANSION: &str = "${SORTIE_NONE:+}";
+
 /// A line of an unquoted heredoc body: `\` escapes `$`, `` ` `` and `\` (and would join the next line at the
-/// end of one, which makes where the body ends depend on the shell: refused); `$` and `` ` `` expand.
+/// end of one, which makes where the body ends depend on the shell: refused); `$` and `` ` `` expand, except in
+/// the one empty expansion the escaper writes.
 fn unquoted_heredoc_line(text: &str) -> Result<String, String> {
     let mut decoded = String::new();
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
+        if c == '$' && chars.as_str().starts_with(&EMPTY_EXPANSION[1..]) {
+            chars = chars.as_str()[EMPTY_EXPANSION.len() - 1..].chars();
+            continue;
+        }
         match c {
             '\\' => match chars.next() {
                 Some(e @ ('$' | '`' | '\\')) => decoded.push(e),
