@@ -28,6 +28,42 @@ steps:
   teardown: { kind: teardown }
 ";
 
+/// An apply of `plan` on a new test endpoint, with `train` launched on its host.
+struct Started {
+    endpoint: Endpoint,
+    t: Test,
+    live: Live,
+    instance: String,
+    /// The SSM command that waits for `train`.
+    command: String,
+}
+
+async fn start_train(plan: &str) -> Started {
+    let endpoint =
+        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
+    endpoint.create_bucket("sortie-state").await;
+    let t = Test::new()
+        .file("p.yaml", plan)
+        .env("SORTIE_POLL_INTERVAL", "200ms")
+        .envs(endpoint.env());
+    let mut cmd: Command = t.command();
+    cmd.args(["apply", "p.yaml", "--output", "json"]);
+    let mut live = Live::start(cmd);
+    live.wait_event(
+        Duration::from_secs(60),
+        |e| e["event"] == "step_started" && e["step"] == "train",
+        || true,
+    );
+    let (instance, command) = launched(&t);
+    Started {
+        endpoint,
+        t,
+        live,
+        instance,
+        command,
+    }
+}
+
 /// Waits until `train` is launched and being waited for; its host and its wait command.
 fn launched(t: &Test) -> (String, String) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -45,22 +81,13 @@ fn launched(t: &Test) -> (String, String) {
 /// Starts the apply, waits until `train` runs, does `what` to its instance, and returns the apply's exit code,
 /// how long it took after `what`, and the final state.
 async fn apply_and_then(what: &str) -> (Option<i32>, Duration, serde_json::Value) {
-    let endpoint =
-        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
-    endpoint.create_bucket("sortie-state").await;
-    let t = Test::new()
-        .file("p.yaml", PLAN)
-        .env("SORTIE_POLL_INTERVAL", "200ms")
-        .envs(endpoint.env());
-    let mut cmd: Command = t.command();
-    cmd.args(["apply", "p.yaml", "--output", "json"]);
-    let mut live = Live::start(cmd);
-    live.wait_event(
-        Duration::from_secs(60),
-        |e| e["event"] == "step_started" && e["step"] == "train",
-        || true,
-    );
-    let (instance, _) = launched(&t);
+    let Started {
+        endpoint,
+        t,
+        mut live,
+        instance,
+        ..
+    } = start_train(PLAN).await;
     let ec2 = aws_sdk_ec2::Client::new(&endpoint.sdk_config().await);
     let acted = Instant::now();
     match what {
@@ -124,26 +151,17 @@ async fn test_e2e_aws_stopped_host_ends_its_step_at_once_with_the_reason() {
 async fn test_e2e_aws_wait_command_lost_under_a_running_step_waits_again() {
     // An SSM agent restart (or auto-update) ends the command that waits for the step, without the step's
     // result. The step still runs on the host: sortie asks the wrapper and waits again, and the step succeeds.
-    let endpoint =
-        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
-    endpoint.create_bucket("sortie-state").await;
     let plan = PLAN.replace(
         "      echo started\n      sleep 120\n",
         "      echo started\n      sleep 4\n      echo done=yes >> \"$SORTIE_OUTPUT\"\n",
     );
-    let t = Test::new()
-        .file("p.yaml", plan)
-        .env("SORTIE_POLL_INTERVAL", "200ms")
-        .envs(endpoint.env());
-    let mut cmd: Command = t.command();
-    cmd.args(["apply", "p.yaml", "--output", "json"]);
-    let mut live = Live::start(cmd);
-    live.wait_event(
-        Duration::from_secs(60),
-        |e| e["event"] == "step_started" && e["step"] == "train",
-        || true,
-    );
-    let (instance, command) = launched(&t);
+    let Started {
+        endpoint,
+        t,
+        mut live,
+        instance,
+        command,
+    } = start_train(&plan).await;
     let ssm = aws_sdk_ssm::Client::new(&endpoint.sdk_config().await);
     ssm.cancel_command()
         .command_id(&command)
