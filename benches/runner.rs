@@ -48,6 +48,7 @@ fn run_state(plan: &sortie::plan::Plan, succeeded: usize) -> RunState {
         vars: IndexMap::new(),
         steps,
         plan_file: None,
+        run_key: None,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::variables::{self, Overrides};
 use crate::{loader, yaml};
 
 mod files;
+mod operation;
 
 /// SSM Run Command's maximum executionTimeout: longer attached steps cannot be watched to the end.
 pub const SSM_MAX_TIMEOUT: Duration = Duration::from_secs(172_800);
@@ -202,6 +203,7 @@ impl Compiler {
             .and_then(|d| self.render_compile_time("description", d, &vars_ctx));
         let target = self.target(&raw, &vars_ctx);
         let state = self.state(&raw, &vars_ctx);
+        let operation = self.operation(&raw, &vars, &vars_ctx);
         let defaults = raw.defaults.clone().unwrap_or_default();
         let default_timeout =
             self.duration("defaults.timeout", defaults.timeout.as_deref(), &vars_ctx);
@@ -287,6 +289,7 @@ impl Compiler {
             state: state?,
             steps,
             dag,
+            operation: operation?,
         })
     }
 
@@ -367,6 +370,7 @@ impl Compiler {
             ("", Some("steps"), _) => return,
             ("", Some("target"), 1) => plan_file::TARGET_FIELDS,
             ("", Some("defaults"), 1) => plan_file::DEFAULTS_FIELDS,
+            ("", Some("notify"), 1) => plan_file::NOTIFY_FIELDS,
             // A step's own keys are checked in `read_steps`, which knows its kind.
             (b, None, _) if b.starts_with("steps.") => return,
             (b, Some("heartbeat"), 1) if b.starts_with("steps.") => plan_file::HEARTBEAT_FIELDS,

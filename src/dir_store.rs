@@ -137,6 +137,29 @@ impl DirStore {
         }
     }
 
+    /// A small document of the plan beside its runs (`<dir>/<plan>/<name>`; `name` may hold one `/`), or None.
+    pub fn read_doc(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match fs::read(self.root.join(name)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(
+                format!("cannot read {}", self.root.join(name).display()),
+                e,
+            )),
+        }
+    }
+
+    /// Writes a plan document atomically.
+    pub fn write_doc(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(name);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| Error::StateDir {
+            path: dir.clone(),
+            source: e,
+        })?;
+        write_atomic(&path, bytes).map_err(Error::in_state_dir(&dir))
+    }
+
     /// Writes state atomically. The caller holds the lock; the serial must follow the stored one.
     pub fn save(&self, state: &mut RunState) -> Result<()> {
         let path = self.state_path(&state.run_id);

@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use serde_json::Value as Json;
 
 use crate::dag::Dag;
-use crate::plan_file::{KindName, Market, When};
+use crate::plan_file::{Concurrency, KindName, Market, NotifyOn, When};
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -22,6 +22,25 @@ pub struct Plan {
     pub state: StateLocation,
     pub steps: Vec<Step>,
     pub dag: Dag,
+    /// How runs are named, started beside each other, and reported: see `operation.rs`.
+    pub operation: Operation,
+}
+
+/// The plan-level keys about operating runs (`run_key`, `concurrency`, `notify`).
+#[derive(Debug, Clone, Default)]
+pub struct Operation {
+    /// `run_key:` as written (a template over `vars` and `env`, rendered when an apply picks its run, so that
+    /// `plan validate` does not need the CI's environment).
+    pub run_key: Option<String>,
+    pub concurrency: Concurrency,
+    pub notify: Option<Notify>,
+}
+
+/// Where and when the run's end is announced.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    pub webhook: Option<String>,
+    pub on: Vec<NotifyOn>,
 }
 
 impl Plan {

@@ -30,6 +30,53 @@ pub struct PlanFile<S = RawStep> {
     pub defaults: Option<RawDefaults>,
     /// The steps, by id. Order only matters for display; edges come from `needs` and references.
     pub steps: IndexMap<String, S>,
+    /// Names the run (a template: may use `vars` and `env`, e.g. `"{{ env.GITHUB_SHA }}"`). Applying the same
+    /// key again continues that run, or reports it when it has finished: a retried CI job never trains twice.
+    /// `--run-key` overrides it.
+    #[serde(default)]
+    pub run_key: Option<String>,
+    /// What an apply that would start a new run does while another run of the plan is unfinished: `allow`
+    /// (default: start it), `forbid` (start nothing, exit 0) or `replace` (cancel and tear down the other first).
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
+    /// Who hears about the run's end: a webhook (Slack-compatible JSON) and when.
+    #[serde(default)]
+    pub notify: Option<RawNotify>,
+}
+
+/// What to do about an unfinished run when an apply would start a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Concurrency {
+    /// Start the new run beside it.
+    #[default]
+    Allow,
+    /// Start nothing: say so and exit 0.
+    Forbid,
+    /// Cancel the unfinished run's steps and tear it down, then start the new run.
+    Replace,
+}
+
+/// A run event that can be notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyOn {
+    /// The run ended failed.
+    Failure,
+    /// A step was failed as stalled (its heartbeat or log stopped).
+    Stall,
+    /// The run ended succeeded.
+    Success,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct RawNotify {
+    /// An https URL that receives a JSON POST `{"text": ...}` (Slack incoming webhooks, Mattermost, Teams
+    /// workflows). A template: usually `{{ vars.slack_webhook }}` from a secret-named variable.
+    pub webhook: Option<String>,
+    /// When to notify (default: `[failure, stall]`).
+    pub on: Option<Vec<NotifyOn>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -234,7 +281,11 @@ pub const TOP_FIELDS: &[&str] = &[
     "state",
     "defaults",
     "steps",
+    "run_key",
+    "concurrency",
+    "notify",
 ];
+pub const NOTIFY_FIELDS: &[&str] = &["webhook", "on"];
 pub const TARGET_FIELDS: &[&str] = &["provider", "region", "endpoint_url", "profile", "root"];
 pub const DEFAULTS_FIELDS: &[&str] = &["timeout", "retries", "backoff"];
 pub const HEARTBEAT_FIELDS: &[&str] = &["stale_after", "interval", "progress", "metrics"];

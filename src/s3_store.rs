@@ -222,6 +222,29 @@ impl S3Store {
         Ok(Some((bytes, etag)))
     }
 
+    /// A small document of the plan beside its runs (`<prefix>/<plan>/<name>`), or None.
+    pub async fn read_doc(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .get(&format!("{}{name}", self.base))
+            .await?
+            .map(|(bytes, _)| bytes))
+    }
+
+    /// Writes a plan document (the caller holds the plan's lock, so there is one writer).
+    pub async fn write_doc(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let key = format!("{}{name}", self.base);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(bytes.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("PutObject", &key, e))?;
+        Ok(())
+    }
+
     /// Takes the run's lock without waiting; a held lock names its holder.
     pub async fn lock(&self, run: &str, plan_file: &Path) -> Result<S3Lock> {
         self.acquire(self.key(run, LOCK_FILE))

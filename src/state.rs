@@ -159,6 +159,9 @@ pub struct RunState {
     /// state directory, and one must never continue (and tear down) the other's run. None in older documents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_file: Option<String>,
+    /// The key that names the run (`--run-key`, `run_key:`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_key: Option<String>,
 }
 
 impl RunState {

@@ -116,6 +116,21 @@ impl Store {
         }
     }
 
+    /// A small document of the plan beside its runs (the run-key index), or None.
+    pub async fn read_doc(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Store::Dir(s) => s.read_doc(name),
+            Store::S3(s) => s.read_doc(name).await,
+        }
+    }
+
+    pub async fn write_doc(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        match self {
+            Store::Dir(s) => s.write_doc(name, bytes),
+            Store::S3(s) => s.write_doc(name, bytes).await,
+        }
+    }
+
     /// Writes state (serial + 1); a concurrent change is a conflict, never overwritten.
     pub async fn save(&self, state: &mut RunState) -> Result<()> {
         // What is stored has every known secret value scrubbed (a failing step's error may quote one).

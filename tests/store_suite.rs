@@ -148,6 +148,7 @@ fn new_state(run: &str) -> RunState {
         vars: IndexMap::new(),
         steps: IndexMap::new(),
         plan_file: None,
+        run_key: None,
     }
 }
 
