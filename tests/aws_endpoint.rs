@@ -206,6 +206,9 @@ impl Endpoint {
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
             ("AWS_CONFIG_FILE", nowhere.display().to_string()),
             ("AWS_SHARED_CREDENTIALS_FILE", nowhere.display().to_string()),
+            // These applies run as a CI job does: no terminal, so `plan apply` on AWS needs --yes. The tests of
+            // the question itself (tests/confirm.rs) remove it.
+            ("SORTIE_YES", "1".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
