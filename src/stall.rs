@@ -127,3 +127,8 @@ mod tests {
         );
     }
 }
+
+/// Whether a step's error is a stall verdict (from `StallWatch` or the AWS step watch).
+pub fn is_stall(error: &str) -> bool {
+    error.starts_with("stalled: ")
+}
