@@ -48,12 +48,21 @@ pub enum Command {
         /// Steps that may run at once.
         #[arg(long, default_value_t = 10)]
         parallelism: usize,
-        /// Do not wait for detached steps: leave them running and exit 4.
-        #[arg(long)]
+        /// Do not wait for detached steps: leave them running and exit 4 (the same as `--wait 0`).
+        #[arg(long, conflicts_with = "wait")]
         no_wait: bool,
-        /// Do not ask for confirmation (apply never asks on the local target).
-        #[arg(long, short = 'y')]
+        /// Advance the run for at most this long (e.g. `5h30m`), then leave its steps running on their hosts and
+        /// exit 4; the next `plan apply` continues it.
+        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        wait: Option<std::time::Duration>,
+        /// Do not ask before spending (on AWS, apply shows the preview and asks on a terminal, and needs --yes
+        /// without one; it never asks on the local target).
+        #[arg(long, short = 'y', env = "SORTIE_YES")]
         yes: bool,
+        /// Name the run: the same key again continues its run, or reports it when it has succeeded (overrides
+        /// the plan's `run_key`).
+        #[arg(long, value_name = "KEY", conflicts_with_all = ["new", "run"])]
+        run_key: Option<String>,
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
     },
@@ -65,6 +74,9 @@ pub enum Command {
         run: RunArgs,
         #[arg(long, value_name = "STEP")]
         from: Option<String>,
+        /// Preview the apply of this run key (see `plan apply --run-key`).
+        #[arg(long, value_name = "KEY", conflicts_with_all = ["new", "run"])]
+        run_key: Option<String>,
     },
     /// Show the steps of a run.
     Status {
@@ -170,6 +182,15 @@ impl PlanArgs {
     }
 }
 
+/// `--wait`: a humantime duration (`90s`, `5h 30m`, `0`).
+fn parse_wait(text: &str) -> std::result::Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like `90s`, `45m` or `5h30m`: {e}"))
+}
+
 /// Runs a future on a fresh multi-threaded runtime (commands are short-lived; one runtime per command).
 fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     tokio::runtime::Runtime::new()
@@ -251,7 +272,9 @@ fn dispatch(command: Command) -> Result<i32> {
             from,
             parallelism,
             no_wait,
-            yes: _,
+            wait,
+            yes,
+            run_key,
             output,
         } => {
             let compiled = plan.compile()?;
@@ -259,12 +282,23 @@ fn dispatch(command: Command) -> Result<i32> {
                 selector: run.selector(),
                 from,
                 parallelism,
-                no_wait,
+                wait: if no_wait {
+                    Some(std::time::Duration::ZERO)
+                } else {
+                    wait
+                },
+                run_key,
+                yes,
                 output,
             };
             return block_on(session::apply(&compiled.plan, opts));
         }
-        Command::Preview { plan, run, from } => {
+        Command::Preview {
+            plan,
+            run,
+            from,
+            run_key,
+        } => {
             let compiled = plan.compile()?;
             write(
                 &mut out,
@@ -272,6 +306,7 @@ fn dispatch(command: Command) -> Result<i32> {
                     &compiled.plan,
                     &run.selector(),
                     from.as_deref(),
+                    run_key.as_deref(),
                 ))?,
             )?;
         }

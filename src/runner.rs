@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub parallelism: usize,
     /// Wait for detached steps (default) or leave them running and exit 4.
     pub wait_detached: bool,
+    /// `--wait`: when the walk stops advancing (and the duration, for the message).
+    pub deadline: Option<(tokio::time::Instant, Duration)>,
     pub poll: Duration,
 }
 
@@ -188,11 +190,17 @@ impl Walker<'_> {
                 break;
             }
             let next_retry = self.retry_at.values().min().copied();
+            let deadline = self
+                .opts
+                .deadline
+                .filter(|_| self.stopping == 0)
+                .map(|(at, _)| at);
             tokio::select! {
                 msg = rx.recv() => if let Some(msg) = msg { self.handle(msg).await?; },
                 _ = interrupt.recv() => self.interrupt(&cancel_tx),
                 _ = terminate.recv() => self.interrupt(&cancel_tx),
                 _ = sleep_until(next_retry) => {}
+                _ = sleep_until(deadline) => self.out_of_time(),
             }
         }
         self.finish().await
@@ -225,6 +233,45 @@ impl Walker<'_> {
         }
         self.reporter.emit(&Event::Notice {
             message: "interrupted: starting no new steps; waiting for attached steps (Ctrl-C again to cancel them)".into(),
+        });
+    }
+
+    /// `--wait` ran out: start nothing new, and stop watching every run step. A run step outlives `plan` on its
+    /// host, attached or detached (the host protocol), so the next apply re-attaches it exactly as after a crash.
+    /// Instance, volume and teardown steps work inside this process: they are finished first, as they are short
+    /// and bounded by their own waits.
+    fn out_of_time(&mut self) {
+        self.stopping = 1;
+        self.retry_at.clear();
+        let mut left: Vec<usize> = self
+            .running
+            .keys()
+            .copied()
+            .filter(|&i| matches!(&self.plan.steps[i].kind, StepKind::Run(_)))
+            .collect();
+        left.sort_unstable();
+        for &i in &left {
+            if let Some(task) = self.tasks.remove(&i) {
+                task.abort();
+            }
+            self.running.remove(&i);
+            self.left_running = true;
+        }
+        let waited = self.opts.deadline.map(|(_, d)| d).unwrap_or_default();
+        let names: Vec<&str> = left.iter().map(|&i| self.id(i)).collect();
+        self.reporter.emit(&Event::Notice {
+            message: if names.is_empty() {
+                format!(
+                    "--wait {}: time is up; starting no new steps",
+                    humantime::format_duration(waited)
+                )
+            } else {
+                format!(
+                    "--wait {}: time is up; starting no new steps; left running on their hosts: {}",
+                    humantime::format_duration(waited),
+                    names.join(", ")
+                )
+            },
         });
     }
 
@@ -409,6 +456,19 @@ impl Walker<'_> {
     }
 
     async fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
+        if let Outcome::Failed { error } = &outcome {
+            // Announced at once, even when a retry follows: a stalled 15-hour step is what an operator must
+            // hear of.
+            if crate::stall::is_stall(error) {
+                let what = crate::notify::Happening::Stalled {
+                    step: self.id(i),
+                    error,
+                };
+                if let Some(warning) = crate::notify::send(self.plan, &self.state.run_id, what).await {
+                    self.reporter.emit(&Event::Notice { message: warning });
+                }
+            }
+        }
         self.running.remove(&i);
         self.tasks.remove(&i);
         let step = self.plan.steps[i].clone();
@@ -535,6 +595,7 @@ impl Walker<'_> {
         if let Some(root) = self.root_cause() {
             self.reporter.emit(&Event::Notice { message: root });
         }
+        self.notify_end(status).await;
         if code == exit::RUNNING {
             self.reporter.emit(&Event::Notice {
                 message: format!(
@@ -550,6 +611,27 @@ impl Walker<'_> {
             exit_code: code,
         });
         Ok(code)
+    }
+
+    /// `notify:` of a finished run: its root cause, or its success.
+    async fn notify_end(&self, status: RunStatus) {
+        let duration = self.state.finished_at.unwrap_or_else(state::now) - self.state.started_at;
+        let failed = self.plan.dag.order().iter().find_map(|&i| {
+            let st = self.state.step(self.id(i));
+            (st.status == StepStatus::Failed).then(|| (self.id(i), st.error.as_deref().unwrap_or("")))
+        });
+        let what = match (status, failed) {
+            (RunStatus::Failed, Some((step, error))) => {
+                crate::notify::Happening::Failed { step, error }
+            }
+            (RunStatus::Succeeded, _) => crate::notify::Happening::Succeeded {
+                duration_secs: duration,
+            },
+            _ => return,
+        };
+        if let Some(warning) = crate::notify::send(self.plan, &self.state.run_id, what).await {
+            self.reporter.emit(&Event::Notice { message: warning });
+        }
     }
 
     /// The first failed step in topological order whose own dependencies all succeeded: the root cause.

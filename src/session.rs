@@ -87,6 +87,7 @@ fn fresh_state(plan: &Plan, run_id: String) -> RunState {
             .map(|s| (s.id.clone(), StepState::pending()))
             .collect(),
         plan_file: Some(plan_file_name(plan)),
+        run_key: None,
     }
 }
 
@@ -121,8 +122,27 @@ pub struct ApplyOptions {
     pub selector: RunSelector,
     pub from: Option<String>,
     pub parallelism: usize,
-    pub no_wait: bool,
+    /// How long to advance the run: `None` waits for everything, zero leaves detached steps at once
+    /// (`--no-wait`), anything else leaves every running step on its host when it runs out (`--wait`).
+    pub wait: Option<Duration>,
+    /// `--run-key`: overrides the plan's `run_key`.
+    pub run_key: Option<String>,
+    /// `--yes`: do not ask before spending (AWS).
+    pub yes: bool,
     pub output: OutputFormat,
+}
+
+/// What an apply picked under the plan's lock.
+enum Picked {
+    /// Advance this run (locked); `resumed` when it existed before.
+    Run {
+        id: String,
+        resumed: bool,
+        lock: RunLock,
+        notes: Vec<String>,
+    },
+    /// Nothing to do: the keyed run has succeeded, or `concurrency: forbid` refused a new run.
+    Nothing { run: Option<String>, message: String },
 }
 
 pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
@@ -133,21 +153,77 @@ pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         })?),
         None => None,
     };
+    let key = crate::run_key::resolve(plan, opts.run_key.as_deref())?;
+    if !opts.yes && crate::confirm::asks(plan) {
+        let (preview, acts) =
+            preview_with(plan, &store, &opts.selector, from, key.as_deref()).await?;
+        if acts && !crate::confirm::ask(plan, &preview)? {
+            eprintln!("apply cancelled: nothing was changed");
+            return Ok(exit::FAILED);
+        }
+    }
+    let reporter = Reporter::new(opts.output);
     // Picking or creating the run happens under the plan's lock: applies started at once must not each start one.
     let plan_lock = store.lock_plan(&plan.file).await?;
-    let picked = pick_run(plan, &store, &opts, from).await;
+    let picked = pick_run(plan, &store, &opts, from, key.as_deref()).await;
     let released = plan_lock.release().await;
-    let (run_id, resumed, lock) = picked?;
-    if let Err(e) = released {
-        let _ = lock.release().await;
-        return Err(e);
-    }
-    let result = apply_locked(plan, &store, run_id, resumed, from, &opts).await;
+    let (run_id, resumed, lock) = match picked? {
+        Picked::Run {
+            id,
+            resumed,
+            lock,
+            notes,
+        } => {
+            if let Err(e) = released {
+                let _ = lock.release().await;
+                return Err(e);
+            }
+            for message in notes {
+                reporter.emit(&crate::event::Event::Notice { message });
+            }
+            (id, resumed, lock)
+        }
+        Picked::Nothing { run, message } => {
+            released?;
+            reporter.emit(&crate::event::Event::Notice { message });
+            if let Some(run) = run {
+                reporter.emit(&crate::event::Event::RunFinished {
+                    run,
+                    status: RunStatus::Succeeded.as_str().into(),
+                    exit_code: exit::OK,
+                });
+            }
+            return Ok(exit::OK);
+        }
+    };
+    let result = apply_locked(plan, &store, run_id, resumed, from, &opts, &reporter).await;
     // Release on every path: an S3 lock left behind would need `plan unlock --force`.
     let released = lock.release().await;
     let code = result?;
     released?;
     Ok(code)
+}
+
+/// The run an apply would advance, read-only (for the preview): the keyed run, the named one, or the latest
+/// unfinished one; None for a new run.
+async fn target_run(
+    store: &Store,
+    sel: &RunSelector,
+    from: Option<usize>,
+    key: Option<&str>,
+) -> Result<Option<RunState>> {
+    if let Some(key) = key {
+        return match crate::run_key::lookup(store, key).await? {
+            Some(id) => store.load(&id).await,
+            None => Ok(None),
+        };
+    }
+    let previous = if sel.new {
+        None
+    } else {
+        existing(store, sel).await?
+    };
+    Ok(previous.filter(|p| !p.status.is_finished() || sel.run.is_some() || from.is_some()))
 }
 
 /// Picks the run to apply and takes its lock; the caller holds the plan's lock. A new run's first state is
@@ -157,36 +233,77 @@ async fn pick_run(
     store: &Store,
     opts: &ApplyOptions,
     from: Option<usize>,
-) -> Result<(String, bool, RunLock)> {
-    let previous = if opts.selector.new {
-        None
-    } else {
-        existing(store, &opts.selector).await?
-    };
-    if let (None, Some(id)) = (&previous, &opts.selector.run) {
-        return Err(Error::Usage(format!(
-            "plan `{}` has no run `{id}`; start a new one with `plan apply {}`",
-            plan.name,
-            plan.file.display()
-        )));
+    key: Option<&str>,
+) -> Result<Picked> {
+    if let (None, Some(id)) = (key, &opts.selector.run) {
+        check_run_id(id)?;
+        if store.load(id).await?.is_none() {
+            return Err(Error::Usage(format!(
+                "plan `{}` has no run `{id}`; start a new one with `plan apply {}`",
+                plan.name,
+                plan.file.display()
+            )));
+        }
     }
-    let resume = previous
-        .filter(|p| !p.status.is_finished() || opts.selector.run.is_some() || from.is_some());
+    // A key whose index names a run that has no state yet: a crash between the two writes. Create it now.
+    let keyed_id = match key {
+        Some(k) => crate::run_key::lookup(store, k).await?,
+        None => None,
+    };
+    let resume = target_run(store, &opts.selector, from, key).await?;
+    if let (Some(k), Some(p)) = (key, &resume) {
+        if p.status == RunStatus::Succeeded && from.is_none() {
+            return Ok(Picked::Nothing {
+                run: Some(p.run_id.clone()),
+                message: format!(
+                    "run {} (key `{k}`) succeeded at {}: nothing to do\n  = help: `plan apply {} --run-key {} --from STEP` reruns part of it; another key starts a new run",
+                    p.run_id,
+                    fmt_time(p.finished_at.unwrap_or(p.started_at)),
+                    plan.file.display(),
+                    shlex::try_quote(k).unwrap_or_default()
+                ),
+            });
+        }
+    }
     if let Some(p) = &resume {
         check_resumable(plan, p, from)?;
     }
-    let run_id = resume
-        .as_ref()
-        .map_or_else(new_run_id, |p| p.run_id.clone());
+    let mut notes = Vec::new();
+    if resume.is_none() && keyed_id.is_none() {
+        match crate::concurrency::admit(plan, store).await? {
+            crate::concurrency::Admission::Refused(message) => {
+                return Ok(Picked::Nothing { run: None, message })
+            }
+            crate::concurrency::Admission::Start { notes: n } => notes = n,
+        }
+    }
+    let run_id = match (&resume, keyed_id) {
+        (Some(p), _) => p.run_id.clone(),
+        (None, Some(id)) => id,
+        (None, None) => new_run_id(),
+    };
     let lock = store.lock(&run_id, &plan.file).await?;
     if resume.is_none() {
-        let mut run = fresh_state(plan, run_id.clone());
-        if let Err(e) = store.save(&mut run).await {
+        let created = async {
+            if let Some(k) = key {
+                crate::run_key::record(store, k, &run_id).await?;
+            }
+            let mut run = fresh_state(plan, run_id.clone());
+            run.run_key = key.map(str::to_string);
+            store.save(&mut run).await
+        }
+        .await;
+        if let Err(e) = created {
             let _ = lock.release().await;
             return Err(e);
         }
     }
-    Ok((run_id, resume.is_some(), lock))
+    Ok(Picked::Run {
+        id: run_id,
+        resumed: resume.is_some(),
+        lock,
+        notes,
+    })
 }
 
 /// Whether this plan file may continue `run`: its own file's run, not destroyed, and (with `--from`) with the
@@ -239,6 +356,7 @@ async fn apply_locked(
     resumed: bool,
     from: Option<usize>,
     opts: &ApplyOptions,
+    reporter: &Reporter,
 ) -> Result<i32> {
     // Re-read under the lock: another apply may have written since.
     let mut run = match store.load(&run_id).await? {
@@ -253,7 +371,6 @@ async fn apply_locked(
     run.vars = state::redacted_vars(&plan.vars);
     run.plan_file.get_or_insert_with(|| plan_file_name(plan));
     cancel_orphans(plan, &mut run).await?;
-    let reporter = Reporter::new(opts.output);
     reporter.emit(&crate::event::Event::RunStarted {
         run: run_id,
         plan: plan.name.clone(),
@@ -262,10 +379,14 @@ async fn apply_locked(
     });
     let run_opts = RunOptions {
         parallelism: opts.parallelism.max(1),
-        wait_detached: !opts.no_wait,
+        wait_detached: opts.wait != Some(Duration::ZERO),
+        deadline: opts
+            .wait
+            .filter(|w| !w.is_zero())
+            .map(|w| (tokio::time::Instant::now() + w, w)),
         poll: Duration::from_millis(200),
     };
-    runner::walk(plan, run, store, &reporter, run_opts, from).await
+    runner::walk(plan, run, store, reporter, run_opts, from).await
 }
 
 /// Steps of the run that are no longer in the plan but still running (the plan was edited while they ran) are
@@ -291,24 +412,81 @@ async fn cancel_orphans(plan: &Plan, run: &mut RunState) -> Result<()> {
 }
 
 /// What apply would do, and why. Changes nothing.
-pub async fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Result<String> {
+pub async fn preview(
+    plan: &Plan,
+    sel: &RunSelector,
+    from: Option<&str>,
+    run_key: Option<&str>,
+) -> Result<String> {
     let store = store(plan).await?;
-    let previous = if sel.new {
-        None
-    } else {
-        existing(&store, sel).await?
-    };
     let from_index = match from {
         Some(id) => Some(plan.index_of(id).ok_or_else(|| {
             Error::Usage(format!("--from: plan `{}` has no step `{id}`", plan.name))
         })?),
         None => None,
     };
-    let (header, run) = match previous {
-        Some(p) if !p.status.is_finished() || sel.run.is_some() || from.is_some() => {
-            (format!("continuing run {}", p.run_id), p)
+    let key = crate::run_key::resolve(plan, run_key)?;
+    Ok(preview_with(plan, &store, sel, from_index, key.as_deref())
+        .await?
+        .0)
+}
+
+/// The preview text of an apply with these choices (also what apply shows before it asks).
+async fn preview_with(
+    plan: &Plan,
+    store: &Store,
+    sel: &RunSelector,
+    from_index: Option<usize>,
+    key: Option<&str>,
+) -> Result<(String, bool)> {
+    let previous = target_run(store, sel, from_index, key).await?;
+    if let (Some(k), Some(p)) = (key, &previous) {
+        if p.status == RunStatus::Succeeded && from_index.is_none() {
+            return Ok((
+                format!(
+                    "plan {}: run {} (key `{k}`) has succeeded: apply does nothing\n",
+                    plan.name, p.run_id
+                ),
+                false,
+            ));
         }
-        _ => ("new run".to_string(), fresh_state(plan, "preview".into())),
+    }
+    if previous.is_none() && plan.operation.concurrency == crate::plan_file::Concurrency::Forbid {
+        if let Some(other) = crate::concurrency::unfinished(store).await?.first() {
+            return Ok((
+                format!(
+                    "plan {}: run {} is unfinished and the plan says `concurrency: forbid`: apply starts nothing\n",
+                    plan.name, other.run_id
+                ),
+                false,
+            ));
+        }
+    }
+    let replaced = if previous.is_none()
+        && plan.operation.concurrency == crate::plan_file::Concurrency::Replace
+    {
+        let ids: Vec<String> = crate::concurrency::unfinished(store)
+            .await?
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (first cancels and tears down the unfinished run {}: concurrency: replace)",
+                ids.join(", ")
+            )
+        }
+    } else {
+        String::new()
+    };
+    let (header, run) = match previous {
+        Some(p) => (format!("continuing run {}", p.run_id), p),
+        None => (
+            format!("new run{replaced}"),
+            fresh_state(plan, "preview".into()),
+        ),
     };
     let decisions = runner::decide(plan, &run, from_index);
     let width = plan
@@ -332,7 +510,8 @@ pub async fn preview(plan: &Plan, sel: &RunSelector, from: Option<&str>) -> Resu
             plan.steps[i].id
         ));
     }
-    Ok(out)
+    let acts = decisions.iter().any(|(d, _)| *d != Decision::Skip);
+    Ok((out, acts))
 }
 
 pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
@@ -619,14 +798,21 @@ pub async fn destroy(plan: &Plan, sel: &RunSelector) -> Result<String> {
     let store = store(plan).await?;
     let found = require(&store, plan, sel).await?;
     let lock = store.lock(&found.run_id, &plan.file).await?;
-    let result = destroy_locked(plan, &store, found).await;
+    let result = destroy_locked(plan, &store, found, "cancelled: the run was destroyed").await;
     let released = lock.release().await;
     let text = result?;
     released?;
     Ok(text)
 }
 
-async fn destroy_locked(plan: &Plan, store: &Store, found: RunState) -> Result<String> {
+/// Destroys a run whose lock the caller holds; steps still running are marked cancelled with `why` (their
+/// processes end with their host).
+pub(crate) async fn destroy_locked(
+    plan: &Plan,
+    store: &Store,
+    found: RunState,
+    why: &str,
+) -> Result<String> {
     let mut run = store.load(&found.run_id).await?.unwrap_or(found);
     let order: Vec<(String, Vec<state::Resource>)> = plan
         .dag
@@ -661,6 +847,13 @@ async fn destroy_locked(plan: &Plan, store: &Store, found: RunState) -> Result<S
     }
     run.status = RunStatus::Destroyed;
     run.finished_at.get_or_insert_with(state::now);
+    for st in run.steps.values_mut() {
+        if st.status == StepStatus::Running {
+            st.status = StepStatus::Cancelled;
+            st.error = Some(why.to_string());
+            st.finished_at = Some(state::now());
+        }
+    }
     store.save(&mut run).await?;
     Ok(format!("run {}: destroyed {count} resources\n", run.run_id))
 }

@@ -4,6 +4,7 @@ mod aws_endpoint;
 mod test_builder;
 
 mod apply;
+mod confirm;
 mod aws_apply;
 mod aws_iam;
 mod aws_mistral;
@@ -26,4 +27,7 @@ mod schema;
 mod secrets;
 mod stall;
 mod store_suite;
+mod notify;
+mod run_keys;
 mod variables;
+mod wait_deadline;
