@@ -18,6 +18,8 @@ use crate::state::{self, RunState, RunStatus, StepStatus};
 use crate::state_store::Store;
 use crate::step_exec::{self, Job, Msg, Outcome};
 
+pub use crate::reentry::{decide, Decision};
+
 pub struct RunOptions {
     pub parallelism: usize,
     /// Wait for detached steps (default) or leave them running and exit 4.
@@ -25,63 +27,6 @@ pub struct RunOptions {
     /// `--wait`: when the walk stops advancing (and the duration, for the message).
     pub deadline: Option<(tokio::time::Instant, Duration)>,
     pub poll: Duration,
-}
-
-/// What re-entry decided for a step before the walk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    Run,
-    Skip,
-    Rerun(String),
-    Reconcile,
-}
-
-/// Decides, for every step, what this apply will do with it. `from` forces a step and its descendants.
-pub fn decide(plan: &Plan, state: &RunState, from: Option<usize>) -> Vec<(Decision, String)> {
-    let n = plan.steps.len();
-    let mut out = vec![(Decision::Run, String::new()); n];
-    let mut forced = vec![false; n];
-    if let Some(f) = from {
-        for d in plan.dag.descendants(f) {
-            forced[d] = true;
-        }
-    }
-    for &i in plan.dag.order() {
-        let step = &plan.steps[i];
-        let st = state.step(&step.id);
-        let digest = state::digest(&step.definition);
-        let upstream_rerun = plan
-            .dag
-            .dependencies(i)
-            .iter()
-            .any(|&d| matches!(out[d].0, Decision::Rerun(_)))
-            && !matches!(step.kind, StepKind::Teardown(_));
-        out[i] = if forced[i] {
-            (
-                Decision::Rerun(format!("--from {}", plan.steps[from.unwrap_or(i)].id)),
-                "forced".into(),
-            )
-        } else {
-            match st.status {
-                StepStatus::Succeeded if st.digest.as_deref() != Some(digest.as_str()) => (
-                    Decision::Rerun("its definition changed".into()),
-                    "changed".into(),
-                ),
-                StepStatus::Succeeded if upstream_rerun => (
-                    Decision::Rerun("a step it depends on runs again".into()),
-                    "upstream".into(),
-                ),
-                StepStatus::Succeeded => (Decision::Skip, "succeeded before, unchanged".into()),
-                StepStatus::Running => (
-                    Decision::Reconcile,
-                    "was running when the last apply stopped".into(),
-                ),
-                StepStatus::Pending => (Decision::Run, "not run yet".into()),
-                other => (Decision::Run, format!("{} last time", other.as_str())),
-            }
-        };
-    }
-    out
 }
 
 struct Walker<'a> {
@@ -464,7 +409,9 @@ impl Walker<'_> {
                     step: self.id(i),
                     error,
                 };
-                if let Some(warning) = crate::notify::send(self.plan, &self.state.run_id, what).await {
+                if let Some(warning) =
+                    crate::notify::send(self.plan, &self.state.run_id, what).await
+                {
                     self.reporter.emit(&Event::Notice { message: warning });
                 }
             }
@@ -618,7 +565,8 @@ impl Walker<'_> {
         let duration = self.state.finished_at.unwrap_or_else(state::now) - self.state.started_at;
         let failed = self.plan.dag.order().iter().find_map(|&i| {
             let st = self.state.step(self.id(i));
-            (st.status == StepStatus::Failed).then(|| (self.id(i), st.error.as_deref().unwrap_or("")))
+            (st.status == StepStatus::Failed)
+                .then(|| (self.id(i), st.error.as_deref().unwrap_or("")))
         });
         let what = match (status, failed) {
             (RunStatus::Failed, Some((step, error))) => {

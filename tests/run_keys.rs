@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::apply::{leftover_processes, plan_cmd, processes_in, run_cmd, sandbox, status_json, Ran};
+use crate::apply::{
+    leftover_processes, plan_cmd, processes_in, run_cmd, sandbox, status_json, Ran,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -71,7 +73,8 @@ fn test_e2e_run_key_applied_twice_trains_once() {
     let second = apply(dir, &["--run-key", "sha-1"], &[]);
     assert_eq!(second.code, Some(0), "{}", second.show());
     assert!(
-        second.stdout.contains("(key `sha-1`) succeeded at ") && second.stdout.contains("nothing to do"),
+        second.stdout.contains("(key `sha-1`) succeeded at ")
+            && second.stdout.contains("nothing to do"),
         "{}",
         second.show()
     );
@@ -92,7 +95,12 @@ fn test_e2e_run_key_from_the_environment_and_a_missing_variable() {
     let (t, _reaper) = setup("run_key: \"build-{{ env.CI_COMMIT }}\"");
     let dir = t.dir.path();
     let validate = run_cmd(plan_cmd(dir, &["validate", "p.yaml"]), MINUTE);
-    assert_eq!(validate.code, Some(0), "validate needs no CI environment\n{}", validate.show());
+    assert_eq!(
+        validate.code,
+        Some(0),
+        "validate needs no CI environment\n{}",
+        validate.show()
+    );
     let missing = apply(dir, &[], &[]);
     assert_eq!(missing.code, Some(2), "{}", missing.show());
     assert!(
@@ -111,10 +119,8 @@ fn test_e2e_run_key_from_the_environment_and_a_missing_variable() {
     assert_eq!(status_json(dir, "p.yaml", None)["run_key"], "build-abc123");
 }
 
-#[test]
-fn test_e2e_run_key_of_a_failed_run_continues_it_without_training_again() {
-    let (t, _reaper) = setup("");
-    let dir = t.dir.path();
+/// Applies a keyed run whose `upload` fails, then the same key again once it can pass; returns the retry.
+fn fail_then_retry(dir: &Path) -> Ran {
     std::fs::write(dir.join("markers/fail-upload"), "").expect("write");
     let first = apply(dir, &["--run-key", "nightly-2026-12-01"], &[]);
     assert_eq!(first.code, Some(1), "{}", first.show());
@@ -122,9 +128,74 @@ fn test_e2e_run_key_of_a_failed_run_continues_it_without_training_again() {
     std::fs::remove_file(dir.join("markers/fail-upload")).expect("rm");
     let retried = apply(dir, &["--run-key", "nightly-2026-12-01"], &[]);
     assert_eq!(retried.code, Some(0), "{}", retried.show());
-    assert_eq!(status_json(dir, "p.yaml", None)["run_id"], run, "a new run was started");
-    assert_eq!(lines(dir, "train"), 1, "train ran again");
+    assert_eq!(
+        status_json(dir, "p.yaml", None)["run_id"],
+        run,
+        "a new run was started"
+    );
+    assert_eq!(runs(dir).len(), 1, "{:?}", runs(dir));
     assert_eq!(lines(dir, "upload"), 2);
+    retried
+}
+
+#[test]
+fn test_e2e_run_key_of_a_failed_run_continues_it_without_training_again() {
+    // The teardown only runs on success, so the failed run keeps its host and what train left on it.
+    let text = plan("").replace("needs: [upload] }", "needs: [upload], when: on_success }");
+    let (t, _reaper) = sandbox("p.yaml", &text);
+    let dir = t.dir.path();
+    std::fs::create_dir(dir.join("markers")).expect("mkdir");
+    fail_then_retry(dir);
+    assert_eq!(lines(dir, "train"), 1, "train ran again");
+}
+
+/// The failed run's `when: always` teardown took its host: the retry re-creates it and runs the host's steps again
+/// (what they left on its disk is gone), then tears it down again; it says why.
+#[test]
+fn test_e2e_run_key_of_a_failed_torn_down_run_re_creates_its_host() {
+    let (t, _reaper) = setup("");
+    let dir = t.dir.path();
+    let retried = fail_then_retry(dir);
+    assert_eq!(lines(dir, "train"), 2, "train did not run on the new host");
+    let status = status_json(dir, "p.yaml", None);
+    assert_eq!(status["status"], "succeeded", "{status:#}");
+    for step in ["host", "train", "upload", "teardown"] {
+        assert_eq!(
+            status["steps"][step]["status"], "succeeded",
+            "{step}: {status:#}"
+        );
+    }
+    assert!(
+        retried.stdout.contains("start    host (attempt 2)"),
+        "{}",
+        retried.show()
+    );
+    assert!(processes_in(dir).is_empty(), "{:?}", processes_in(dir));
+    assert!(
+        std::fs::read_dir(dir.join(".sortie/hosts")).map_or(true, |mut d| d.next().is_none()),
+        "the re-created host was left behind"
+    );
+}
+
+#[test]
+fn test_int_preview_says_a_torn_down_host_is_re_created() {
+    let (t, _reaper) = setup("");
+    let dir = t.dir.path();
+    std::fs::write(dir.join("markers/fail-upload"), "").expect("write");
+    let first = apply(dir, &["--run-key", "k"], &[]);
+    assert_eq!(first.code, Some(1), "{}", first.show());
+    let preview = run_cmd(
+        plan_cmd(dir, &["preview", "p.yaml", "--run-key", "k"]),
+        MINUTE,
+    );
+    assert_eq!(preview.code, Some(0), "{}", preview.show());
+    assert!(
+        preview
+            .stdout
+            .contains("its instance was torn down, and `upload` must run on it"),
+        "{}",
+        preview.show()
+    );
 }
 
 #[test]
@@ -133,7 +204,12 @@ fn test_e2e_run_key_rejects_bad_keys_and_other_run_selectors() {
     let dir = t.dir.path();
     let bad = apply(dir, &["--run-key", "a\nb"], &[]);
     assert_eq!(bad.code, Some(2), "{}", bad.show());
-    assert!(bad.stderr.contains("the run key from --run-key holds a control character"), "{}", bad.show());
+    assert!(
+        bad.stderr
+            .contains("the run key from --run-key holds a control character"),
+        "{}",
+        bad.show()
+    );
     let both = apply(dir, &["--run-key", "k", "--new"], &[]);
     assert_eq!(both.code, Some(2), "{}", both.show());
     assert!(!dir.join(".sortie/state").exists());
@@ -158,7 +234,11 @@ fn test_e2e_concurrency_forbid_starts_nothing_beside_an_unfinished_run() {
     assert_eq!(runs(dir).len(), 1, "{:?}", runs(dir));
     assert_eq!(lines(dir, "train"), 1);
     let preview = run_cmd(plan_cmd(dir, &["preview", "p.yaml", "--new"]), MINUTE);
-    assert!(preview.stdout.contains("apply starts nothing"), "{}", preview.show());
+    assert!(
+        preview.stdout.contains("apply starts nothing"),
+        "{}",
+        preview.show()
+    );
     let destroy = run_cmd(plan_cmd(dir, &["destroy", "p.yaml"]), MINUTE);
     assert_eq!(destroy.code, Some(0), "{}", destroy.show());
 }
@@ -173,23 +253,33 @@ fn test_e2e_concurrency_replace_tears_down_the_unfinished_run_first() {
         .as_str()
         .expect("run id")
         .to_string();
-    assert!(!processes_in(dir).is_empty(), "the first train is not running");
+    assert!(
+        !processes_in(dir).is_empty(),
+        "the first train is not running"
+    );
     let preview = run_cmd(plan_cmd(dir, &["preview", "p.yaml", "--new"]), MINUTE);
     assert!(
-        preview.stdout.contains(&format!("first cancels and tears down the unfinished run {old}")),
+        preview.stdout.contains(&format!(
+            "first cancels and tears down the unfinished run {old}"
+        )),
         "{}",
         preview.show()
     );
     let second = apply(dir, &["--new"], &[]);
     assert_eq!(second.code, Some(0), "{}", second.show());
     assert!(
-        second.stdout.contains(&format!("concurrency: replace: run {old}: destroyed")),
+        second
+            .stdout
+            .contains(&format!("concurrency: replace: run {old}: destroyed")),
         "{}",
         second.show()
     );
     let old_state = status_json(dir, "p.yaml", Some(&old));
     assert_eq!(old_state["status"], "destroyed", "{old_state:#}");
-    assert_eq!(old_state["steps"]["train"]["status"], "cancelled", "{old_state:#}");
+    assert_eq!(
+        old_state["steps"]["train"]["status"], "cancelled",
+        "{old_state:#}"
+    );
     assert!(
         old_state["steps"]["train"]["error"]
             .as_str()
