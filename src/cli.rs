@@ -57,7 +57,8 @@ pub enum Command {
         wait: Option<std::time::Duration>,
         /// Do not ask before spending (on AWS, apply shows the preview and asks on a terminal, and needs --yes
         /// without one; it never asks on the local target).
-        #[arg(long, short = 'y', env = "SORTIE_YES")]
+        /// SORTIE_YES=1 (or true/yes/on) does the same; 0, false, no, off or empty do not.
+        #[arg(long, short = 'y', env = "SORTIE_YES", value_parser = clap::builder::FalseyValueParser::new())]
         yes: bool,
         /// Name the run: the same key again continues its run, or reports it when it has succeeded (overrides
         /// the plan's `run_key`).
@@ -101,6 +102,34 @@ pub enum Command {
         /// Keep printing until the step finishes.
         #[arg(long, short = 'f')]
         follow: bool,
+    },
+    /// Print the commands that open a shell on a run's host (and forward Jupyter's port); --exec opens it.
+    Connect {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        run: Option<String>,
+        /// The instance step (default: the plan's only one).
+        #[arg(long, value_name = "STEP")]
+        step: Option<String>,
+        /// The port to forward (Jupyter's, by default).
+        #[arg(long, default_value_t = 8888)]
+        port: u16,
+        /// Run the shell command (`aws ssm start-session`) instead of printing it.
+        #[arg(long)]
+        exec: bool,
+    },
+    /// Move a host's `ttl` deadline: it now expires this long from now (e.g. `--ttl 2h`).
+    Extend {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        run: Option<String>,
+        /// The instance step (default: the plan's only one).
+        #[arg(long, value_name = "STEP")]
+        step: Option<String>,
+        #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
     },
     /// List the plan's runs.
     Runs(PlanArgs),
@@ -189,6 +218,16 @@ fn parse_wait(text: &str) -> std::result::Result<std::time::Duration, String> {
     }
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("`{text}` is not a duration like `90s`, `45m` or `5h30m`: {e}"))
+}
+
+/// `--ttl`: a positive humantime duration.
+fn parse_ttl(text: &str) -> std::result::Result<std::time::Duration, String> {
+    match parse_wait(text)? {
+        d if d.is_zero() => {
+            Err("a ttl of 0 would shut the host down at once; give e.g. `2h`".into())
+        }
+        d => Ok(d),
+    }
 }
 
 /// Runs a future on a fresh multi-threaded runtime (commands are short-lived; one runtime per command).
@@ -348,6 +387,38 @@ fn dispatch(command: Command) -> Result<i32> {
                 &step,
                 follow,
             ));
+        }
+        Command::Connect {
+            plan,
+            run,
+            step,
+            port,
+            exec,
+        } => {
+            let compiled = plan.compile()?;
+            let text = block_on(crate::devenv::connect(
+                &compiled.plan,
+                &RunSelector::named(run),
+                step.as_deref(),
+                port,
+                exec,
+            ))?;
+            write(&mut out, &text)?;
+        }
+        Command::Extend {
+            plan,
+            run,
+            step,
+            ttl,
+        } => {
+            let compiled = plan.compile()?;
+            let text = block_on(crate::devenv::extend(
+                &compiled.plan,
+                &RunSelector::named(run),
+                step.as_deref(),
+                ttl,
+            ))?;
+            write(&mut out, &text)?;
         }
         Command::Runs(plan) => {
             let compiled = plan.compile()?;
