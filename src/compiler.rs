@@ -907,12 +907,32 @@ impl Compiler {
             raw.max_lifetime.as_deref(),
             ctx.vars_ctx,
         );
+        let ttl = self.duration(&format!("{path}.ttl"), raw.ttl.as_deref(), ctx.vars_ctx);
         let root_size_bytes = self.size(
             &format!("{path}.root_size"),
             raw.root_size.as_deref(),
             ctx.vars_ctx,
         );
-        let types = raw.instance_types.clone().unwrap_or_default();
+        // Every string the provider sends to AWS is rendered now: only `vars` are known, and a literal
+        // `{{ vars.image }}` would reach EC2 as an AMI id.
+        let types = self.texts(
+            &format!("{path}.instance_types"),
+            raw.instance_types.as_deref(),
+            ctx,
+        );
+        let image = self.text(&format!("{path}.image"), raw.image.as_deref(), ctx);
+        let profile = self.text(&format!("{path}.profile"), raw.profile.as_deref(), ctx);
+        let subnet = self.text(&format!("{path}.subnet"), raw.subnet.as_deref(), ctx);
+        let security_groups = self.texts(
+            &format!("{path}.security_groups"),
+            raw.security_groups.as_deref(),
+            ctx,
+        );
+        let availability_zones = self.texts(
+            &format!("{path}.availability_zones"),
+            raw.availability_zones.as_deref(),
+            ctx,
+        );
         if matches!(ctx.target, Some(Target::Aws { .. })) {
             if types.is_empty() {
                 self.error_help(
@@ -931,15 +951,30 @@ impl Compiler {
         }
         Some(StepKind::Instance(InstanceSpec {
             instance_types: types,
-            image: raw.image.clone(),
-            profile: raw.profile.clone(),
+            image,
+            profile,
             market: raw.market.unwrap_or_default(),
             max_lifetime,
-            subnet: raw.subnet.clone(),
-            security_groups: raw.security_groups.clone().unwrap_or_default(),
-            availability_zones: raw.availability_zones.clone().unwrap_or_default(),
+            ttl,
+            subnet,
+            security_groups,
+            availability_zones,
             root_size_bytes,
         }))
+    }
+
+    /// A string field rendered at compile time (`vars` only).
+    fn text(&mut self, path: &str, text: Option<&str>, ctx: &StepCtx<'_>) -> Option<String> {
+        self.render_compile_time(path, text?, ctx.vars_ctx)
+    }
+
+    /// A list of strings rendered at compile time; an entry that fails is reported and left out.
+    fn texts(&mut self, path: &str, list: Option<&[String]>, ctx: &StepCtx<'_>) -> Vec<String> {
+        list.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| self.render_compile_time(&format!("{path}[{i}]"), t, ctx.vars_ctx))
+            .collect()
     }
 
     /// The instance a step runs on or attaches to: the named one, or the only one.
