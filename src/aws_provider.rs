@@ -127,6 +127,8 @@ pub struct InstanceOutputs {
     pub market: String,
     /// The AMI it runs: what an `ssm:` image parameter resolved to, recorded so a run can be repeated.
     pub image_id: String,
+    /// When EC2 launched it (epoch seconds): the base of its `ttl` deadline.
+    pub launched_at: u64,
 }
 
 /// The `volume` step's AWS outputs (the mount path is the executor's).
@@ -217,6 +219,10 @@ impl AwsProvider {
         });
         Ok(InstanceOutputs {
             image_id: instance.image_id().unwrap_or_default().to_string(),
+            launched_at: instance
+                .launch_time()
+                .and_then(|t| u64::try_from(t.secs()).ok())
+                .unwrap_or_else(crate::ttl::now_epoch),
             instance_id,
             availability_zone: instance
                 .placement()
@@ -550,12 +556,18 @@ impl AwsProvider {
             .resolve_image(spec.image.as_deref(), &tags.step)
             .await?;
         let root_device = self.root_device_name(&image).await;
-        let user_data = spec.max_lifetime.map(|lifetime| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            base64(lifetime_user_data(lifetime, now.as_secs()).as_bytes())
-        });
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let mut script = spec
+            .max_lifetime
+            .map(|lifetime| lifetime_user_data(lifetime, now));
+        if let Some(ttl) = spec.ttl {
+            let text = script.get_or_insert_with(|| "#!/bin/sh\n".to_string());
+            text.push_str(&crate::ttl::user_data(ttl, now + ttl.as_secs()));
+        }
+        let user_data = script.map(|s| base64(s.as_bytes()));
         let markets: &[&'static str] = match spec.market {
             Market::Spot => &["spot"],
             Market::OnDemand => &["on-demand"],

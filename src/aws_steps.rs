@@ -157,7 +157,7 @@ impl Job {
                 return Err(e);
             }
         };
-        let outputs = IndexMap::from([
+        let mut outputs = IndexMap::from([
             ("instance_id".to_string(), out.instance_id.clone()),
             ("availability_zone".to_string(), out.availability_zone),
             ("private_ip".to_string(), out.private_ip),
@@ -169,6 +169,11 @@ impl Job {
                 format!("aws ssm start-session --target {}", out.instance_id),
             ),
         ]);
+        if let Some(ttl) = spec.ttl {
+            // The host armed its deadline just before launch: launch time + ttl is within seconds of it.
+            let deadline = out.launched_at + ttl.as_secs();
+            outputs.insert("expires_at".into(), crate::ttl::rfc3339(deadline));
+        }
         let resources = vec![Resource {
             kind: aws_provider::KIND_INSTANCE.into(),
             id: out.instance_id,
@@ -632,5 +637,21 @@ pub async fn destroy_aws(
             .map(|(step, _)| step.clone())
             .filter(|step| !failed.contains(step))
             .collect()),
+    }
+}
+
+/// An SSM host of `run` outside a walk (`plan logs`, `plan extend`), with the plan's own client settings.
+pub(crate) async fn ssm_host_for(
+    plan: &crate::plan::Plan,
+    run_id: &str,
+    instance_id: &str,
+) -> SsmHost {
+    let config = crate::aws::sdk_config(&plan.target).await;
+    SsmHost {
+        ssm: aws_sdk_ssm::Client::new(&config),
+        s3: crate::aws::s3_client(&config),
+        instance_id: instance_id.to_string(),
+        output: output_location(&plan.state, &plan.name, run_id),
+        poll: crate::ssm_host::SsmPoll::default(),
     }
 }

@@ -254,6 +254,7 @@ impl LocalHost {
 
     /// Cancels every step still running in the sandbox, then deletes it.
     pub async fn destroy(&self) -> Result<()> {
+        crate::ttl::stop_local(&self.home);
         if let Ok(entries) = std::fs::read_dir(self.home.join(".sortie").join("steps")) {
             for e in entries.flatten() {
                 let step = e.file_name().to_string_lossy().to_string();

@@ -143,6 +143,8 @@ pub struct InstanceSpec {
     pub profile: Option<String>,
     pub market: Market,
     pub max_lifetime: Option<Duration>,
+    /// `ttl`: the deadline `plan extend` can move (`max_lifetime` is a fixed cap).
+    pub ttl: Option<Duration>,
     pub subnet: Option<String>,
     pub security_groups: Vec<String>,
     pub availability_zones: Vec<String>,

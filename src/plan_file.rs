@@ -210,6 +210,9 @@ pub struct RawStep {
     pub market: Option<Market>,
     /// instance: the host terminates itself after this, e.g. `24h`.
     pub max_lifetime: Option<String>,
+    /// instance: a dev environment's time to live, e.g. `8h`: the host shuts itself down (and so terminates) this
+    /// long after launch, unless `plan extend` moves the deadline.
+    pub ttl: Option<String>,
     /// instance: subnet id (default: the default VPC).
     pub subnet: Option<String>,
     /// instance: security group ids.
@@ -259,6 +262,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "profile",
     "market",
     "max_lifetime",
+    "ttl",
     "subnet",
     "security_groups",
     "availability_zones",
@@ -299,6 +303,7 @@ pub fn kind_fields(kind: KindName) -> &'static [&'static str] {
             "profile",
             "market",
             "max_lifetime",
+            "ttl",
             "subnet",
             "security_groups",
             "availability_zones",

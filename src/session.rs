@@ -118,6 +118,36 @@ async fn require(store: &Store, plan: &Plan, sel: &RunSelector) -> Result<RunSta
     })
 }
 
+/// The chosen run of the plan (for commands outside this module).
+pub(crate) async fn require_run(plan: &Plan, sel: &RunSelector) -> Result<RunState> {
+    require(&store(plan).await?, plan, sel).await
+}
+
+/// Records one output of a step under the run's lock (`plan extend`'s new deadline).
+pub(crate) async fn record_output(
+    plan: &Plan,
+    run_id: &str,
+    step: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    let store = store(plan).await?;
+    let lock = store.lock(run_id, &plan.file).await?;
+    let saved = async {
+        let Some(mut run) = store.load(run_id).await? else {
+            return Ok(());
+        };
+        run.step_mut(step)
+            .outputs
+            .insert(key.to_string(), value.to_string());
+        store.save(&mut run).await
+    }
+    .await;
+    let released = lock.release().await;
+    saved?;
+    released
+}
+
 pub struct ApplyOptions {
     pub selector: RunSelector,
     pub from: Option<String>,
@@ -142,7 +172,10 @@ enum Picked {
         notes: Vec<String>,
     },
     /// Nothing to do: the keyed run has succeeded, or `concurrency: forbid` refused a new run.
-    Nothing { run: Option<String>, message: String },
+    Nothing {
+        run: Option<String>,
+        message: String,
+    },
 }
 
 pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
@@ -740,14 +773,7 @@ async fn aws_logs(
         tokio::time::sleep(Duration::from_secs(2)).await;
         run = require(store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
     }
-    let config = crate::aws::sdk_config(&plan.target).await;
-    let ssm_host = crate::ssm_host::SsmHost {
-        ssm: aws_sdk_ssm::Client::new(&config),
-        s3: crate::aws::s3_client(&config),
-        instance_id: host.to_string(),
-        output: crate::aws_steps::output_location(&plan.state, &plan.name, &run.run_id),
-        poll: crate::ssm_host::SsmPoll::default(),
-    };
+    let ssm_host = crate::aws_steps::ssm_host_for(plan, &run.run_id, host).await;
     let log = ssm_host.fetch_log(command).await?;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(crate::scrub::text(&log).as_bytes());

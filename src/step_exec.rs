@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::local_host::{HostStatus, LaunchSpec, LocalHost, LocalVolume};
-use crate::plan::{Plan, Step, StepKind, Target};
+use crate::plan::{InstanceSpec, Plan, Step, StepKind, Target};
 use crate::state::Resource;
 use crate::template;
 
@@ -139,7 +139,7 @@ impl Job {
         )]))
         .await;
         host.create()?;
-        let outputs = IndexMap::from([
+        let mut outputs = IndexMap::from([
             (
                 "instance_id".to_string(),
                 format!("local-{}-{}", self.run_id, self.step.id),
@@ -150,6 +150,10 @@ impl Job {
             ("market".to_string(), "local".to_string()),
             ("home".to_string(), host.home.display().to_string()),
         ]);
+        if let StepKind::Instance(InstanceSpec { ttl: Some(ttl), .. }) = &self.step.kind {
+            let deadline = crate::ttl::arm_local(&host.home, *ttl)?;
+            outputs.insert("expires_at".into(), crate::ttl::rfc3339(deadline));
+        }
         let resources = vec![Resource {
             kind: "local-sandbox".into(),
             id: host.home.display().to_string(),

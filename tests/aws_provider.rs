@@ -74,6 +74,7 @@ fn spec(types: &[&str]) -> InstanceSpec {
         profile: Some(PROFILE.into()),
         market: Market::OnDemand,
         max_lifetime: Some(Duration::from_secs(2 * 3600)),
+        ttl: None,
         subnet: None,
         security_groups: Vec::new(),
         availability_zones: Vec::new(),
