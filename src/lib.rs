@@ -23,6 +23,7 @@ pub mod lock_probe;
 pub mod notify;
 pub mod plan;
 pub mod plan_file;
+pub mod progress;
 pub mod reentry;
 pub mod reporter;
 pub mod run_key;

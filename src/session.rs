@@ -567,9 +567,9 @@ pub async fn status_of(
 
 async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result<String> {
     if output == OutputFormat::Json {
-        return serde_json::to_string_pretty(&run)
-            .map(|s| crate::scrub::text(&s) + "\n")
-            .map_err(|e| Error::Runtime(e.to_string()));
+        return status_json(plan, &run)
+            .await
+            .map(|s| crate::scrub::text(&s) + "\n");
     }
     let now = state::now();
     let mut rows = vec![[
@@ -601,12 +601,8 @@ async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result
         };
         let progress = beat
             .as_ref()
-            .and_then(|b| {
-                b["progress"]
-                    .as_str()
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_string)
-            })
+            .map(|b| crate::progress::from_heartbeat(b).cell())
+            .filter(|p| !p.is_empty())
             .or_else(|| st.progress.clone())
             .unwrap_or_default();
         let age = beat
@@ -634,6 +630,26 @@ async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result
     out.push_str(&table(&rows));
     // A step's error or progress line may quote a secret (state from before scrubbing, or a live heartbeat).
     Ok(crate::scrub::text(&out))
+}
+
+/// The run's state, with `live`: what the heartbeats of its running steps say (progress, rate, ETA, metrics).
+async fn status_json(plan: &Plan, run: &RunState) -> Result<String> {
+    let mut doc = serde_json::to_value(run).map_err(|e| Error::Runtime(e.to_string()))?;
+    let mut live = serde_json::Map::new();
+    for (id, st) in run
+        .steps
+        .iter()
+        .filter(|(_, st)| st.status == StepStatus::Running)
+    {
+        if let Some(beat) = heartbeat(plan, &run.run_id, id, st).await {
+            let l = crate::progress::from_heartbeat(&beat);
+            live.insert(id.clone(), serde_json::to_value(l).unwrap_or_default());
+        }
+    }
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert("live".into(), serde_json::Value::Object(live));
+    }
+    serde_json::to_string_pretty(&doc).map_err(|e| Error::Runtime(e.to_string()))
 }
 
 /// The heartbeat JSON of a running step, if it can be read.

@@ -69,10 +69,16 @@ heartbeat() {
 	met=
 	[ -z "${SORTIE_METRICS:-}" ] || met=$(printf '%s\n' "$logtail" | grep -aE -- "$SORTIE_METRICS" 2>/dev/null |
 		tail -n 1 | cut -c 1-1000 || :)
+	# The attempt's first progress and when it was seen: the rate (and ETA) of this attempt, not of the steps
+	# an earlier attempt did before this one resumed.
+	fprog=$(hb_field first_progress)
+	fat=$(hb_field first_at)
+	[ -n "$fprog" ] || [ -z "$prog" ] || { fprog=$prog; fat=$(now); }
 	bytes=$(($(wc -c <"$D/output.log" 2>/dev/null || echo 0)))
-	printf '{"attempt":%s,"ts":%s,"pid":%s,"progress":"%s","metrics":"%s","log_bytes":%s}\n' \
+	printf '{"attempt":%s,"ts":%s,"pid":%s,"progress":"%s","metrics":"%s","log_bytes":%s,"first_progress":"%s","first_at":"%s"}\n' \
 		"$A" "$(now)" "$(val "$D/pid" | grep -E '^[0-9]+$' || echo null)" "$(json_str "$prog")" \
-		"$(json_str "$met")" "$bytes" >"$D/heartbeat.json.tmp" && mv -f "$D/heartbeat.json.tmp" "$D/heartbeat.json"
+		"$(json_str "$met")" "$bytes" "$(json_str "$fprog")" "$(json_str "$fat")" \
+		>"$D/heartbeat.json.tmp" && mv -f "$D/heartbeat.json.tmp" "$D/heartbeat.json"
 	# On AWS the heartbeat also goes to S3 (a presigned PUT: the host needs no credentials), so `plan status`
 	# reads it without SSM. Best effort and in the background: a slow network never delays the step.
 	[ -z "${SORTIE_HEARTBEAT_URL:-}" ] || ! command -v curl >/dev/null 2>&1 ||
