@@ -67,11 +67,29 @@ pub fn output_location(state: &StateLocation, plan: &str, run: &str) -> Option<O
     }
 }
 
+/// One of the keys below, by what it names.
+type StepKey = fn(&StateLocation, &str, &str, &str) -> Option<String>;
+
 /// Where a step's heartbeat lives in S3: `<prefix>/<plan>/<run>/steps/<step>/heartbeat.json`.
 pub fn heartbeat_key(state: &StateLocation, plan: &str, run: &str, step: &str) -> Option<String> {
+    step_object_key(state, plan, run, step, "heartbeat.json")
+}
+
+/// Where the host puts the tail of a running step's log for `plan logs -f` (deleted when the step ends).
+pub fn log_tail_key(state: &StateLocation, plan: &str, run: &str, step: &str) -> Option<String> {
+    step_object_key(state, plan, run, step, "log-tail")
+}
+
+fn step_object_key(
+    state: &StateLocation,
+    plan: &str,
+    run: &str,
+    step: &str,
+    name: &str,
+) -> Option<String> {
     match state {
         StateLocation::S3 { prefix, .. } => Some(
-            [prefix.as_str(), plan, run, "steps", step, "heartbeat.json"]
+            [prefix.as_str(), plan, run, "steps", step, name]
                 .iter()
                 .filter(|p| !p.is_empty())
                 .copied()
@@ -256,8 +274,11 @@ impl Job {
         };
         if !already {
             let mut launch = launch;
-            if let Some(url) = self.heartbeat_url(&host).await {
+            if let Some(url) = self.put_url(&host, heartbeat_key).await {
                 launch.env.push(("SORTIE_HEARTBEAT_URL".into(), url));
+            }
+            if let Some(url) = self.put_url(&host, log_tail_key).await {
+                launch.env.push(("SORTIE_LOG_URL".into(), url));
             }
             self.begin(IndexMap::from([(
                 "host".to_string(),
@@ -380,8 +401,12 @@ impl Job {
         };
         let prefix = out.prefix.trim_end_matches('/');
         crate::s3_scrub::scrub_prefix(&host.s3, &out.bucket, &format!("{prefix}/{command}/")).await;
-        if let Some((bucket, key)) = self.heartbeat_object() {
+        if let Some((bucket, key)) = self.step_object(heartbeat_key) {
             crate::s3_scrub::scrub_object(&host.s3, &bucket, &key).await;
+        }
+        // The full log is in the wait command's output now; the tail was only for following it live.
+        if let Some((bucket, key)) = self.step_object(log_tail_key) {
+            crate::s3_scrub::delete(&host.s3, &bucket, &key).await;
         }
         let script = format!("{prefix}/scripts/{}.{}", self.step.id, self.attempt);
         crate::s3_scrub::delete(&host.s3, &out.bucket, &script).await;
@@ -391,7 +416,7 @@ impl Job {
     /// it), at a tenth of stale_after (30 s to 2 min); its host every 3 minutes.
     async fn step_watch(&self, spec: &RunSpec) -> StepWatch {
         let stall = spec.heartbeat.stale_after.and_then(|stale| {
-            let (bucket, key) = self.heartbeat_object()?;
+            let (bucket, key) = self.step_object(heartbeat_key)?;
             let every = poll_override().unwrap_or_else(|| {
                 (stale / 10).clamp(Duration::from_secs(30), Duration::from_secs(120))
             });
@@ -407,9 +432,9 @@ impl Job {
         StepWatch::new(stall, aws_sdk_ec2::Client::new(&config), host_every)
     }
 
-    /// The bucket and key of this step's heartbeat (only with S3 state).
-    fn heartbeat_object(&self) -> Option<(String, String)> {
-        let key = heartbeat_key(
+    /// The bucket and key of one of this step's objects beside the run's state (only with S3 state).
+    fn step_object(&self, key: StepKey) -> Option<(String, String)> {
+        let key = key(
             &self.state_location,
             &self.plan_name,
             &self.run_id,
@@ -421,10 +446,11 @@ impl Job {
         }
     }
 
-    /// A presigned PUT for this step's heartbeat beside the run's state, so `plan status` can read progress
-    /// without SSM. Valid for the step's timeout (at most the 7 days SigV4 allows); none without S3 state.
-    async fn heartbeat_url(&self, host: &SsmHost) -> Option<String> {
-        let (bucket, key) = self.heartbeat_object()?;
+    /// A presigned PUT for one of this step's objects (heartbeat, log tail), so `plan status` and `plan logs -f`
+    /// read them without SSM. Valid for the step's timeout (at most the 7 days SigV4 allows); none without S3
+    /// state.
+    async fn put_url(&self, host: &SsmHost, key: StepKey) -> Option<String> {
+        let (bucket, key) = self.step_object(key)?;
         let valid = self
             .step
             .timeout

@@ -20,6 +20,7 @@ pub mod lifetime_check;
 pub mod loader;
 pub mod local_host;
 pub mod lock_probe;
+pub mod log_follow;
 pub mod notify;
 pub mod plan;
 pub mod plan_file;

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use crate::error::{exit, Error, Result};
-use crate::plan::Plan;
+use crate::plan::{Plan, Target};
 use crate::reporter::{OutputFormat, Reporter};
 use crate::runner::{self, Decision, RunOptions};
 use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
@@ -711,8 +711,11 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
     }
     let mut run = require(&store, plan, sel).await?;
     let handle = run.step(step).handle.clone();
-    if let (Some(host), Some(command)) = (handle.get("host"), handle.get("wait_command")) {
-        return aws_logs(plan, &store, run, step, host, command, follow).await;
+    if let (Some(host), true) = (
+        handle.get("host"),
+        matches!(plan.target, Target::Aws { .. }),
+    ) {
+        return aws_logs(plan, &store, run, step, host, follow).await;
     }
     let kept = |run: &RunState| {
         crate::step_logs::kept_path(
@@ -773,26 +776,42 @@ async fn aws_logs(
     mut run: RunState,
     step: &str,
     host: &str,
-    command: &str,
     follow: bool,
 ) -> Result<i32> {
-    let mut shown_progress = None;
-    while follow && !run.step(step).status.is_final() {
-        let progress = run.step(step).progress.clone();
-        if progress.is_some() && progress != shown_progress {
-            println!(
-                "[{step} progress: {}]",
-                progress.clone().unwrap_or_default()
-            );
-            shown_progress = progress;
+    let mut out = std::io::stdout().lock();
+    // Bytes of the step's log already printed (the live tail and the full log count from the same start).
+    let mut printed = 0u64;
+    let mut tail = crate::log_follow::LogTail::new(plan, &run.run_id, step).await;
+    // A running step (its apply may have left it with --wait or --no-wait): what the host has sent so far, and
+    // with -f until it ends.
+    while !run.step(step).status.is_final() {
+        if let Some(t) = tail.as_mut() {
+            let text = t.new_text(&mut printed).await;
+            let _ = out.write_all(crate::scrub::text(&text).as_bytes());
+            let _ = out.flush();
+        }
+        if !follow {
+            return Ok(exit::OK);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         run = require(store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
     }
+    // The full log comes with the command that waited for the step's end.
+    let Some(command) = run.step(step).handle.get("wait_command").cloned() else {
+        return Err(Error::Usage(format!(
+            "step `{step}` of run {} ended without a wait command on its host, so its full log is not kept",
+            run.run_id
+        )));
+    };
+    let host = run
+        .step(step)
+        .handle
+        .get("host")
+        .map_or(host, String::as_str);
     let ssm_host = crate::aws_steps::ssm_host_for(plan, &run.run_id, host).await;
-    let log = ssm_host.fetch_log(command).await?;
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(crate::scrub::text(&log).as_bytes());
+    let log = ssm_host.fetch_log(&command).await?;
+    let rest = crate::log_follow::after(&log, printed);
+    let _ = out.write_all(crate::scrub::text(rest).as_bytes());
     Ok(exit::OK)
 }
 

@@ -6,6 +6,7 @@ mod test_builder;
 mod apply;
 mod aws_apply;
 mod aws_iam;
+mod aws_logs_follow;
 mod aws_mistral;
 mod aws_provider;
 mod aws_reentry;

@@ -6,7 +6,7 @@ set -eu
 
 # Files that belong to one attempt; archived together when a new attempt starts.
 ATTEMPT_FILES='attempt script wrapper.sh boot_id supervisor_pid supervisor.log pid started_at output.log outputs
-heartbeat.json heartbeat.json.tmp error timed_out cancelled finished_at exit_code'
+heartbeat.json heartbeat.json.tmp error timed_out cancelled finished_at exit_code log_sent log-tail log-tail.tmp'
 
 launching=
 die() { code=$1; shift; printf 'sortie-wrapper: %s\n' "$*" >&2; exit "$code"; }
@@ -83,6 +83,18 @@ heartbeat() {
 	# reads it without SSM. Best effort and in the background: a slow network never delays the step.
 	[ -z "${SORTIE_HEARTBEAT_URL:-}" ] || ! command -v curl >/dev/null 2>&1 ||
 		{ curl -fsS -m 10 -X PUT -H "Content-Type: application/json" --data-binary @"$D/heartbeat.json" "$SORTIE_HEARTBEAT_URL" >/dev/null 2>&1 || :; } &
+	# And the log's new bytes, for `plan logs -f`: its last 64 KiB after a header naming where they end, sent only
+	# when the log grew. The object is replaced, not appended to: the reader prints what it has not printed yet.
+	[ -z "${SORTIE_LOG_URL:-}" ] || ! command -v curl >/dev/null 2>&1 || [ "$bytes" = "$(val "$D/log_sent")" ] ||
+		log_tail "$bytes"
+}
+
+log_tail() {
+	n=$1
+	[ "$n" -le 65536 ] || n=65536
+	{ printf 'sortie-log-tail end=%s\n' "$1"; tail -c +$(($1 - n + 1)) "$D/output.log" 2>/dev/null | head -c "$n"; } \
+		>"$D/log-tail.tmp" && mv -f "$D/log-tail.tmp" "$D/log-tail" && put "$D/log_sent" "$1" || return 0
+	{ curl -fsS -m 10 -X PUT -H "Content-Type: text/plain" --data-binary @"$D/log-tail" "$SORTIE_LOG_URL" >/dev/null 2>&1 || :; } &
 }
 
 state() {
