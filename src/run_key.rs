@@ -133,7 +133,10 @@ mod tests {
     #[test]
     fn test_int_index_names_do_not_depend_on_what_the_key_holds() {
         let a = doc_name("../../etc/passwd");
-        assert!(a.starts_with("keys/") && a.ends_with(".json") && a.len() == 5 + 64 + 5, "{a}");
+        assert!(
+            a.starts_with("keys/") && a.ends_with(".json") && a.len() == 5 + 64 + 5,
+            "{a}"
+        );
         assert_ne!(doc_name("a"), doc_name("b"));
     }
 }

@@ -58,6 +58,11 @@ impl StallWatch {
     }
 }
 
+/// Whether a step's error is a stall verdict (from `StallWatch` or the AWS step watch).
+pub fn is_stall(error: &str) -> bool {
+    error.starts_with("stalled: ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,9 +131,4 @@ mod tests {
             })
         );
     }
-}
-
-/// Whether a step's error is a stall verdict (from `StallWatch` or the AWS step watch).
-pub fn is_stall(error: &str) -> bool {
-    error.starts_with("stalled: ")
 }

@@ -48,16 +48,26 @@ async fn instances(endpoint: &Endpoint) -> usize {
 
 /// Runs `plan apply p.yaml` on a pty in `dir`, typing `answer` once the question is asked. Returns the exit code
 /// and everything the terminal showed.
-fn apply_on_a_terminal(dir: &std::path::Path, env: &[(String, String)], answer: &str) -> (i32, String) {
+fn apply_on_a_terminal(
+    dir: &std::path::Path,
+    env: &[(String, String)],
+    answer: &str,
+) -> (i32, String) {
     let mut cmd = Command::new("script");
     // -q: no banner; -e: script exits with the command's status; -c: the command; /dev/null: no typescript.
-    cmd.args(["-q", "-e", "-c", &format!("{PLAN} apply p.yaml"), "/dev/null"])
-        .current_dir(dir)
-        .env_remove("SORTIE_YES")
-        .envs(env.iter().cloned())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-q",
+        "-e",
+        "-c",
+        &format!("{PLAN} apply p.yaml"),
+        "/dev/null",
+    ])
+    .current_dir(dir)
+    .env_remove("SORTIE_YES")
+    .envs(env.iter().cloned())
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("script");
     let mut stdin = child.stdin.take().expect("stdin");
     // Typed ahead: the pty holds the line until `plan` reads it, as a user's early keystrokes would be.
@@ -108,13 +118,26 @@ async fn test_e2e_aws_apply_on_a_terminal_shows_the_preview_and_asks() {
     assert_eq!(code, 1, "{screen}");
     assert!(screen.contains("plan asked: new run"), "{screen}");
     assert!(screen.contains("instance  run"), "{screen}");
-    assert!(screen.contains("Apply this on AWS (region us-east-1)? Type `yes` to go on:"), "{screen}");
-    assert!(screen.contains("apply cancelled: nothing was changed"), "{screen}");
-    assert_eq!(instances(&endpoint).await, 0, "an instance was created after `no`");
+    assert!(
+        screen.contains("Apply this on AWS (region us-east-1)? Type `yes` to go on:"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("apply cancelled: nothing was changed"),
+        "{screen}"
+    );
+    assert_eq!(
+        instances(&endpoint).await,
+        0,
+        "an instance was created after `no`"
+    );
 
     let (code, screen) = apply_on_a_terminal(dir, &env, "yes\n");
     assert_eq!(code, 0, "{screen}");
-    assert!(screen.contains("run ") && !screen.contains("failed"), "{screen}");
+    assert!(
+        screen.contains("run ") && !screen.contains("failed"),
+        "{screen}"
+    );
     assert_eq!(instances(&endpoint).await, 1);
 
     // `--yes` never asks, even on a terminal; a run with nothing left to do does not ask either.

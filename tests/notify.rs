@@ -42,7 +42,9 @@ impl Hook {
                     }
                 }
                 let mut stream = reader.into_inner();
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
             }
         });
         Hook { port, got }
@@ -96,10 +98,22 @@ fn test_e2e_notify_posts_the_root_cause_of_a_failed_run() {
     let texts = hook.texts();
     assert_eq!(texts.len(), 1, "{texts:#?}");
     let text = &texts[0];
-    assert!(text.contains(&format!("sortie: plan notified run {run} failed")), "{text}");
-    assert!(text.contains("root cause: step `prep` failed: exit code 3"), "{text}");
-    assert!(text.contains(&format!("log: plan logs p.yaml prep --run {run}")), "{text}");
-    assert!(!text.contains("hf_notifytestsecretvalue123"), "the secret reached the webhook: {text}");
+    assert!(
+        text.contains(&format!("sortie: plan notified run {run} failed")),
+        "{text}"
+    );
+    assert!(
+        text.contains("root cause: step `prep` failed: exit code 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("log: plan logs p.yaml prep --run {run}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hf_notifytestsecretvalue123"),
+        "the secret reached the webhook: {text}"
+    );
 }
 
 #[test]
@@ -121,22 +135,39 @@ fn test_e2e_notify_posts_a_stall_and_a_success() {
     assert_eq!(ran.code, Some(1), "{}", ran.show());
     let texts = hook.texts();
     assert!(
-        texts.iter().any(|t| t.contains("step `quiet` stalled: no new output for")),
+        texts
+            .iter()
+            .any(|t| t.contains("step `quiet` stalled: no new output for")),
         "{texts:#?}"
     );
     assert!(
-        texts.iter().any(|t| t.contains("root cause: step `quiet` failed: stalled")),
+        texts
+            .iter()
+            .any(|t| t.contains("root cause: step `quiet` failed: stalled")),
         "{texts:#?}"
     );
 
     let hook2 = Hook::start();
-    let ok = plan(hook2.port, "  fine:\n    kind: run\n    on: host\n    run: echo done\n");
-    std::fs::write(dir.join("ok.yaml"), ok.replace("plan: notified", "plan: fine")).expect("write");
-    let ran = run_cmd(plan_cmd(dir, &["apply", "ok.yaml"]), Duration::from_secs(60));
+    let ok = plan(
+        hook2.port,
+        "  fine:\n    kind: run\n    on: host\n    run: echo done\n",
+    );
+    std::fs::write(
+        dir.join("ok.yaml"),
+        ok.replace("plan: notified", "plan: fine"),
+    )
+    .expect("write");
+    let ran = run_cmd(
+        plan_cmd(dir, &["apply", "ok.yaml"]),
+        Duration::from_secs(60),
+    );
     assert_eq!(ran.code, Some(0), "{}", ran.show());
     let texts = hook2.texts();
     assert_eq!(texts.len(), 1, "{texts:#?}");
-    assert!(texts[0].contains("sortie: plan fine run ") && texts[0].contains(" succeeded in "), "{texts:#?}");
+    assert!(
+        texts[0].contains("sortie: plan fine run ") && texts[0].contains(" succeeded in "),
+        "{texts:#?}"
+    );
 }
 
 #[test]
@@ -148,16 +179,27 @@ fn test_e2e_notify_to_a_dead_webhook_is_a_warning_not_a_failure() {
         .port();
     let (t, _reaper) = sandbox(
         "p.yaml",
-        &plan(port, "  fine:\n    kind: run\n    on: host\n    run: echo done\n"),
+        &plan(
+            port,
+            "  fine:\n    kind: run\n    on: host\n    run: echo done\n",
+        ),
     );
-    let ran = run_cmd(plan_cmd(t.dir.path(), &["apply", "p.yaml"]), Duration::from_secs(60));
+    let ran = run_cmd(
+        plan_cmd(t.dir.path(), &["apply", "p.yaml"]),
+        Duration::from_secs(60),
+    );
     assert_eq!(ran.code, Some(0), "{}", ran.show());
     assert!(
-        ran.stdout.contains("notify: the webhook did not take the message (cannot connect)"),
+        ran.stdout
+            .contains("notify: the webhook did not take the message (cannot connect)"),
         "{}",
         ran.show()
     );
-    assert!(!ran.stdout.contains("/hooks/T000"), "the webhook's path was printed\n{}", ran.show());
+    assert!(
+        !ran.stdout.contains("/hooks/T000"),
+        "the webhook's path was printed\n{}",
+        ran.show()
+    );
 }
 
 #[test]
@@ -166,8 +208,16 @@ fn test_e2e_notify_refuses_a_plain_http_webhook_to_another_host() {
         "p.yaml",
         "plan: n\nnotify: { webhook: \"http://hooks.example.com/x\" }\nsteps:\n  host: { kind: instance }\n",
     );
-    let ran = run_cmd(plan_cmd(t.dir.path(), &["validate", "p.yaml"]), Duration::from_secs(30));
+    let ran = run_cmd(
+        plan_cmd(t.dir.path(), &["validate", "p.yaml"]),
+        Duration::from_secs(30),
+    );
     assert_eq!(ran.code, Some(2), "{}", ran.show());
-    assert!(ran.stderr.contains("`notify.webhook` must be an https:// URL"), "{}", ran.show());
+    assert!(
+        ran.stderr
+            .contains("`notify.webhook` must be an https:// URL"),
+        "{}",
+        ran.show()
+    );
     assert!(ran.stderr.contains("p.yaml:2:"), "{}", ran.show());
 }

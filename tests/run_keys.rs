@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::apply::{leftover_processes, plan_cmd, processes_in, run_cmd, sandbox, status_json, Ran};
+use crate::apply::{
+    leftover_processes, plan_cmd, processes_in, run_cmd, sandbox, status_json, Ran,
+};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -71,7 +73,8 @@ fn test_e2e_run_key_applied_twice_trains_once() {
     let second = apply(dir, &["--run-key", "sha-1"], &[]);
     assert_eq!(second.code, Some(0), "{}", second.show());
     assert!(
-        second.stdout.contains("(key `sha-1`) succeeded at ") && second.stdout.contains("nothing to do"),
+        second.stdout.contains("(key `sha-1`) succeeded at ")
+            && second.stdout.contains("nothing to do"),
         "{}",
         second.show()
     );
@@ -92,7 +95,12 @@ fn test_e2e_run_key_from_the_environment_and_a_missing_variable() {
     let (t, _reaper) = setup("run_key: \"build-{{ env.CI_COMMIT }}\"");
     let dir = t.dir.path();
     let validate = run_cmd(plan_cmd(dir, &["validate", "p.yaml"]), MINUTE);
-    assert_eq!(validate.code, Some(0), "validate needs no CI environment\n{}", validate.show());
+    assert_eq!(
+        validate.code,
+        Some(0),
+        "validate needs no CI environment\n{}",
+        validate.show()
+    );
     let missing = apply(dir, &[], &[]);
     assert_eq!(missing.code, Some(2), "{}", missing.show());
     assert!(
@@ -122,7 +130,11 @@ fn test_e2e_run_key_of_a_failed_run_continues_it_without_training_again() {
     std::fs::remove_file(dir.join("markers/fail-upload")).expect("rm");
     let retried = apply(dir, &["--run-key", "nightly-2026-12-01"], &[]);
     assert_eq!(retried.code, Some(0), "{}", retried.show());
-    assert_eq!(status_json(dir, "p.yaml", None)["run_id"], run, "a new run was started");
+    assert_eq!(
+        status_json(dir, "p.yaml", None)["run_id"],
+        run,
+        "a new run was started"
+    );
     assert_eq!(lines(dir, "train"), 1, "train ran again");
     assert_eq!(lines(dir, "upload"), 2);
 }
@@ -133,7 +145,12 @@ fn test_e2e_run_key_rejects_bad_keys_and_other_run_selectors() {
     let dir = t.dir.path();
     let bad = apply(dir, &["--run-key", "a\nb"], &[]);
     assert_eq!(bad.code, Some(2), "{}", bad.show());
-    assert!(bad.stderr.contains("the run key from --run-key holds a control character"), "{}", bad.show());
+    assert!(
+        bad.stderr
+            .contains("the run key from --run-key holds a control character"),
+        "{}",
+        bad.show()
+    );
     let both = apply(dir, &["--run-key", "k", "--new"], &[]);
     assert_eq!(both.code, Some(2), "{}", both.show());
     assert!(!dir.join(".sortie/state").exists());
@@ -158,7 +175,11 @@ fn test_e2e_concurrency_forbid_starts_nothing_beside_an_unfinished_run() {
     assert_eq!(runs(dir).len(), 1, "{:?}", runs(dir));
     assert_eq!(lines(dir, "train"), 1);
     let preview = run_cmd(plan_cmd(dir, &["preview", "p.yaml", "--new"]), MINUTE);
-    assert!(preview.stdout.contains("apply starts nothing"), "{}", preview.show());
+    assert!(
+        preview.stdout.contains("apply starts nothing"),
+        "{}",
+        preview.show()
+    );
     let destroy = run_cmd(plan_cmd(dir, &["destroy", "p.yaml"]), MINUTE);
     assert_eq!(destroy.code, Some(0), "{}", destroy.show());
 }
@@ -173,23 +194,33 @@ fn test_e2e_concurrency_replace_tears_down_the_unfinished_run_first() {
         .as_str()
         .expect("run id")
         .to_string();
-    assert!(!processes_in(dir).is_empty(), "the first train is not running");
+    assert!(
+        !processes_in(dir).is_empty(),
+        "the first train is not running"
+    );
     let preview = run_cmd(plan_cmd(dir, &["preview", "p.yaml", "--new"]), MINUTE);
     assert!(
-        preview.stdout.contains(&format!("first cancels and tears down the unfinished run {old}")),
+        preview.stdout.contains(&format!(
+            "first cancels and tears down the unfinished run {old}"
+        )),
         "{}",
         preview.show()
     );
     let second = apply(dir, &["--new"], &[]);
     assert_eq!(second.code, Some(0), "{}", second.show());
     assert!(
-        second.stdout.contains(&format!("concurrency: replace: run {old}: destroyed")),
+        second
+            .stdout
+            .contains(&format!("concurrency: replace: run {old}: destroyed")),
         "{}",
         second.show()
     );
     let old_state = status_json(dir, "p.yaml", Some(&old));
     assert_eq!(old_state["status"], "destroyed", "{old_state:#}");
-    assert_eq!(old_state["steps"]["train"]["status"], "cancelled", "{old_state:#}");
+    assert_eq!(
+        old_state["steps"]["train"]["status"], "cancelled",
+        "{old_state:#}"
+    );
     assert!(
         old_state["steps"]["train"]["error"]
             .as_str()

@@ -64,7 +64,10 @@ fn test_e2e_wait_runs_out_leaves_steps_running_and_the_next_apply_finishes() {
         .filter_map(|e| e["message"].as_str())
         .find(|m| m.starts_with("--wait 1s: time is up"))
         .unwrap_or_else(|| panic!("no --wait notice\n{}", first.show()));
-    assert!(notice.ends_with("left running on their hosts: prep, train"), "{notice}");
+    assert!(
+        notice.ends_with("left running on their hosts: prep, train"),
+        "{notice}"
+    );
     assert_eq!(evs.last().map(|e| e["exit_code"].clone()), Some(4.into()));
     let status = status_json(dir, "p.yaml", None);
     assert_eq!(status["status"], "interrupted", "{status:#}");
@@ -82,10 +85,19 @@ fn test_e2e_wait_runs_out_leaves_steps_running_and_the_next_apply_finishes() {
             "{step} not re-attached\n{}",
             second.show()
         );
-        assert!(!has_event(&evs, "step_started", Some(step)), "{}", second.show());
+        assert!(
+            !has_event(&evs, "step_started", Some(step)),
+            "{}",
+            second.show()
+        );
     }
     for step in ["prep", "train", "report"] {
-        assert_eq!(lines(&markers, step), 1, "{step} ran {} times", lines(&markers, step));
+        assert_eq!(
+            lines(&markers, step),
+            1,
+            "{step} ran {} times",
+            lines(&markers, step)
+        );
     }
 }
 
@@ -112,7 +124,8 @@ fn test_e2e_wait_rejects_what_is_not_a_duration() {
     );
     assert_eq!(ran.code, Some(2), "{}", ran.show());
     assert!(
-        ran.stderr.contains("`soon` is not a duration like `90s`, `45m` or `5h30m`"),
+        ran.stderr
+            .contains("`soon` is not a duration like `90s`, `45m` or `5h30m`"),
         "{}",
         ran.show()
     );
@@ -121,5 +134,8 @@ fn test_e2e_wait_rejects_what_is_not_a_duration() {
         Duration::from_secs(20),
     );
     assert_eq!(both.code, Some(2), "{}", both.show());
-    assert!(!dir.join(".sortie/state").exists(), "a rejected apply wrote state");
+    assert!(
+        !dir.join(".sortie/state").exists(),
+        "a rejected apply wrote state"
+    );
 }
