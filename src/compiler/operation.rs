@@ -1,5 +1,5 @@
 //! The plan-level keys about operating runs: `run_key` (checked now, rendered when an apply picks its run),
-//! `concurrency`, and `notify`.
+//! `concurrency`, `notify`, and `budget`.
 
 use indexmap::IndexMap;
 use serde_json::Value as Json;
@@ -19,10 +19,18 @@ impl super::Compiler {
             self.check_run_key(key, vars);
         }
         let notify = raw.notify.as_ref().and_then(|n| self.notify(n, ctx));
+        if let Some(budget) = raw.budget.filter(|b| !(b.is_finite() && *b > 0.0)) {
+            self.error_help(
+                self.at("budget"),
+                format!("`budget` must be a positive number of US dollars, not {budget}"),
+                "write e.g. `budget: 25` (USD), or remove `budget` for no limit",
+            );
+        }
         (self.problems.len() == before).then(|| Operation {
             run_key: raw.run_key.clone(),
             concurrency: raw.concurrency.unwrap_or_default(),
             notify,
+            budget: raw.budget,
         })
     }
 
