@@ -142,7 +142,10 @@ enum Picked {
         notes: Vec<String>,
     },
     /// Nothing to do: the keyed run has succeeded, or `concurrency: forbid` refused a new run.
-    Nothing { run: Option<String>, message: String },
+    Nothing {
+        run: Option<String>,
+        message: String,
+    },
 }
 
 pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
@@ -154,6 +157,14 @@ pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         None => None,
     };
     let key = crate::run_key::resolve(plan, opts.run_key.as_deref())?;
+    // `budget:` holds a new run to its estimate before anything is asked, written or created.
+    if plan.operation.budget.is_some()
+        && target_run(&store, &opts.selector, from, key.as_deref())
+            .await?
+            .is_none()
+    {
+        crate::cost::check_new_run(plan)?;
+    }
     if !opts.yes && crate::confirm::asks(plan) {
         let (preview, acts) =
             preview_with(plan, &store, &opts.selector, from, key.as_deref()).await?;
@@ -481,6 +492,7 @@ async fn preview_with(
     } else {
         String::new()
     };
+    let continuing = previous.is_some();
     let (header, run) = match previous {
         Some(p) => (format!("continuing run {}", p.run_id), p),
         None => (
@@ -510,6 +522,12 @@ async fn preview_with(
             plan.steps[i].id
         ));
     }
+    if let Some(estimate) = crate::cost::estimate(plan) {
+        out.push_str(&crate::cost::estimate_text(plan, &estimate));
+    }
+    if let Some(spent) = crate::cost::spent(plan, &run, state::now()).filter(|_| continuing) {
+        out.push_str(&crate::cost::status_line(plan, &spent));
+    }
     let acts = decisions.iter().any(|(d, _)| *d != Decision::Skip);
     Ok((out, acts))
 }
@@ -533,12 +551,17 @@ pub async fn status_of(
 }
 
 async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result<String> {
+    let now = state::now();
+    let spent = crate::cost::spent(plan, &run, now);
     if output == OutputFormat::Json {
-        return serde_json::to_string_pretty(&run)
+        let mut doc = serde_json::to_value(&run).map_err(|e| Error::Runtime(e.to_string()))?;
+        if let (Some(spent), Some(map)) = (&spent, doc.as_object_mut()) {
+            map.insert("cost".into(), crate::cost::status_json(plan, spent));
+        }
+        return serde_json::to_string_pretty(&doc)
             .map(|s| crate::scrub::text(&s) + "\n")
             .map_err(|e| Error::Runtime(e.to_string()));
     }
-    let now = state::now();
     let mut rows = vec![[
         "STEP",
         "STATUS",
@@ -599,6 +622,9 @@ async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result
         run.status.as_str()
     );
     out.push_str(&table(&rows));
+    if let Some(spent) = &spent {
+        out.push_str(&crate::cost::status_line(plan, spent));
+    }
     // A step's error or progress line may quote a secret (state from before scrubbing, or a live heartbeat).
     Ok(crate::scrub::text(&out))
 }
@@ -841,6 +867,7 @@ pub(crate) async fn destroy_locked(
         for r in &mut run.step_mut(id).resources {
             if !r.destroyed {
                 r.destroyed = true;
+                r.destroyed_at = Some(state::now());
                 count += 1;
             }
         }
