@@ -136,4 +136,27 @@ mod tests {
         assert!(!webhook_url_ok("ftp://x"));
         assert!(!webhook_url_ok("https://"));
     }
+
+    #[test]
+    fn test_int_budget_is_a_positive_number() {
+        let check = |budget: &str| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("p.yaml");
+            let plan =
+                format!("plan: p\nbudget: {budget}\nsteps:\n  h: {{ kind: instance }}\n  a: {{ kind: run, on: h, run: 'true' }}\n");
+            std::fs::write(&file, plan).expect("write");
+            crate::compiler::compile(&file, &crate::variables::Overrides::default())
+                .map(|c| c.plan.operation.budget)
+                .map_err(|e| e.render())
+        };
+        assert_eq!(check("25"), Ok(Some(25.0)));
+        assert_eq!(check("0.5"), Ok(Some(0.5)));
+        for bad in ["0", "-3", ".nan"] {
+            let err = check(bad).expect_err(bad);
+            assert!(
+                err.contains("`budget` must be a positive number of US dollars"),
+                "{bad}: {err}"
+            );
+        }
+    }
 }
