@@ -37,8 +37,9 @@ pub fn warnings(plan: &Plan, locate: impl Fn(&str) -> Location) -> Vec<Diagnosti
     out
 }
 
-/// The longest sum of timeouts along dependency paths of run steps on `instance`, and that path.
-fn longest_path(plan: &Plan, instance: &str) -> (Duration, Vec<String>) {
+/// The longest sum of timeouts along dependency paths of run steps on `instance`, and that path (also the
+/// hours of the cost estimate, `cost.rs`).
+pub(crate) fn longest_path(plan: &Plan, instance: &str) -> (Duration, Vec<String>) {
     let on_it = |i: usize| matches!(&plan.steps[i].kind, StepKind::Run(r) if r.on == instance);
     let n = plan.steps.len();
     let mut total = vec![Duration::ZERO; n];

@@ -26,7 +26,7 @@ pub struct Plan {
     pub operation: Operation,
 }
 
-/// The plan-level keys about operating runs (`run_key`, `concurrency`, `notify`).
+/// The plan-level keys about operating runs (`run_key`, `concurrency`, `notify`, `budget`).
 #[derive(Debug, Clone, Default)]
 pub struct Operation {
     /// `run_key:` as written (a template over `vars` and `env`, rendered when an apply picks its run, so that
@@ -34,6 +34,8 @@ pub struct Operation {
     pub run_key: Option<String>,
     pub concurrency: Concurrency,
     pub notify: Option<Notify>,
+    /// `budget:` in USD (checked positive and finite).
+    pub budget: Option<f64>,
 }
 
 /// Where and when the run's end is announced.

@@ -42,6 +42,10 @@ pub struct PlanFile<S = RawStep> {
     /// Who hears about the run's end: a webhook (Slack-compatible JSON) and when.
     #[serde(default)]
     pub notify: Option<RawNotify>,
+    /// The most the run may cost, in USD (AWS on-demand prices from `prices/aws.yaml`). `plan apply` refuses to
+    /// start a new run whose estimate is higher, and tears the run down once its spend reaches it.
+    #[serde(default)]
+    pub budget: Option<f64>,
 }
 
 /// What to do about an unfinished run when an apply would start a new one.
@@ -288,6 +292,7 @@ pub const TOP_FIELDS: &[&str] = &[
     "run_key",
     "concurrency",
     "notify",
+    "budget",
 ];
 pub const NOTIFY_FIELDS: &[&str] = &["webhook", "on"];
 pub const TARGET_FIELDS: &[&str] = &["provider", "region", "endpoint_url", "profile", "root"];

@@ -20,6 +20,9 @@ use crate::step_exec::{self, Job, Msg, Outcome};
 
 pub use crate::reentry::{decide, Decision};
 
+/// How often a run under `budget:` adds up its spend.
+const BUDGET_CHECK: Duration = Duration::from_secs(1);
+
 pub struct RunOptions {
     pub parallelism: usize,
     /// Wait for detached steps (default) or leave them running and exit 4.
@@ -48,6 +51,8 @@ struct Walker<'a> {
     /// Real values of secret-named outputs produced in this apply (state keeps only `<redacted>`): later steps of
     /// the same apply render with them.
     secret_outputs: IndexMap<String, IndexMap<String, String>>,
+    /// `budget:` was reached (the message): nothing but teardowns starts, and the run ends failed.
+    over_budget: Option<String>,
 }
 
 pub async fn walk(
@@ -92,6 +97,7 @@ pub async fn walk(
         left_running: false,
         stopping: 0,
         secret_outputs: IndexMap::new(),
+        over_budget: None,
     };
     w.run().await
 }
@@ -128,6 +134,7 @@ impl Walker<'_> {
             .map_err(|e| Error::io("cannot listen for SIGTERM", e))?;
         loop {
             if self.stopping == 0 {
+                self.check_budget(&cancel_tx).await?;
                 self.settle().await?;
                 self.start_ready(&tx, &cancel_rx, &root).await?;
             }
@@ -140,12 +147,16 @@ impl Walker<'_> {
                 .deadline
                 .filter(|_| self.stopping == 0)
                 .map(|(at, _)| at);
+            // Spend grows with time alone: look again every second while there is a budget to watch.
+            let budget_tick = (self.plan.operation.budget.is_some() && self.over_budget.is_none())
+                .then(|| tokio::time::Instant::now() + BUDGET_CHECK);
             tokio::select! {
                 msg = rx.recv() => if let Some(msg) = msg { self.handle(msg).await?; },
                 _ = interrupt.recv() => self.interrupt(&cancel_tx),
                 _ = terminate.recv() => self.interrupt(&cancel_tx),
                 _ = sleep_until(next_retry) => {}
                 _ = sleep_until(deadline) => self.out_of_time(),
+                _ = sleep_until(budget_tick) => {}
             }
         }
         self.finish().await
@@ -220,6 +231,42 @@ impl Walker<'_> {
         });
     }
 
+    /// `budget:` reached: start nothing new but the teardowns, cancel the running run steps (the cancel signal
+    /// reaches only run steps; instance and volume steps finish their short create calls, and the teardowns then
+    /// remove what they made), and remember why the run will end failed.
+    async fn check_budget(&mut self, cancel: &watch::Sender<bool>) -> Result<()> {
+        if self.over_budget.is_some() {
+            return Ok(());
+        }
+        let Some(message) = crate::cost::over_budget(self.plan, &self.state, state::now()) else {
+            return Ok(());
+        };
+        self.reporter.emit(&Event::Notice {
+            message: format!("{message}: cancelling the run steps and tearing down"),
+        });
+        self.retry_at.clear();
+        let _ = cancel.send(true);
+        for &i in self.plan.dag.order() {
+            let teardown = matches!(self.plan.steps[i].kind, StepKind::Teardown(_));
+            if teardown || self.running.contains_key(&i) || self.status(i) != StepStatus::Pending {
+                continue;
+            }
+            let id = self.id(i).to_string();
+            let st = self.state.step_mut(&id);
+            st.status = StepStatus::Cancelled;
+            st.error = Some(format!("not started: {message}"));
+            self.reporter.emit(&Event::StepFinished {
+                step: id,
+                status: "cancelled".into(),
+                attempt: st.attempt,
+                duration_secs: 0.0,
+                error: Some(message.clone()),
+            });
+        }
+        self.over_budget = Some(message);
+        self.checkpoint().await
+    }
+
     /// Marks steps that can never run (a dependency failed) as skipped, or runs `when` rules.
     async fn settle(&mut self) -> Result<()> {
         let mut changed = true;
@@ -240,7 +287,12 @@ impl Walker<'_> {
                     .iter()
                     .find(|&&d| self.status(d) != StepStatus::Succeeded)
                     .copied();
-                let skip_reason = match (self.plan.steps[i].when, bad) {
+                // Over budget, every teardown runs, whatever its `when`: the resources must go.
+                let when = match self.plan.steps[i].kind {
+                    StepKind::Teardown(_) if self.over_budget.is_some() => When::Always,
+                    _ => self.plan.steps[i].when,
+                };
+                let skip_reason = match (when, bad) {
                     (When::OnSuccess, Some(d)) => {
                         Some(format!("`{}` {}", self.id(d), self.status(d).as_str()))
                     }
@@ -470,13 +522,19 @@ impl Walker<'_> {
                 st.status = StepStatus::Succeeded;
                 st.finished_at = Some(state::now());
                 events.push(finished("succeeded", None));
+                let at = state::now();
                 for s in steps {
                     for r in &mut self.state.step_mut(&s).resources {
-                        r.destroyed = true;
+                        if !r.destroyed {
+                            r.destroyed = true;
+                            r.destroyed_at = Some(at);
+                        }
                     }
                 }
             }
-            Outcome::Failed { error } if attempt <= retries && self.stopping == 0 => {
+            Outcome::Failed { error }
+                if attempt <= retries && self.stopping == 0 && self.over_budget.is_none() =>
+            {
                 // Exponential backoff with full jitter: base * 2^(attempt-1), scaled by a random factor in [0.5, 1).
                 let base = step.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 1);
                 let delay = (base * (0.5 + fastrand::f64() / 2.0)).min(600.0);
@@ -502,7 +560,10 @@ impl Walker<'_> {
             Outcome::Cancelled => {
                 st.status = StepStatus::Cancelled;
                 st.finished_at = Some(state::now());
-                st.error = Some("cancelled".into());
+                st.error = Some(match &self.over_budget {
+                    Some(why) => format!("cancelled: {why}"),
+                    None => "cancelled".into(),
+                });
                 events.push(finished("cancelled", None));
             }
             Outcome::LeftRunning => {
@@ -529,7 +590,7 @@ impl Walker<'_> {
             && self.state.steps.values().all(|s| s.status != StepStatus::Running);
         let (status, code) = if !all_final || self.left_running || self.stopping > 0 {
             (RunStatus::Interrupted, exit::RUNNING)
-        } else if self.run_failed() {
+        } else if self.run_failed() || self.over_budget.is_some() {
             (RunStatus::Failed, exit::FAILED)
         } else {
             (RunStatus::Succeeded, exit::OK)
@@ -568,6 +629,10 @@ impl Walker<'_> {
             (st.status == StepStatus::Failed)
                 .then(|| (self.id(i), st.error.as_deref().unwrap_or("")))
         });
+        let failed = match &self.over_budget {
+            Some(why) => Some(("budget", why.as_str())),
+            None => failed,
+        };
         let what = match (status, failed) {
             (RunStatus::Failed, Some((step, error))) => {
                 crate::notify::Happening::Failed { step, error }
@@ -582,8 +647,11 @@ impl Walker<'_> {
         }
     }
 
-    /// The first failed step in topological order whose own dependencies all succeeded: the root cause.
+    /// The budget, or the first failed step in topological order: the root cause.
     fn root_cause(&self) -> Option<String> {
+        if let Some(why) = &self.over_budget {
+            return Some(format!("root cause: {why}"));
+        }
         self.plan.dag.order().iter().find_map(|&i| {
             let st = self.state.step(self.id(i));
             (st.status == StepStatus::Failed).then(|| {

@@ -187,6 +187,14 @@ pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         None => None,
     };
     let key = crate::run_key::resolve(plan, opts.run_key.as_deref())?;
+    // `budget:` holds a new run to its estimate before anything is asked, written or created.
+    if plan.operation.budget.is_some()
+        && target_run(&store, &opts.selector, from, key.as_deref())
+            .await?
+            .is_none()
+    {
+        crate::cost::check_new_run(plan)?;
+    }
     if !opts.yes && crate::confirm::asks(plan) {
         let (preview, acts) =
             preview_with(plan, &store, &opts.selector, from, key.as_deref()).await?;
@@ -514,6 +522,7 @@ async fn preview_with(
     } else {
         String::new()
     };
+    let continuing = previous.is_some();
     let (header, run) = match previous {
         Some(p) => (format!("continuing run {}", p.run_id), p),
         None => (
@@ -543,6 +552,12 @@ async fn preview_with(
             plan.steps[i].id
         ));
     }
+    if let Some(estimate) = crate::cost::estimate(plan) {
+        out.push_str(&crate::cost::estimate_text(plan, &estimate));
+    }
+    if let Some(spent) = crate::cost::spent(plan, &run, state::now()).filter(|_| continuing) {
+        out.push_str(&crate::cost::status_line(plan, &spent));
+    }
     let acts = decisions.iter().any(|(d, _)| *d != Decision::Skip);
     Ok((out, acts))
 }
@@ -566,12 +581,13 @@ pub async fn status_of(
 }
 
 async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result<String> {
+    let now = state::now();
+    let spent = crate::cost::spent(plan, &run, now);
     if output == OutputFormat::Json {
-        return status_json(plan, &run)
+        return status_json(plan, &run, spent.as_ref())
             .await
             .map(|s| crate::scrub::text(&s) + "\n");
     }
-    let now = state::now();
     let mut rows = vec![[
         "STEP",
         "STATUS",
@@ -628,13 +644,23 @@ async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result
         run.status.as_str()
     );
     out.push_str(&table(&rows));
+    if let Some(spent) = &spent {
+        out.push_str(&crate::cost::status_line(plan, spent));
+    }
     // A step's error or progress line may quote a secret (state from before scrubbing, or a live heartbeat).
     Ok(crate::scrub::text(&out))
 }
 
-/// The run's state, with `live`: what the heartbeats of its running steps say (progress, rate, ETA, metrics).
-async fn status_json(plan: &Plan, run: &RunState) -> Result<String> {
+/// The run's state, with `cost` (AWS) and `live`: what the heartbeats of its running steps say (progress, rate, ETA, metrics).
+async fn status_json(
+    plan: &Plan,
+    run: &RunState,
+    spent: Option<&crate::cost::Cost>,
+) -> Result<String> {
     let mut doc = serde_json::to_value(run).map_err(|e| Error::Runtime(e.to_string()))?;
+    if let (Some(spent), Some(map)) = (spent, doc.as_object_mut()) {
+        map.insert("cost".into(), crate::cost::status_json(plan, spent));
+    }
     let mut live = serde_json::Map::new();
     for (id, st) in run
         .steps
@@ -902,6 +928,7 @@ pub(crate) async fn destroy_locked(
         for r in &mut run.step_mut(id).resources {
             if !r.destroyed {
                 r.destroyed = true;
+                r.destroyed_at = Some(state::now());
                 count += 1;
             }
         }

@@ -75,13 +75,16 @@ impl RunStatus {
 }
 
 /// A resource a step created and owns until teardown.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Resource {
     /// `local-sandbox`, `local-volume`, `ec2-instance`, `ebs-volume`.
     pub kind: String,
     pub id: String,
     #[serde(default)]
     pub destroyed: bool,
+    /// When it was destroyed (epoch seconds): the end of what it cost. None in older documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed_at: Option<f64>,
     /// A volume: the instance it is mounted on, so teardown can unmount it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,

@@ -10,6 +10,7 @@ mod aws_logs_follow;
 mod aws_mistral;
 mod aws_provider;
 mod aws_reentry;
+mod budget;
 mod confirm;
 mod devenv;
 mod examples;

@@ -1,5 +1,5 @@
 //! The plan-level keys about operating runs: `run_key` (checked now, rendered when an apply picks its run),
-//! `concurrency`, and `notify`.
+//! `concurrency`, `notify`, and `budget`.
 
 use indexmap::IndexMap;
 use serde_json::Value as Json;
@@ -19,10 +19,18 @@ impl super::Compiler {
             self.check_run_key(key, vars);
         }
         let notify = raw.notify.as_ref().and_then(|n| self.notify(n, ctx));
+        if let Some(budget) = raw.budget.filter(|b| !(b.is_finite() && *b > 0.0)) {
+            self.error_help(
+                self.at("budget"),
+                format!("`budget` must be a positive number of US dollars, not {budget}"),
+                "write e.g. `budget: 25` (USD), or remove `budget` for no limit",
+            );
+        }
         (self.problems.len() == before).then(|| Operation {
             run_key: raw.run_key.clone(),
             concurrency: raw.concurrency.unwrap_or_default(),
             notify,
+            budget: raw.budget,
         })
     }
 
@@ -127,5 +135,28 @@ mod tests {
         assert!(!webhook_url_ok("http://127.0.0.1.evil.example/x"));
         assert!(!webhook_url_ok("ftp://x"));
         assert!(!webhook_url_ok("https://"));
+    }
+
+    #[test]
+    fn test_int_budget_is_a_positive_number() {
+        let check = |budget: &str| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("p.yaml");
+            let plan =
+                format!("plan: p\nbudget: {budget}\nsteps:\n  h: {{ kind: instance }}\n  a: {{ kind: run, on: h, run: 'true' }}\n");
+            std::fs::write(&file, plan).expect("write");
+            crate::compiler::compile(&file, &crate::variables::Overrides::default())
+                .map(|c| c.plan.operation.budget)
+                .map_err(|e| e.render())
+        };
+        assert_eq!(check("25"), Ok(Some(25.0)));
+        assert_eq!(check("0.5"), Ok(Some(0.5)));
+        for bad in ["0", "-3", ".nan"] {
+            let err = check(bad).expect_err(bad);
+            assert!(
+                err.contains("`budget` must be a positive number of US dollars"),
+                "{bad}: {err}"
+            );
+        }
     }
 }
