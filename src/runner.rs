@@ -383,19 +383,12 @@ impl Walker<'_> {
                     attempt,
                 }
             });
-            let outputs: IndexMap<String, IndexMap<String, String>> = self
-                .state
-                .steps
-                .iter()
-                .filter(|(_, s)| s.status == StepStatus::Succeeded)
-                .map(|(k, s)| {
-                    let mut outputs = s.outputs.clone();
-                    if let Some(real) = self.secret_outputs.get(k) {
-                        outputs.extend(real.clone());
-                    }
-                    (k.clone(), outputs)
-                })
-                .collect();
+            let mut outputs = self.state.succeeded_outputs();
+            for (k, o) in outputs.iter_mut() {
+                if let Some(real) = self.secret_outputs.get(k) {
+                    o.extend(real.clone());
+                }
+            }
             let resources = self
                 .state
                 .steps
@@ -464,7 +457,9 @@ impl Walker<'_> {
                     step: self.id(i),
                     error,
                 };
-                if let Some(warning) = crate::notify::send(self.plan, &self.state.run_id, what).await {
+                if let Some(warning) =
+                    crate::notify::send(self.plan, &self.state.run_id, what).await
+                {
                     self.reporter.emit(&Event::Notice { message: warning });
                 }
             }
@@ -618,7 +613,8 @@ impl Walker<'_> {
         let duration = self.state.finished_at.unwrap_or_else(state::now) - self.state.started_at;
         let failed = self.plan.dag.order().iter().find_map(|&i| {
             let st = self.state.step(self.id(i));
-            (st.status == StepStatus::Failed).then(|| (self.id(i), st.error.as_deref().unwrap_or("")))
+            (st.status == StepStatus::Failed)
+                .then(|| (self.id(i), st.error.as_deref().unwrap_or("")))
         });
         let what = match (status, failed) {
             (RunStatus::Failed, Some((step, error))) => {
