@@ -26,7 +26,7 @@ impl RunSelector {
     }
 }
 
-async fn store(plan: &Plan) -> Result<Store> {
+pub(crate) async fn store(plan: &Plan) -> Result<Store> {
     Store::open(plan).await
 }
 
@@ -92,7 +92,7 @@ fn fresh_state(plan: &Plan, run_id: String) -> RunState {
 }
 
 /// The run to act on: the named one, else the latest (for apply: the latest unfinished one, else a new one).
-async fn existing(store: &Store, sel: &RunSelector) -> Result<Option<RunState>> {
+pub(crate) async fn existing(store: &Store, sel: &RunSelector) -> Result<Option<RunState>> {
     match &sel.run {
         Some(id) => {
             check_run_id(id)?;
@@ -142,7 +142,10 @@ enum Picked {
         notes: Vec<String>,
     },
     /// Nothing to do: the keyed run has succeeded, or `concurrency: forbid` refused a new run.
-    Nothing { run: Option<String>, message: String },
+    Nothing {
+        run: Option<String>,
+        message: String,
+    },
 }
 
 pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
