@@ -131,6 +131,16 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
         ttl: std::time::Duration,
     },
+    /// Print a run step's script exactly as its host would receive it, with the outputs of the latest run (or
+    /// `--run`); values no run has produced yet are placeholders.
+    Render {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// The run step.
+        step: String,
+        #[arg(long)]
+        run: Option<String>,
+    },
     /// List the plan's runs.
     Runs(PlanArgs),
     /// Remove every resource a run owns. Idempotent.
@@ -159,7 +169,11 @@ pub enum Command {
         force: bool,
     },
     /// Print the JSON Schema of the plan format.
-    Schema,
+    Schema {
+        /// Print the schema of one `--output json` event line instead.
+        #[arg(long)]
+        events: bool,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -420,6 +434,16 @@ fn dispatch(command: Command) -> Result<i32> {
             ))?;
             write(&mut out, &text)?;
         }
+        Command::Render { plan, step, run } => {
+            let compiled = plan.compile()?;
+            let rendered = block_on(crate::render::render(
+                &compiled.plan,
+                &RunSelector::named(run),
+                &step,
+            ))?;
+            eprintln!("{}", rendered.note);
+            write(&mut out, &rendered.script)?;
+        }
         Command::Runs(plan) => {
             let compiled = plan.compile()?;
             write(&mut out, &block_on(session::runs(&compiled.plan))?)?;
@@ -447,8 +471,13 @@ fn dispatch(command: Command) -> Result<i32> {
                 &block_on(session::unlock(&compiled.plan, &RunSelector::named(run)))?,
             )?;
         }
-        Command::Schema => {
-            let text = serde_json::to_string_pretty(&plan_file::schema()).unwrap_or_default();
+        Command::Schema { events } => {
+            let schema = if events {
+                crate::event::schema()
+            } else {
+                plan_file::schema()
+            };
+            let text = serde_json::to_string_pretty(&schema).unwrap_or_default();
             write(&mut out, &format!("{text}\n"))?;
         }
         Command::Completions { shell } => {

@@ -28,6 +28,7 @@ pub mod plan_file;
 pub mod prices;
 pub mod progress;
 pub mod reentry;
+pub mod render;
 pub mod reporter;
 pub mod run_key;
 pub mod runner;

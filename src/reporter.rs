@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use crate::event::Event;
+use crate::event::{Event, EventLine};
 use crate::state::is_secret_name;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,27 +113,22 @@ impl Reporter {
 }
 
 impl Reporter {
-    /// The event as one JSON object, with `run` (when the event does not carry it already) and `ts`, when it was
-    /// emitted (RFC 3339, UTC, milliseconds), appended after the event's own fields.
+    /// The event as one JSON object (`EventLine`): its own fields, then `run` (when the event does not carry it
+    /// already) and `ts`, when it was emitted (RFC 3339, UTC, milliseconds).
     fn json_line(&self, event: &Event) -> String {
         if let Event::RunStarted { run, .. } = event {
             if let Ok(mut current) = self.run.lock() {
                 *current = Some(run.clone());
             }
         }
-        let mut line = serde_json::to_string(event).unwrap_or_default();
-        if !line.ends_with('}') {
-            return line;
-        }
-        line.pop();
         let has_run = matches!(event, Event::RunStarted { .. } | Event::RunFinished { .. });
         let run = self.run.lock().ok().and_then(|r| r.clone());
-        if let (false, Some(run)) = (has_run, run) {
-            line.push_str(&format!(",\"run\":{}", serde_json::Value::from(run)));
-        }
-        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now());
-        line.push_str(&format!(",\"ts\":\"{ts}\"}}"));
-        line
+        let line = EventLine {
+            event,
+            run: run.as_deref().filter(|_| !has_run),
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        };
+        serde_json::to_string(&line).unwrap_or_default()
     }
 }
 

@@ -380,19 +380,12 @@ impl Walker<'_> {
                     attempt,
                 }
             });
-            let outputs: IndexMap<String, IndexMap<String, String>> = self
-                .state
-                .steps
-                .iter()
-                .filter(|(_, s)| s.status == StepStatus::Succeeded)
-                .map(|(k, s)| {
-                    let mut outputs = s.outputs.clone();
-                    if let Some(real) = self.secret_outputs.get(k) {
-                        outputs.extend(real.clone());
-                    }
-                    (k.clone(), outputs)
-                })
-                .collect();
+            let mut outputs = self.state.succeeded_outputs();
+            for (k, o) in outputs.iter_mut() {
+                if let Some(real) = self.secret_outputs.get(k) {
+                    o.extend(real.clone());
+                }
+            }
             let resources = self
                 .state
                 .steps

@@ -26,7 +26,7 @@ impl RunSelector {
     }
 }
 
-async fn store(plan: &Plan) -> Result<Store> {
+pub(crate) async fn store(plan: &Plan) -> Result<Store> {
     Store::open(plan).await
 }
 
@@ -92,7 +92,7 @@ fn fresh_state(plan: &Plan, run_id: String) -> RunState {
 }
 
 /// The run to act on: the named one, else the latest (for apply: the latest unfinished one, else a new one).
-async fn existing(store: &Store, sel: &RunSelector) -> Result<Option<RunState>> {
+pub(crate) async fn existing(store: &Store, sel: &RunSelector) -> Result<Option<RunState>> {
     match &sel.run {
         Some(id) => {
             check_run_id(id)?;

@@ -180,6 +180,16 @@ impl RunState {
             .entry(id.to_string())
             .or_insert_with(StepState::pending)
     }
+
+    /// The outputs of every succeeded step, by id: what later steps' templates see (secret-named ones are
+    /// stored only as `<redacted>`).
+    pub fn succeeded_outputs(&self) -> IndexMap<String, IndexMap<String, String>> {
+        self.steps
+            .iter()
+            .filter(|(_, s)| s.status == StepStatus::Succeeded)
+            .map(|(k, s)| (k.clone(), s.outputs.clone()))
+            .collect()
+    }
 }
 
 pub fn now() -> f64 {

@@ -201,18 +201,8 @@ impl Job {
 
     /// The data templates see at run time.
     fn context(&self, host: Option<serde_json::Value>) -> minijinja::Value {
-        let mut steps = serde_json::Map::new();
-        for (id, outputs) in &self.outputs {
-            let entry = serde_json::json!({ "outputs": outputs });
-            steps.insert(template::step_alias(id), entry.clone());
-            steps.insert(id.clone(), entry);
-        }
-        template::value(serde_json::json!({
-            "vars": self.vars,
-            "run": { "id": self.run_id, "plan": self.plan_name, "attempt": self.attempt, "plan_dir": self.plan_dir },
-            "steps": steps,
-            "host": host,
-        }))
+        let run = serde_json::json!({ "id": self.run_id, "plan": self.plan_name, "attempt": self.attempt, "plan_dir": self.plan_dir });
+        template_context(&self.vars, run, &self.outputs, host)
     }
 
     pub(crate) fn render_plain(&self, field: &str, text: &str) -> Result<String> {
@@ -239,13 +229,13 @@ impl Job {
             return Err(Error::Runtime("not a run step".into()));
         };
         if let Target::Aws { .. } = self.target {
-            let instance = self
-                .outputs
-                .get(&spec.on)
-                .and_then(|o| o.get("instance_id"))
-                .cloned()
-                .unwrap_or_default();
-            let host = serde_json::json!({ "home": "/var/lib/sortie", "name": spec.on, "instance_id": instance });
+            let host = host_context(
+                &self.target,
+                &self.root,
+                &self.run_id,
+                &spec.on,
+                &self.outputs,
+            );
             let (script, launch) = self.prepare_launch(host, None)?;
             return self.aws_run(script, launch).await;
         }
@@ -272,10 +262,13 @@ impl Job {
         let already =
             self.reattach && status.attempt == Some(self.attempt) && status.state != "absent";
         if !already {
-            let host_ctx = serde_json::json!({
-                "home": host.home,
-                "name": host.home.file_name().map(|n| n.to_string_lossy().to_string()),
-            });
+            let host_ctx = host_context(
+                &self.target,
+                &self.root,
+                &self.run_id,
+                &spec.on,
+                &self.outputs,
+            );
             let (script, launch) =
                 self.prepare_launch(host_ctx, Some(host.home.display().to_string()))?;
             self.begin(IndexMap::from([(
@@ -431,16 +424,7 @@ impl Job {
                 &key,
             )));
         }
-        let ctx = self.context(Some(host));
-        let script = template::render_script(&spec.script.name, &spec.script.source, &ctx)
-            .map_err(|e| {
-                let at = e.line().map(|l| format!(":{l}")).unwrap_or_default();
-                Error::Runtime(format!(
-                    "cannot render {}{at}: {}",
-                    spec.script.name,
-                    template::error_message(&e)
-                ))
-            })?;
+        let script = render_run_script(spec, &self.context(Some(host))).map_err(Error::Runtime)?;
         let mut env: Vec<(String, String)> = home
             .map(|h| ("SORTIE_HOME".to_string(), h))
             .into_iter()
@@ -472,6 +456,71 @@ impl Job {
         .await
         .map(|steps| Outcome::Destroyed { steps })
     }
+}
+
+/// The data a step's templates see at run time: `vars`, `run` (id, plan, attempt, plan_dir), the outputs of the
+/// succeeded steps under `steps` (by id and by alias), and `host`. `plan render` builds it the same way.
+pub(crate) fn template_context(
+    vars: &IndexMap<String, Json>,
+    run: Json,
+    outputs: &IndexMap<String, IndexMap<String, String>>,
+    host: Option<Json>,
+) -> minijinja::Value {
+    let mut steps = serde_json::Map::new();
+    for (id, outputs) in outputs {
+        let entry = serde_json::json!({ "outputs": outputs });
+        steps.insert(template::step_alias(id), entry.clone());
+        steps.insert(id.clone(), entry);
+    }
+    template::value(serde_json::json!({
+        "vars": vars,
+        "run": run,
+        "steps": steps,
+        "host": host,
+    }))
+}
+
+/// What `host` is in the templates of a step that runs on `on`: its sandbox on the local target, the instance on
+/// AWS.
+pub(crate) fn host_context(
+    target: &Target,
+    root: &std::path::Path,
+    run_id: &str,
+    on: &str,
+    outputs: &IndexMap<String, IndexMap<String, String>>,
+) -> Json {
+    match target {
+        Target::Local { .. } => {
+            let home = LocalHost::at(root, run_id, on).home;
+            serde_json::json!({
+                "home": home,
+                "name": home.file_name().map(|n| n.to_string_lossy().to_string()),
+            })
+        }
+        Target::Aws { .. } => {
+            let instance = outputs
+                .get(on)
+                .and_then(|o| o.get("instance_id"))
+                .cloned()
+                .unwrap_or_default();
+            serde_json::json!({ "home": "/var/lib/sortie", "name": on, "instance_id": instance })
+        }
+    }
+}
+
+/// A run step's script rendered with `ctx`: the text its host receives. The error names the script and line.
+pub(crate) fn render_run_script(
+    spec: &crate::plan::RunSpec,
+    ctx: &minijinja::Value,
+) -> std::result::Result<String, String> {
+    template::render_script(&spec.script.name, &spec.script.source, ctx).map_err(|e| {
+        let at = e.line().map(|l| format!(":{l}")).unwrap_or_default();
+        format!(
+            "cannot render {}{at}: {}",
+            spec.script.name,
+            template::error_message(&e)
+        )
+    })
 }
 
 /// Destroys resources in the order given (dependents first). Idempotent: missing things are fine.

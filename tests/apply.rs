@@ -196,6 +196,9 @@ impl Live {
             {
                 Ok(line) => {
                     let event: Json = serde_json::from_str(&line).unwrap_or(Json::Null);
+                    if !event.is_null() {
+                        crate::event_schema::check_event(&event);
+                    }
                     self.seen.push(line);
                     if !matched && pred(&event) {
                         matched = true;
@@ -232,13 +235,16 @@ pub(crate) fn run_id(lines: &[String]) -> String {
         .expect("run id")
 }
 
-/// Every line of stdout as JSON (panics naming the first line that is not).
+/// Every line of stdout as JSON, each checked against docs/events.schema.json (panics naming the first line
+/// that is not JSON or not a valid event).
 pub(crate) fn events(stdout: &str) -> Vec<Json> {
     stdout
         .lines()
         .map(|l| {
-            serde_json::from_str::<Json>(l)
-                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n--- stdout\n{stdout}"))
+            let event = serde_json::from_str::<Json>(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}\n--- stdout\n{stdout}"));
+            crate::event_schema::check_event(&event);
+            event
         })
         .collect()
 }

@@ -145,7 +145,11 @@ fn apply_ok(t: &Test) -> Vec<serde_json::Value> {
 fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .map(|l| {
+            let event = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            crate::event_schema::check_event(&event);
+            event
+        })
         .collect()
 }
 

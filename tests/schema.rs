@@ -51,6 +51,21 @@ fn test_e2e_checked_in_schema_is_current() {
 }
 
 #[test]
+fn test_e2e_checked_in_events_schema_is_current() {
+    let output = Test::new().args(["schema", "--events"]).run();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let schema: serde_json::Value = serde_json::from_str(&printed).expect("schema is JSON");
+    assert_eq!(schema["title"], "sortie event");
+    assert_eq!(schema["required"], serde_json::json!(["ts"]));
+    let checked_in = std::fs::read_to_string(repo().join("docs/events.schema.json"))
+        .expect("docs/events.schema.json");
+    assert_eq!(
+        printed, checked_in,
+        "docs/events.schema.json is stale: run `plan schema --events > docs/events.schema.json`"
+    );
+}
+
+#[test]
 fn test_e2e_completions_for_each_shell() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let output = Test::new().args(["completions", shell]).run();

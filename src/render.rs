@@ -1,0 +1,145 @@
+//! `plan render FILE STEP`: a run step's script exactly as its host would receive it. It is rendered by the
+//! runner's own code (`step_exec::template_context`, `host_context`, `render_run_script`) with the outputs of the
+//! chosen run (the latest by default). What no run has produced yet becomes a placeholder string, which goes
+//! through the same context escaping as any value, so the printed script stays valid shell.
+
+use indexmap::IndexMap;
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+use crate::plan::{Plan, RunSpec, StepKind, Target};
+use crate::session::{self, RunSelector};
+use crate::state::RunState;
+use crate::step_exec;
+use crate::template;
+
+/// What `plan render` prints: the script (stdout) and a note on where its values came from (stderr).
+pub struct Rendered {
+    pub script: String,
+    pub note: String,
+}
+
+type Outputs = IndexMap<String, IndexMap<String, String>>;
+
+/// The run step `step` of `plan`, rendered with the run `sel` picks (the latest when it names none).
+pub async fn render(plan: &Plan, sel: &RunSelector, step: &str) -> Result<Rendered> {
+    let spec = run_spec(plan, step)?;
+    let store = session::store(plan).await?;
+    let run = session::existing(&store, sel).await?;
+    if let (Some(id), None) = (&sel.run, &run) {
+        return Err(Error::Usage(format!(
+            "{}: plan `{}` has no run `{id}`",
+            plan.file.display(),
+            plan.name
+        )));
+    }
+    let (ctx, note) = match &run {
+        Some(run) => (
+            context_of_run(plan, run, step, spec),
+            format!("rendered with the outputs of run {}", run.run_id),
+        ),
+        None => (
+            context_without_run(plan, spec),
+            format!(
+                "plan `{}` has no runs yet: the run id, the host and earlier steps' outputs are placeholders",
+                plan.name
+            ),
+        ),
+    };
+    let script = step_exec::render_run_script(spec, &ctx)
+        .map_err(|e| Error::Runtime(format!("{}: step `{step}`: {e}", plan.file.display())))?;
+    // Like every command's output: the values of secret-named variables never reach the terminal.
+    Ok(Rendered {
+        script: crate::scrub::text(&script),
+        note,
+    })
+}
+
+/// The spec of the run step `step`; any other step is bad input naming the plan file.
+fn run_spec<'p>(plan: &'p Plan, step: &str) -> Result<&'p RunSpec> {
+    let file = plan.file.display();
+    let runs: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| matches!(s.kind, StepKind::Run(_)))
+        .map(|s| s.id.as_str())
+        .collect();
+    let help = format!("\n  = help: its run steps are: {}", runs.join(", "));
+    match plan.step(step).map(|s| &s.kind) {
+        Some(StepKind::Run(spec)) => Ok(spec),
+        Some(_) => Err(Error::Usage(format!(
+            "{file}: step `{step}` is of kind `{}`; only `run` steps have a script to render{help}",
+            plan.step(step).map_or("", |s| s.kind_name().as_str())
+        ))),
+        None => Err(Error::Usage(format!(
+            "{file}: plan `{}` has no step `{step}`{help}",
+            plan.name
+        ))),
+    }
+}
+
+fn context_of_run(plan: &Plan, run: &RunState, step: &str, spec: &RunSpec) -> minijinja::Value {
+    let mut outputs = run.succeeded_outputs();
+    fill_missing_outputs(plan, spec, &mut outputs);
+    let root = step_exec::local_root(plan);
+    let host = step_exec::host_context(&plan.target, &root, &run.run_id, &spec.on, &outputs);
+    let run_json = run_data(plan, &run.run_id, run.step(step).attempt.max(1));
+    step_exec::template_context(&plan.vars, run_json, &outputs, Some(host))
+}
+
+fn context_without_run(plan: &Plan, spec: &RunSpec) -> minijinja::Value {
+    let mut outputs = Outputs::new();
+    fill_missing_outputs(plan, spec, &mut outputs);
+    let host = match &plan.target {
+        // The sandbox's path names the run.
+        Target::Local { .. } => serde_json::json!({
+            "home": "<host home: no run yet>",
+            "name": "<host name: no run yet>",
+        }),
+        Target::Aws { .. } => {
+            step_exec::host_context(&plan.target, "".as_ref(), "", &spec.on, &outputs)
+        }
+    };
+    let run_json = run_data(plan, "<run id: no run yet>", 1);
+    step_exec::template_context(&plan.vars, run_json, &outputs, Some(host))
+}
+
+fn run_data(plan: &Plan, id: &str, attempt: u32) -> Json {
+    serde_json::json!({ "id": id, "plan": plan.name, "attempt": attempt, "plan_dir": plan.absolute_dir() })
+}
+
+/// Adds a placeholder for every `steps.<id>.outputs.<key>` the script uses that `outputs` lacks (and, on AWS,
+/// the host's `instance_id`), and an entry for every step it names, so that rendering never fails on a value
+/// that a run would have.
+fn fill_missing_outputs(plan: &Plan, spec: &RunSpec, outputs: &mut Outputs) {
+    let env = template::environment();
+    let refs =
+        template::references(&env, &spec.script.name, &spec.script.source).unwrap_or_default();
+    let mut wanted: Vec<(String, Option<String>)> = refs
+        .iter()
+        .filter(|r| r.root() == "steps")
+        .filter_map(|r| {
+            let parts: Vec<&str> = r.0.split('.').collect();
+            let name = *parts.get(1)?;
+            let id = plan
+                .steps
+                .iter()
+                .find(|s| s.id == name || template::step_alias(&s.id) == name)?;
+            let key = (parts.get(2) == Some(&"outputs"))
+                .then(|| parts.get(3).map(|k| k.to_string()))
+                .flatten();
+            Some((id.id.clone(), key))
+        })
+        .collect();
+    if matches!(plan.target, Target::Aws { .. }) {
+        wanted.push((spec.on.clone(), Some("instance_id".into())));
+    }
+    for (id, key) in wanted {
+        let entry = outputs.entry(id.clone()).or_default();
+        if let Some(key) = key {
+            entry
+                .entry(key.clone())
+                .or_insert_with(|| format!("<output of {id}.{key}: not produced yet>"));
+        }
+    }
+}
