@@ -143,15 +143,7 @@ fn estimate_with(plan: &Plan, table: &PriceTable) -> Option<Cost> {
                     .as_ref()
                     .map_or_else(|| spec.instance_types.join("|"), |(_, ty)| ty.clone());
                 cost.push(&step.id, what, hours, price.map(|(p, _)| p * hours));
-                if let Some(bytes) = spec.root_size_bytes {
-                    let usd = ebs(table, "gp3", bytes, hours, &mut cost);
-                    cost.push(
-                        &step.id,
-                        format!("root volume {} GiB gp3", gib(bytes)),
-                        hours,
-                        usd,
-                    );
-                }
+                push_root(&mut cost, table, &step.id, spec.root_size_bytes, hours);
             }
             StepKind::Volume(v) => {
                 let hours = instance_hours(plan, &v.attach_to, &mut Cost::new());
@@ -187,6 +179,19 @@ fn extras_note(v: &crate::plan::VolumeSpec, cost: &mut Cost) {
         cost.note(
             "gp3 IOPS above 3,000 and throughput above 125 MiB/s are billed extra and not counted"
                 .into(),
+        );
+    }
+}
+
+/// An instance's root volume (gp3), if the plan sizes it.
+fn push_root(cost: &mut Cost, table: &PriceTable, step: &str, bytes: Option<u64>, hours: f64) {
+    if let Some(bytes) = bytes {
+        let usd = ebs(table, "gp3", bytes, hours, cost);
+        cost.push(
+            step,
+            format!("root volume {} GiB gp3", gib(bytes)),
+            hours,
+            usd,
         );
     }
 }
@@ -249,15 +254,7 @@ fn spent_with(plan: &Plan, run: &RunState, now: f64, table: &PriceTable) -> Opti
                     },
                 };
                 cost.push(&step.id, ty, hours, price.map(|p| p * hours));
-                if let Some(bytes) = spec.root_size_bytes {
-                    let usd = ebs(table, "gp3", bytes, hours, &mut cost);
-                    cost.push(
-                        &step.id,
-                        format!("root volume {} GiB gp3", gib(bytes)),
-                        hours,
-                        usd,
-                    );
-                }
+                push_root(&mut cost, table, &step.id, spec.root_size_bytes, hours);
             }
             StepKind::Volume(v) => {
                 let usd = ebs(table, &v.volume_type, v.size_bytes, hours, &mut cost);

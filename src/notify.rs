@@ -1,6 +1,6 @@
 //! `notify:` — a run that failed or succeeded, and a step failed as stalled, are posted to a webhook as
-//! Slack-compatible JSON (`{"text": ...}`). Best effort: a webhook that does not answer is a warning on the
-//! run's output, never a failed run, and it never holds the run up for more than a few seconds.
+//! Slack-compatible JSON (`{"text": ...}`) and/or published to an SNS topic. Best effort: a destination that does
+//! not answer is a warning on the run's output, never a failed run, and it never holds the run up for long.
 
 use std::time::Duration;
 
@@ -47,14 +47,28 @@ pub fn text(plan: &Plan, run: &str, what: &Happening<'_>) -> String {
     crate::scrub::text(&body)
 }
 
-/// Posts the message if the plan asks for this kind. Returns a warning when it could not be delivered.
-pub async fn send(plan: &Plan, run: &str, what: Happening<'_>) -> Option<String> {
-    let notify = plan.operation.notify.as_ref()?;
+/// Sends the message to every destination of the plan, if it asks for this kind. Returns the warnings of those
+/// that could not take it.
+pub async fn send(plan: &Plan, run: &str, what: Happening<'_>) -> Vec<String> {
+    let Some(notify) = plan.operation.notify.as_ref() else {
+        return Vec::new();
+    };
     if !notify.on.contains(&what.kind()) {
-        return None;
+        return Vec::new();
     }
-    let url = notify.webhook.as_deref()?;
-    let body = serde_json::json!({ "text": text(plan, run, &what) });
+    let text = text(plan, run, &what);
+    let mut warnings = Vec::new();
+    if let Some(url) = notify.webhook.as_deref() {
+        warnings.extend(post(url, &text).await);
+    }
+    if let Some(arn) = notify.sns.as_deref() {
+        warnings.extend(publish(plan, arn, &text).await);
+    }
+    warnings
+}
+
+async fn post(url: &str, text: &str) -> Option<String> {
+    let body = serde_json::json!({ "text": text });
     let client = match reqwest::Client::builder().timeout(TIMEOUT).build() {
         Ok(c) => c,
         Err(e) => return Some(format!("notify: cannot start an HTTP client: {e}")),
@@ -81,6 +95,67 @@ pub async fn send(plan: &Plan, run: &str, what: Happening<'_>) -> Option<String>
     ))
 }
 
+/// The region of an SNS topic ARN (`arn:PARTITION:sns:REGION:ACCOUNT:NAME`), or None if it is not one.
+pub fn topic_region(arn: &str) -> Option<&str> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let [arn_, partition, "sns", region, account, name] = parts.as_slice() else {
+        return None;
+    };
+    let ok = *arn_ == "arn"
+        && partition.starts_with("aws")
+        && !region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty();
+    ok.then_some(*region)
+}
+
+/// Publishes to the topic with the credentials `plan apply` runs with (the plan's profile and endpoint on the aws
+/// target), in the topic's region. The SDK's standard retries apply.
+async fn publish(plan: &Plan, arn: &str, text: &str) -> Option<String> {
+    let region = topic_region(arn)?.to_string();
+    let target = match &plan.target {
+        crate::plan::Target::Aws {
+            endpoint_url,
+            profile,
+            ..
+        } => crate::plan::Target::Aws {
+            region: Some(region),
+            endpoint_url: endpoint_url.clone(),
+            profile: profile.clone(),
+        },
+        crate::plan::Target::Local { .. } => crate::plan::Target::Aws {
+            region: Some(region),
+            endpoint_url: None,
+            profile: None,
+        },
+    };
+    let config = crate::aws::sdk_config(&target).await;
+    let subject: String = text
+        .lines()
+        .next()
+        .unwrap_or("sortie")
+        .chars()
+        .take(100)
+        .collect();
+    let sent = aws_sdk_sns::Client::new(&config)
+        .publish()
+        .topic_arn(arn)
+        .subject(subject)
+        .message(text)
+        .send();
+    match tokio::time::timeout(TIMEOUT * 3, sent).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(format!(
+            "notify: SNS did not take the message for {arn} ({}); the run is not affected",
+            aws_sdk_sns::error::DisplayErrorContext(&e)
+        )),
+        Err(_) => Some(format!(
+            "notify: SNS did not answer for {arn}; the run is not affected"
+        )),
+    }
+}
+
 fn error_kind(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
@@ -88,5 +163,31 @@ fn error_kind(e: &reqwest::Error) -> String {
         "cannot connect".into()
     } else {
         "request failed".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_region;
+
+    #[test]
+    fn topic_arns_name_their_region() {
+        assert_eq!(
+            topic_region("arn:aws:sns:us-east-1:123456789012:training"),
+            Some("us-east-1")
+        );
+        assert_eq!(
+            topic_region("arn:aws-cn:sns:cn-north-1:123456789012:t"),
+            Some("cn-north-1")
+        );
+        for bad in [
+            "",
+            "arn:aws:sqs:us-east-1:123456789012:q",
+            "arn:aws:sns:us-east-1:1234:t",
+            "arn:aws:sns:us-east-1:123456789012:",
+            "https://x",
+        ] {
+            assert_eq!(topic_region(bad), None, "{bad}");
+        }
     }
 }

@@ -42,6 +42,8 @@ pub struct Operation {
 #[derive(Debug, Clone)]
 pub struct Notify {
     pub webhook: Option<String>,
+    /// An SNS topic ARN.
+    pub sns: Option<String>,
     pub on: Vec<NotifyOn>,
 }
 

@@ -79,6 +79,9 @@ pub struct RawNotify {
     /// An https URL that receives a JSON POST `{"text": ...}` (Slack incoming webhooks, Mattermost, Teams
     /// workflows). A template: usually `{{ vars.slack_webhook }}` from a secret-named variable.
     pub webhook: Option<String>,
+    /// An SNS topic ARN to publish to (with the credentials of `plan apply`; needs `sns:Publish` on it), for
+    /// email, SMS or any other subscription.
+    pub sns: Option<String>,
     /// When to notify (default: `[failure, stall]`).
     pub on: Option<Vec<NotifyOn>>,
 }
@@ -294,7 +297,7 @@ pub const TOP_FIELDS: &[&str] = &[
     "notify",
     "budget",
 ];
-pub const NOTIFY_FIELDS: &[&str] = &["webhook", "on"];
+pub const NOTIFY_FIELDS: &[&str] = &["webhook", "sns", "on"];
 pub const TARGET_FIELDS: &[&str] = &["provider", "region", "endpoint_url", "profile", "root"];
 pub const DEFAULTS_FIELDS: &[&str] = &["timeout", "retries", "backoff"];
 pub const HEARTBEAT_FIELDS: &[&str] = &["stale_after", "interval", "progress", "metrics"];

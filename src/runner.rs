@@ -454,9 +454,7 @@ impl Walker<'_> {
                     step: self.id(i),
                     error,
                 };
-                if let Some(warning) =
-                    crate::notify::send(self.plan, &self.state.run_id, what).await
-                {
+                for warning in crate::notify::send(self.plan, &self.state.run_id, what).await {
                     self.reporter.emit(&Event::Notice { message: warning });
                 }
             }
@@ -635,7 +633,7 @@ impl Walker<'_> {
             },
             _ => return,
         };
-        if let Some(warning) = crate::notify::send(self.plan, &self.state.run_id, what).await {
+        for warning in crate::notify::send(self.plan, &self.state.run_id, what).await {
             self.reporter.emit(&Event::Notice { message: warning });
         }
     }

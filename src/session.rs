@@ -1,16 +1,19 @@
-//! The commands that act on runs: apply, preview, status, logs, runs, destroy. They pick the run, hold its lock,
+//! The commands that act on runs: apply, preview, destroy, unlock (status and runs: status.rs; logs: logs.rs). They pick the run, hold its lock,
 //! and hand the DAG to the runner.
 
-use std::io::Write;
 use std::time::Duration;
 
 use crate::error::{exit, Error, Result};
-use crate::plan::{Plan, Target};
+use crate::plan::Plan;
 use crate::reporter::{OutputFormat, Reporter};
 use crate::runner::{self, Decision, RunOptions};
 use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
 use crate::state_store::{RunLock, Store};
 use crate::step_exec;
+
+pub use crate::logs::logs;
+use crate::status::fmt_time;
+pub use crate::status::{runs, status, status_of};
 
 /// Which run a command is about.
 #[derive(Debug, Clone, Default)]
@@ -105,7 +108,7 @@ pub(crate) async fn existing(store: &Store, sel: &RunSelector) -> Result<Option<
     }
 }
 
-async fn require(store: &Store, plan: &Plan, sel: &RunSelector) -> Result<RunState> {
+pub(crate) async fn require(store: &Store, plan: &Plan, sel: &RunSelector) -> Result<RunState> {
     existing(store, sel).await?.ok_or_else(|| {
         Error::Usage(match &sel.run {
             Some(id) => format!("plan `{}` has no run `{id}`", plan.name),
@@ -562,285 +565,6 @@ async fn preview_with(
     Ok((out, acts))
 }
 
-pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
-    status_of(plan, sel, output).await.map(|(text, _)| text)
-}
-
-/// The status text, and whether the run is finished (`status --watch` stops then).
-pub async fn status_of(
-    plan: &Plan,
-    sel: &RunSelector,
-    output: OutputFormat,
-) -> Result<(String, bool)> {
-    let store = store(plan).await?;
-    let run = require(&store, plan, sel).await?;
-    let finished = run.status.is_finished();
-    status_text(plan, run, output)
-        .await
-        .map(|text| (text, finished))
-}
-
-async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result<String> {
-    let now = state::now();
-    let spent = crate::cost::spent(plan, &run, now);
-    if output == OutputFormat::Json {
-        return status_json(plan, &run, spent.as_ref())
-            .await
-            .map(|s| crate::scrub::text(&s) + "\n");
-    }
-    let mut rows = vec![[
-        "STEP",
-        "STATUS",
-        "ATTEMPT",
-        "STARTED",
-        "DURATION",
-        "PROGRESS",
-        "HEARTBEAT",
-        "ERROR",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for &i in plan.dag.order() {
-        let id = &plan.steps[i].id;
-        let st = run.step(id);
-        let started = st.started_at.map(fmt_time).unwrap_or_default();
-        let duration = match (st.started_at, st.finished_at) {
-            (Some(a), Some(b)) => fmt_secs(b - a),
-            (Some(a), None) if st.status == StepStatus::Running => fmt_secs(now - a),
-            _ => String::new(),
-        };
-        // A running step's latest heartbeat: from its status directory, or from S3 on AWS (no SSM needed).
-        let beat = if st.status == StepStatus::Running {
-            heartbeat(plan, &run.run_id, id, st).await
-        } else {
-            None
-        };
-        let progress = beat
-            .as_ref()
-            .map(|b| crate::progress::from_heartbeat(b).cell())
-            .filter(|p| !p.is_empty())
-            .or_else(|| st.progress.clone())
-            .unwrap_or_default();
-        let age = beat
-            .as_ref()
-            .and_then(|b| b["ts"].as_f64())
-            .map(|ts| format!("{} ago", fmt_secs(now - ts)))
-            .unwrap_or_default();
-        rows.push(vec![
-            id.clone(),
-            st.status.as_str().into(),
-            st.attempt.to_string(),
-            started,
-            duration,
-            progress,
-            age,
-            st.error.clone().unwrap_or_default(),
-        ]);
-    }
-    let mut out = format!(
-        "run {} of plan {}: {}\n",
-        run.run_id,
-        run.plan,
-        run.status.as_str()
-    );
-    out.push_str(&table(&rows));
-    if let Some(spent) = &spent {
-        out.push_str(&crate::cost::status_line(plan, spent));
-    }
-    // A step's error or progress line may quote a secret (state from before scrubbing, or a live heartbeat).
-    Ok(crate::scrub::text(&out))
-}
-
-/// The run's state, with `cost` (AWS) and `live`: what the heartbeats of its running steps say (progress, rate, ETA, metrics).
-async fn status_json(
-    plan: &Plan,
-    run: &RunState,
-    spent: Option<&crate::cost::Cost>,
-) -> Result<String> {
-    let mut doc = serde_json::to_value(run).map_err(|e| Error::Runtime(e.to_string()))?;
-    if let (Some(spent), Some(map)) = (spent, doc.as_object_mut()) {
-        map.insert("cost".into(), crate::cost::status_json(plan, spent));
-    }
-    let mut live = serde_json::Map::new();
-    for (id, st) in run
-        .steps
-        .iter()
-        .filter(|(_, st)| st.status == StepStatus::Running)
-    {
-        if let Some(beat) = heartbeat(plan, &run.run_id, id, st).await {
-            let l = crate::progress::from_heartbeat(&beat);
-            live.insert(id.clone(), serde_json::to_value(l).unwrap_or_default());
-        }
-    }
-    if let Some(obj) = doc.as_object_mut() {
-        obj.insert("live".into(), serde_json::Value::Object(live));
-    }
-    serde_json::to_string_pretty(&doc).map_err(|e| Error::Runtime(e.to_string()))
-}
-
-/// The heartbeat JSON of a running step, if it can be read.
-async fn heartbeat(
-    plan: &Plan,
-    run: &str,
-    step: &str,
-    st: &StepState,
-) -> Option<serde_json::Value> {
-    if let Some(dir) = st.handle.get("status_dir") {
-        let text =
-            std::fs::read_to_string(std::path::Path::new(dir).join("heartbeat.json")).ok()?;
-        return serde_json::from_str(&text).ok();
-    }
-    let key = crate::aws_steps::heartbeat_key(&plan.state, &plan.name, run, step)?;
-    let crate::plan::StateLocation::S3 { bucket, .. } = &plan.state else {
-        return None;
-    };
-    let s3 = crate::aws::s3_client(&crate::aws::sdk_config(&plan.target).await);
-    let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
-    serde_json::from_slice(&got.body.collect().await.ok()?.into_bytes()).ok()
-}
-
-pub async fn runs(plan: &Plan) -> Result<String> {
-    let store = store(plan).await?;
-    let mut rows = vec![["RUN", "STATUS", "STARTED", "DURATION"]
-        .map(String::from)
-        .to_vec()];
-    for id in store.runs().await? {
-        // One unreadable state document must not hide the other runs: list it as corrupt.
-        let run = match store.load(&id).await {
-            Ok(Some(run)) => run,
-            Ok(None) => continue,
-            Err(e @ Error::CorruptState { .. }) => {
-                tracing::warn!("{}", e.to_string().trim_start_matches("error: "));
-                rows.push(vec![id, "corrupt".into(), String::new(), String::new()]);
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let duration = fmt_secs(run.finished_at.unwrap_or_else(state::now) - run.started_at);
-        rows.push(vec![
-            run.run_id,
-            run.status.as_str().into(),
-            fmt_time(run.started_at),
-            duration,
-        ]);
-    }
-    Ok(table(&rows))
-}
-
-pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> Result<i32> {
-    let store = store(plan).await?;
-    if plan.step(step).is_none() {
-        return Err(Error::Usage(format!(
-            "plan `{}` has no step `{step}`",
-            plan.name
-        )));
-    }
-    let mut run = require(&store, plan, sel).await?;
-    let handle = run.step(step).handle.clone();
-    if let (Some(host), true) = (
-        handle.get("host"),
-        matches!(plan.target, Target::Aws { .. }),
-    ) {
-        return aws_logs(plan, &store, run, step, host, follow).await;
-    }
-    let kept = |run: &RunState| {
-        crate::step_logs::kept_path(
-            &plan.state,
-            &plan.name,
-            &run.run_id,
-            step,
-            run.step(step).attempt,
-        )
-        .filter(|p| p.is_file())
-    };
-    let live = handle
-        .get("status_dir")
-        .map(|d| std::path::Path::new(d).join("output.log"));
-    let mut out = std::io::stdout().lock();
-    // A finished attempt is served from the copy kept beside the state (its host may be gone).
-    if run.step(step).status.is_final() || !follow {
-        if let Some(path) = kept(&run).or(live.clone().filter(|p| p.is_file())) {
-            crate::step_logs::stream(&path, &mut out)?;
-            return Ok(exit::OK);
-        }
-    }
-    let live = live.ok_or_else(|| {
-        Error::Usage(format!(
-            "step `{step}` of run {} has no log (it has not run on a host)",
-            run.run_id
-        ))
-    })?;
-    if !follow || run.step(step).status.is_final() {
-        return Err(Error::Usage(format!(
-            "the log of step `{step}` of run {} is gone ({} does not exist)",
-            run.run_id,
-            live.display()
-        )));
-    }
-    let mut follower = crate::step_logs::Follower::new(live);
-    loop {
-        follower.pump(&mut out, false)?;
-        run = require(&store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
-        if run.step(step).status.is_final() {
-            // The open file outlives teardown; a log never opened is read from its kept copy.
-            match kept(&run).filter(|_| !follower.opened()) {
-                Some(path) => crate::step_logs::stream(&path, &mut out)?,
-                None => follower.pump(&mut out, true)?,
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    Ok(exit::OK)
-}
-
-/// On AWS the log comes back with the command that waited for the step: the full stdout SSM wrote to S3 (or,
-/// without an S3 output location, the first 24,000 characters GetCommandInvocation returns).
-async fn aws_logs(
-    plan: &Plan,
-    store: &Store,
-    mut run: RunState,
-    step: &str,
-    host: &str,
-    follow: bool,
-) -> Result<i32> {
-    let mut out = std::io::stdout().lock();
-    // Bytes of the step's log already printed (the live tail and the full log count from the same start).
-    let mut printed = 0u64;
-    let mut tail = crate::log_follow::LogTail::new(plan, &run.run_id, step).await;
-    // A running step (its apply may have left it with --wait or --no-wait): what the host has sent so far, and
-    // with -f until it ends.
-    while !run.step(step).status.is_final() {
-        if let Some(t) = tail.as_mut() {
-            let text = t.new_text(&mut printed).await;
-            let _ = out.write_all(crate::scrub::text(&text).as_bytes());
-            let _ = out.flush();
-        }
-        if !follow {
-            return Ok(exit::OK);
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        run = require(store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
-    }
-    // The full log comes with the command that waited for the step's end.
-    let Some(command) = run.step(step).handle.get("wait_command").cloned() else {
-        return Err(Error::Usage(format!(
-            "step `{step}` of run {} ended without a wait command on its host, so its full log is not kept",
-            run.run_id
-        )));
-    };
-    let host = run
-        .step(step)
-        .handle
-        .get("host")
-        .map_or(host, String::as_str);
-    let ssm_host = crate::aws_steps::ssm_host_for(plan, &run.run_id, host).await;
-    let log = ssm_host.fetch_log(&command).await?;
-    let rest = crate::log_follow::after(&log, printed);
-    let _ = out.write_all(crate::scrub::text(rest).as_bytes());
-    Ok(exit::OK)
-}
-
 /// Breaks a run's lock: for a holder that died without releasing it (S3). Directory locks end with their process.
 pub async fn unlock(plan: &Plan, sel: &RunSelector) -> Result<String> {
     if let Some(id) = &sel.run {
@@ -944,30 +668,4 @@ pub(crate) async fn destroy_locked(
     }
     store.save(&mut run).await?;
     Ok(format!("run {}: destroyed {count} resources\n", run.run_id))
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    rows.iter()
-        .map(|r| {
-            let cells: Vec<String> = r
-                .iter()
-                .enumerate()
-                .map(|(c, v)| format!("{v:<w$}", w = widths[c]))
-                .collect();
-            cells.join("  ").trim_end().to_string() + "\n"
-        })
-        .collect()
-}
-
-fn fmt_time(epoch: f64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs_f64(epoch.max(0.0));
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-fn fmt_secs(secs: f64) -> String {
-    humantime::format_duration(Duration::from_secs(secs.max(0.0).round() as u64)).to_string()
 }

@@ -221,3 +221,68 @@ fn test_e2e_notify_refuses_a_plain_http_webhook_to_another_host() {
     );
     assert!(ran.stderr.contains("p.yaml:2:"), "{}", ran.show());
 }
+
+/// `notify.sns`: the message is published to the topic, with the credentials `plan apply` runs with (here the
+/// test endpoint's); an HTTP subscription of the topic (this test's receiver) gets it from SNS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_notify_publishes_to_an_sns_topic() {
+    let hook = Hook::start();
+    let endpoint = crate::aws_endpoint::Endpoint::start();
+    let sns = aws_sdk_sns::Client::new(&endpoint.sdk_config().await);
+    let topic = sns
+        .create_topic()
+        .name("training")
+        .send()
+        .await
+        .expect("create topic");
+    let arn = topic.topic_arn().expect("topic arn").to_string();
+    sns.subscribe()
+        .topic_arn(&arn)
+        .protocol("http")
+        .endpoint(format!("http://127.0.0.1:{}/sns", hook.port))
+        .send()
+        .await
+        .expect("subscribe");
+    let text = format!(
+        "plan: notified
+target: {{ provider: local }}
+notify:
+  sns: {arn}
+steps:
+  host: {{ kind: instance }}
+  prep: {{ kind: run, on: host, run: 'exit 3' }}
+"
+    );
+    let (t, _reaper) = sandbox("p.yaml", &text);
+    let dir = t.dir.path();
+    let mut cmd = plan_cmd(dir, &["apply", "p.yaml"]);
+    cmd.envs(endpoint.env());
+    let ran = run_cmd(cmd, Duration::from_secs(60));
+    assert_eq!(ran.code, Some(1), "{}", ran.show());
+    assert!(
+        !ran.stdout.contains("notify:"),
+        "a delivery warning: {}",
+        ran.show()
+    );
+    let got = hook.got.lock().expect("lock").clone();
+    let note = got
+        .iter()
+        .find(|v| v["Type"] == "Notification")
+        .unwrap_or_else(|| panic!("no SNS notification: {got:#?}"));
+    assert_eq!(note["TopicArn"], arn.as_str());
+    let message = note["Message"].as_str().expect("message");
+    assert!(
+        message.contains("root cause: step `prep` failed: exit code 3"),
+        "{message}"
+    );
+    assert!(
+        message.contains("log: plan logs p.yaml prep --run "),
+        "{message}"
+    );
+    assert!(
+        note["Subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("sortie: plan notified run ")),
+        "{note:#}"
+    );
+}

@@ -71,24 +71,36 @@ impl super::Compiler {
             Some(w) => Some(self.render_compile_time("notify.webhook", w, ctx)?),
             None => None,
         };
-        match &webhook {
-            None => {
-                self.error_help(
-                    self.at("notify"),
-                    "`notify` has nowhere to send to",
-                    "add `webhook: URL` (a Slack incoming webhook, for example)",
-                );
-                return None;
-            }
-            Some(url) if !webhook_url_ok(url) => {
-                self.error_help(
-                    self.at("notify.webhook"),
-                    "`notify.webhook` must be an https:// URL",
-                    "webhook URLs carry their secret in the path: plain http is accepted only for localhost",
-                );
-                return None;
-            }
-            Some(_) => {}
+        let sns = match &raw.sns {
+            Some(t) => Some(self.render_compile_time("notify.sns", t, ctx)?),
+            None => None,
+        };
+        if webhook.is_none() && sns.is_none() {
+            self.error_help(
+                self.at("notify"),
+                "`notify` has nowhere to send to",
+                "add `webhook: URL` (a Slack incoming webhook, for example) or `sns: TOPIC_ARN`",
+            );
+            return None;
+        }
+        if webhook.as_deref().is_some_and(|url| !webhook_url_ok(url)) {
+            self.error_help(
+                self.at("notify.webhook"),
+                "`notify.webhook` must be an https:// URL",
+                "webhook URLs carry their secret in the path: plain http is accepted only for localhost",
+            );
+            return None;
+        }
+        if let Some(arn) = sns
+            .as_deref()
+            .filter(|a| crate::notify::topic_region(a).is_none())
+        {
+            self.error_help(
+                self.at("notify.sns"),
+                format!("`notify.sns` is not an SNS topic ARN: `{arn}`"),
+                "write `arn:aws:sns:REGION:ACCOUNT:TOPIC`, e.g. `arn:aws:sns:us-east-1:123456789012:training`",
+            );
+            return None;
         }
         let on = raw
             .on
@@ -102,7 +114,7 @@ impl super::Compiler {
             );
             return None;
         }
-        Some(Notify { webhook, on })
+        Some(Notify { webhook, sns, on })
     }
 }
 
