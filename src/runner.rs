@@ -20,6 +20,10 @@ use crate::step_exec::{self, Job, Msg, Outcome};
 
 pub use crate::reentry::{decide, Decision};
 
+/// Run steps at once on one SSM host: below the agent's 5 command workers (amazon-ssm-agent appconfig,
+/// `Mds.CommandWorkersLimit`, default 5), with 2 left for launches, status probes, cancels and mounts.
+const STEPS_PER_SSM_HOST: usize = 3;
+
 /// How often a run under `budget:` adds up its spend.
 const BUDGET_CHECK: Duration = Duration::from_secs(1);
 
@@ -321,6 +325,23 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// On AWS each running step holds one SSM command on its host (the command that waits for it), and the SSM
+    /// agent runs at most 5 at once (CommandWorkersLimit); a sixth would wait undelivered. Steps beyond
+    /// `STEPS_PER_SSM_HOST` wait their turn here, which leaves the agent room for launches, probes and cancels.
+    fn host_is_full(&self, i: usize) -> bool {
+        let (crate::plan::Target::Aws { .. }, StepKind::Run(r)) =
+            (&self.plan.target, &self.plan.steps[i].kind)
+        else {
+            return false;
+        };
+        let on_host = self
+            .running
+            .keys()
+            .filter(|&&j| matches!(&self.plan.steps[j].kind, StepKind::Run(o) if o.on == r.on))
+            .count();
+        on_host >= STEPS_PER_SSM_HOST
+    }
+
     async fn start_ready(
         &mut self,
         tx: &mpsc::UnboundedSender<Msg>,
@@ -338,6 +359,9 @@ impl Walker<'_> {
                 continue;
             }
             if self.retry_at.get(&i).is_some_and(|t| *t > now) {
+                continue;
+            }
+            if self.host_is_full(i) {
                 continue;
             }
             if !reattach

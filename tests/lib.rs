@@ -1,10 +1,12 @@
 //! Integration and end-to-end tests: one test binary, one module per feature (as in casey/just).
 
 mod aws_endpoint;
+
 mod test_builder;
 
 mod apply;
 mod aws_apply;
+mod aws_host_slots;
 mod aws_iam;
 mod aws_logs_follow;
 mod aws_mistral;

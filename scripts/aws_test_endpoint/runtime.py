@@ -29,6 +29,16 @@ class Runtime:
     lock: threading.RLock = field(default_factory=threading.RLock)
     # bumped by /moto-api/reset: invocations of an older generation no longer touch moto state
     generation: int = 0
+    # the SSM agent's command workers per instance (amazon-ssm-agent appconfig: Mds.CommandWorkersLimit, default
+    # 5): a sixth command waits, Pending, until one of the five ends
+    workers: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
+    command_workers: int = 5
+
+    def worker_slots(self, instance_id: str) -> threading.BoundedSemaphore:
+        with self.lock:
+            if instance_id not in self.workers:
+                self.workers[instance_id] = threading.BoundedSemaphore(self.command_workers)
+            return self.workers[instance_id]
 
     def invocations_of(self, instance_id: str) -> list["Invocation"]:
         with self.lock:
@@ -46,6 +56,7 @@ class Runtime:
             self.generation += 1
             invs = list(self.invocations.values())
             self.invocations.clear()
+            self.workers.clear()
         for inv in invs:
             inv.request_stop("shutdown")
         self.sandboxes.kill_all()

@@ -253,6 +253,17 @@ class Invocation:
             _killpg(proc.pid)
 
     def _run(self) -> None:
+        """Waits for one of the instance's command workers (Pending meanwhile), then runs the command."""
+        slots = runtime.get().worker_slots(self.instance_id)
+        while not slots.acquire(timeout=0.1):
+            if self.status != "Pending":  # cancelled or powered off while it waited
+                return
+        try:
+            self._execute()
+        finally:
+            slots.release()
+
+    def _execute(self) -> None:
         rt = runtime.get()
         cmd = self.command
         with self._lock:

@@ -613,3 +613,25 @@ def test_int_root_mapping_without_size_takes_the_amis_size(endpoint, ec2, ssm):
     snapshot = image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     size = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["VolumeSize"]
     assert volume["Size"] == size
+
+
+def test_int_sixth_command_waits_for_one_of_the_agents_five_workers(endpoint, ec2, ssm):
+    # amazon-ssm-agent runs at most Mds.CommandWorkersLimit (default 5) commands at once; the rest wait.
+    (a,) = _launch(ec2, ssm)
+    gate = endpoint.sandbox / a / "gate"
+    hold = 'while [ ! -e "$SORTIE_HOST_ROOT/gate" ]; do sleep 0.05; done'
+    five = [_send(ssm, [a], [hold]) for _ in range(5)]
+    for cid in five:
+        _wait(ssm, cid, a, until={"InProgress"})
+    sixth = _send(ssm, [a], ["echo sixth"])
+    time.sleep(1)
+    assert ssm.get_command_invocation(CommandId=sixth, InstanceId=a)["Status"] == "Pending"
+    # Cancelling a waiting command needs no worker.
+    cancelled = _send(ssm, [a], ["echo never"])
+    ssm.cancel_command(CommandId=cancelled)
+    assert _wait(ssm, cancelled, a)["Status"] == "Cancelled"
+    gate.write_text("")
+    inv = _wait(ssm, sixth, a)
+    assert (inv["Status"], inv["StandardOutputContent"]) == ("Success", "sixth\n")
+    for cid in five:
+        assert _wait(ssm, cid, a)["Status"] == "Success"
