@@ -169,8 +169,25 @@ impl Live {
         }
     }
 
+    /// `wait_event` that must succeed: a kill point that was never reached (the apply exited first) would
+    /// otherwise turn the scenario into one without a kill.
+    pub fn expect_event(
+        &mut self,
+        timeout: Duration,
+        pred: impl FnMut(&Json) -> bool,
+        extra: impl FnMut() -> bool,
+    ) {
+        if !self.wait_event(timeout, pred, extra) {
+            panic!(
+                "the apply exited before the awaited event; events:\n{}",
+                self.seen.join("\n")
+            );
+        }
+    }
+
     /// Waits (at most `timeout`) for an event for which `pred` holds; also checks `extra` on every poll.
-    /// Returns false if the stream ended first.
+    /// Returns false if the stream ended first; panics at the timeout.
+    #[must_use = "false means the apply exited before the event: use expect_event, or handle it"]
     pub fn wait_event(
         &mut self,
         timeout: Duration,

@@ -343,7 +343,7 @@ async fn test_e2e_aws_gc_collects_resources_of_a_lost_run() {
     let mut cmd = t.command();
     cmd.args(["apply", "p.yaml", "--output", "json"]);
     let mut live = crate::apply::Live::start(cmd);
-    live.wait_event(
+    live.expect_event(
         std::time::Duration::from_secs(60),
         |e| e["event"] == "step_finished" && e["step"] == "volume",
         || true,

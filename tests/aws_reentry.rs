@@ -66,14 +66,14 @@ async fn crash_and_recover(point: Point) {
     let mut live = Live::start(cmd);
     match point {
         Point::AfterCall(call) => {
-            live.wait_event(
+            live.expect_event(
                 Duration::from_secs(60),
                 |_| true,
                 || endpoint.calls()[call].as_u64().unwrap_or(0) >= 1,
             );
         }
         Point::StepStarted(step) => {
-            live.wait_event(
+            live.expect_event(
                 Duration::from_secs(60),
                 |e| e["event"] == "step_started" && e["step"] == step,
                 || true,

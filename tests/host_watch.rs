@@ -49,7 +49,7 @@ async fn start_train(plan: &str) -> Started {
     let mut cmd: Command = t.command();
     cmd.args(["apply", "p.yaml", "--output", "json"]);
     let mut live = Live::start(cmd);
-    live.wait_event(
+    live.expect_event(
         Duration::from_secs(60),
         |e| e["event"] == "step_started" && e["step"] == "train",
         || true,

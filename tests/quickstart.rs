@@ -142,7 +142,7 @@ fn test_e2e_quickstart_resumes_training_from_the_last_checkpoint_after_kill_9() 
                     .exists()
             })
     };
-    live.wait_event(
+    live.expect_event(
         MINUTE,
         |e| e["event"] == "step_started" && e["step"] == "train",
         checkpoint,

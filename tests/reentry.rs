@@ -492,6 +492,13 @@ fn test_e2e_reentry_step_edited_while_running_is_rerun_after_reconcile() {
             "only the old script (v1) ran, yet preview says the edited step is done:\n{}",
             preview.show()
         );
+    } else {
+        // The other correct outcome: the same apply ran the edited script after reconciling the old attempt.
+        assert_eq!(
+            after_reconcile,
+            ["v1", "v2"],
+            "s2 markers after the reconcile"
+        );
     }
     apply_ok(dir, &["--run", &run]);
     assert_eq!(

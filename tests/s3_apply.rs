@@ -182,7 +182,7 @@ async fn test_e2e_s3_lock_is_renewed_while_its_apply_runs() {
     let mut first = t.command();
     first.args(["apply", "p.yaml", "--output", "json"]);
     let mut live = crate::apply::Live::start(first);
-    live.wait_event(
+    live.expect_event(
         std::time::Duration::from_secs(30),
         |e| e["event"] == "step_started" && e["step"] == "b",
         || true,
