@@ -12,9 +12,18 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What happened, for the message.
 pub enum Happening<'a> {
-    Failed { step: &'a str, error: &'a str },
-    Stalled { step: &'a str, error: &'a str },
-    Succeeded { duration_secs: f64 },
+    /// `step` is None when no step failed the run (its budget was reached).
+    Failed {
+        step: Option<&'a str>,
+        error: &'a str,
+    },
+    Stalled {
+        step: &'a str,
+        error: &'a str,
+    },
+    Succeeded {
+        duration_secs: f64,
+    },
 }
 
 impl Happening<'_> {
@@ -32,8 +41,14 @@ pub fn text(plan: &Plan, run: &str, what: &Happening<'_>) -> String {
     let file = plan.file.display();
     let head = format!("sortie: plan {} run {run}", plan.name);
     let body = match what {
-        Happening::Failed { step, error } => format!(
+        Happening::Failed {
+            step: Some(step),
+            error,
+        } => format!(
             "{head} failed\nroot cause: step `{step}` failed: {error}\nlog: plan logs {file} {step} --run {run}"
+        ),
+        Happening::Failed { step: None, error } => format!(
+            "{head} failed\nroot cause: {error}\nstatus: plan status {file} --run {run}"
         ),
         Happening::Stalled { step, error } => format!(
             "{head}: step `{step}` {error}\nlog: plan logs {file} {step} --run {run}\nstatus: plan status {file} --run {run}"
@@ -168,7 +183,27 @@ fn error_kind(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::topic_region;
+    use super::{text, topic_region, Happening};
+
+    #[test]
+    fn a_run_failed_by_its_budget_names_no_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, "plan: p\nsteps:\n  host: { kind: instance }\n").expect("write");
+        let plan = crate::compiler::compile(&file, &crate::variables::Overrides::default())
+            .expect("valid")
+            .plan;
+        let what = Happening::Failed {
+            step: None,
+            error: "budget of $5.00 reached after $5.01",
+        };
+        let body = text(&plan, "r1", &what);
+        assert!(
+            body.contains("root cause: budget of $5.00 reached after $5.01\n"),
+            "{body}"
+        );
+        assert!(!body.contains("step `"), "{body}");
+    }
 
     #[test]
     fn topic_arns_name_their_region() {

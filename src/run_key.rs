@@ -25,8 +25,7 @@ struct KeyDoc {
 }
 
 fn doc_name(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::step_files::hex(&Sha256::digest(key.as_bytes()));
     format!("keys/{hex}.json")
 }
 

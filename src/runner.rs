@@ -639,16 +639,7 @@ impl Walker<'_> {
     /// `notify:` of a finished run: its root cause, or its success.
     async fn notify_end(&self, status: RunStatus) {
         let duration = self.state.finished_at.unwrap_or_else(state::now) - self.state.started_at;
-        let failed = self.plan.dag.order().iter().find_map(|&i| {
-            let st = self.state.step(self.id(i));
-            (st.status == StepStatus::Failed)
-                .then(|| (self.id(i), st.error.as_deref().unwrap_or("")))
-        });
-        let failed = match &self.over_budget {
-            Some(why) => Some(("budget", why.as_str())),
-            None => failed,
-        };
-        let what = match (status, failed) {
+        let what = match (status, self.failure()) {
             (RunStatus::Failed, Some((step, error))) => {
                 crate::notify::Happening::Failed { step, error }
             }
@@ -662,20 +653,23 @@ impl Walker<'_> {
         }
     }
 
-    /// The budget, or the first failed step in topological order: the root cause.
-    fn root_cause(&self) -> Option<String> {
+    /// What failed the run: the budget (no step), or the first failed step in topological order and its error.
+    fn failure(&self) -> Option<(Option<&str>, &str)> {
         if let Some(why) = &self.over_budget {
-            return Some(format!("root cause: {why}"));
+            return Some((None, why.as_str()));
         }
         self.plan.dag.order().iter().find_map(|&i| {
             let st = self.state.step(self.id(i));
-            (st.status == StepStatus::Failed).then(|| {
-                format!(
-                    "root cause: step `{}` failed: {}",
-                    self.id(i),
-                    st.error.clone().unwrap_or_default()
-                )
-            })
+            (st.status == StepStatus::Failed)
+                .then(|| (Some(self.id(i)), st.error.as_deref().unwrap_or("")))
+        })
+    }
+
+    /// The root cause line, printed once at the end of a failed run.
+    fn root_cause(&self) -> Option<String> {
+        self.failure().map(|(step, error)| match step {
+            Some(step) => format!("root cause: step `{step}` failed: {error}"),
+            None => format!("root cause: {error}"),
         })
     }
 }

@@ -1,5 +1,5 @@
-//! The commands that act on runs: apply, preview, destroy, unlock (status and runs: status.rs; logs: logs.rs). They pick the run, hold its lock,
-//! and hand the DAG to the runner.
+//! The commands that act on runs: apply, preview, destroy, unlock (status and runs: status.rs; logs: logs.rs).
+//! They pick the run, hold its lock, and hand the DAG to the runner.
 
 use std::time::Duration;
 

@@ -142,9 +142,10 @@ exit 0"#;
 /// Stops a local host's watcher (its teardown): only a process that still runs our watcher on this host.
 pub fn stop_local(home: &Path) {
     if let Some(pid) = watcher_pid(home) {
-        // The watcher's group: its `sleep` goes with it.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", "--", &format!("-{pid}")])
-            .status();
+        // The watcher's group (it leads one): its `sleep` goes with it.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
