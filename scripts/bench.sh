@@ -9,6 +9,9 @@
 #               runs interleaved A B A B, median wall seconds and the median of the paired ratios
 #   quickstart  `plan apply examples/quickstart.yaml` in a fresh copy of the repo, whole process
 #   criterion   cargo bench: plan compilation, re-entry, checkpoint writes
+#   aws         one run step on the test endpoint with production pacing (benches/aws-pacing.sh): API calls,
+#               request to first command, and how late the step's end is seen; AWS_STEP_SECONDS sets the
+#               step lengths (default "0 3 60"; docs/BENCHMARKS.md also quotes 600 and 1800)
 #
 # PLAN names the binary to time (default: a release build, made here). RUNS sets the repetitions (default 5).
 set -euo pipefail
@@ -78,6 +81,11 @@ bench_quickstart() {
     rm -rf "$dir"
 }
 
+bench_aws() {
+    # shellcheck disable=SC2086 # a list of lengths
+    bash "$repo/benches/aws-pacing.sh" "$PLAN" ${AWS_STEP_SECONDS:-0 3 60}
+}
+
 bench_criterion() {
     (cd "$repo" && cargo bench --bench compile --bench runner 2>&1 | grep -E '^[a-z].*time:|^\S.*\[' || true)
 }
@@ -87,6 +95,7 @@ for w in "${what[@]}"; do
         runner) bench_runner ;;
         quickstart) bench_quickstart ;;
         criterion) bench_criterion ;;
-        *) echo "scripts/bench.sh: unknown benchmark $w (runner, quickstart, criterion)" >&2; exit 2 ;;
+        aws) bench_aws ;;
+        *) echo "scripts/bench.sh: unknown benchmark $w (runner, quickstart, criterion, aws)" >&2; exit 2 ;;
     esac
 done

@@ -30,6 +30,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
 
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::plan::{InstanceSpec, Target, VolumeSpec};
 use crate::plan_file::Market;
@@ -64,13 +65,18 @@ pub struct PollConfig {
 impl Default for PollConfig {
     fn default() -> PollConfig {
         PollConfig {
-            initial: Duration::from_secs(5),
-            max: Duration::from_secs(15),
+            // Fast at first: on real AWS most waits end within a minute, and each second late is a paid
+            // second of an idle instance (issue 10 §12); a minute of waiting costs about 10 calls.
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(10),
             ssm_online_timeout: Duration::from_secs(600),
             state_timeout: Duration::from_secs(600),
         }
     }
 }
+
+/// Serializes volume attaches in this process (see `create_volume`).
+static ATTACH: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What every resource is tagged with: `Name`, `sortie:plan`, `sortie:run`, `sortie:step`, `sortie:token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -314,6 +320,9 @@ impl AwsProvider {
                     Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Attaching)
                 )
         });
+        // Held until the attachment shows on the instance: two volume steps of one instance in this apply would
+        // otherwise both see the same free device name.
+        let _attaching = ATTACH.lock().await;
         let device = match mine {
             Some(attachment) => attachment.device().unwrap_or_default().to_string(),
             None => {
@@ -329,22 +338,7 @@ impl AwsProvider {
                         other.instance_id().unwrap_or("?")
                     )));
                 }
-                let device = self.free_device(instance_id).await?;
-                self.ec2
-                    .attach_volume()
-                    .volume_id(&volume_id)
-                    .instance_id(instance_id)
-                    .device(&device)
-                    .send()
-                    .await
-                    .map_err(|err| {
-                        aws_error(
-                            &format!("could not attach volume {volume_id} to instance {instance_id} as {device}"),
-                            &err,
-                            "check that the instance is running and in the volume's availability zone",
-                        )
-                    })?;
-                device
+                self.attach_free(&volume_id, instance_id).await?
             }
         };
 
@@ -1120,8 +1114,41 @@ impl AwsProvider {
         .await
     }
 
-    /// The first of /dev/sdf../dev/sdp that the instance does not use (under any of its names).
-    async fn free_device(&self, instance_id: &str) -> Result<String> {
+    /// Attaches the volume at the first free device name. Another apply may take that name between the look and
+    /// the attach (AWS answers that the attachment point is already in use): then the next free one.
+    async fn attach_free(&self, volume_id: &str, instance_id: &str) -> Result<String> {
+        let mut taken: Vec<String> = Vec::new();
+        loop {
+            let device = self.free_device(instance_id, &taken).await?;
+            let attached = self
+                .ec2
+                .attach_volume()
+                .volume_id(volume_id)
+                .instance_id(instance_id)
+                .device(&device)
+                .send()
+                .await;
+            match attached {
+                Ok(_) => return Ok(device),
+                Err(err)
+                    if taken.len() < 3
+                        && err.message().is_some_and(|m| m.contains("already in use")) =>
+                {
+                    taken.push(device)
+                }
+                Err(err) => return Err(aws_error(
+                    &format!(
+                        "could not attach volume {volume_id} to instance {instance_id} as {device}"
+                    ),
+                    &err,
+                    "check that the instance is running and in the volume's availability zone",
+                )),
+            }
+        }
+    }
+
+    /// The first of /dev/sdf../dev/sdp that the instance does not use (under any of its names), nor `taken`.
+    async fn free_device(&self, instance_id: &str, taken: &[String]) -> Result<String> {
         let Some(instance) = self.describe_instance(instance_id).await? else {
             return Err(Error::Runtime(format!(
                 "instance {instance_id} does not exist, so no volume can be attached to it\n  = help: apply again: \
@@ -1133,6 +1160,7 @@ impl AwsProvider {
             .iter()
             .filter_map(|m| m.device_name())
             .chain(instance.root_device_name())
+            .chain(taken.iter().map(String::as_str))
             .collect();
         pick_device(&used).ok_or_else(|| {
             Error::Runtime(format!(
@@ -1144,7 +1172,7 @@ impl AwsProvider {
 
     // ---- waiting ----
 
-    /// Probes at once, then with backoff (`initial`, doubling up to `max`) until done, an error, or `timeout`.
+    /// Probes at once, then with backoff (`initial`, growing by half up to `max`) until done, an error, or `timeout`.
     async fn wait_for<T, F, Fut>(
         &self,
         what: &str,
@@ -1157,7 +1185,7 @@ impl AwsProvider {
         Fut: Future<Output = Result<Probe<T>>>,
     {
         let start = Instant::now();
-        let mut delay = self.poll.initial;
+        let mut delays = Backoff::new(self.poll.initial, 1.5, self.poll.max).delays();
         let mut polls = 0u32;
         loop {
             polls += 1;
@@ -1172,9 +1200,9 @@ impl AwsProvider {
                     humantime::format_duration(Duration::from_millis(elapsed.as_millis() as u64))
                 )));
             }
+            let delay = delays.next().unwrap_or(self.poll.max);
             tracing::debug!(%what, state = %last, ?delay, "waiting");
             tokio::time::sleep(delay.min(timeout - elapsed)).await;
-            delay = (delay * 2).min(self.poll.max).max(self.poll.initial);
         }
     }
 }

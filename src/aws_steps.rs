@@ -10,11 +10,11 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::local_host::{HostStatus, LaunchSpec};
 use crate::plan::{RunSpec, StateLocation, StepKind, Target};
-use crate::ssm_host::{self, OutputLocation, SsmHost, SsmPoll};
+use crate::ssm_host::{self, OutputLocation, Pace, SsmHost, SsmPoll};
 use crate::state::Resource;
 use crate::step_exec::{Job, Msg, Outcome};
 use crate::step_files;
-use crate::step_watch::{StallProbe, StepWatch, Verdict};
+use crate::step_watch::{HeartbeatProbe, StepWatch, Verdict};
 
 /// The volume script (docs/HOST_PROTOCOL.md): find the NVMe device by volume id, mkfs only when empty, mount, fstab.
 pub const VOLUME_SCRIPT: &str = include_str!("host/volume.sh");
@@ -43,8 +43,8 @@ pub fn provider_poll() -> PollConfig {
 fn ssm_poll() -> SsmPoll {
     match poll_override() {
         Some(d) => SsmPoll {
-            initial: d,
-            max: d * 4,
+            schedule: crate::backoff::Backoff::new(d, 1.5, d * 4),
+            relaxed_max: d * 4,
             ..SsmPoll::default()
         },
         None => SsmPoll::default(),
@@ -299,7 +299,8 @@ impl Job {
             return Ok(Outcome::LeftRunning);
         }
         let mut cancel = self.cancel.clone();
-        let mut watch = self.step_watch(spec).await;
+        let (pace_tx, mut pace) = tokio::sync::watch::channel(Pace::default());
+        let mut watch = self.step_watch(spec, pace_tx).await;
         let mut rewaits = 0;
         loop {
             let command = match wait_command.take() {
@@ -321,7 +322,7 @@ impl Job {
                 }
             };
             let waited = {
-                let wait = host.wait(&command, &mut cancel);
+                let wait = host.wait(&command, &mut cancel, &mut pace);
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {
@@ -412,24 +413,36 @@ impl Job {
         crate::s3_scrub::delete(&host.s3, &out.bucket, &script).await;
     }
 
-    /// What is watched while the step runs: its heartbeat for a stall (only with S3 state, where the host uploads
-    /// it), at a tenth of stale_after (30 s to 2 min); its host every 3 minutes.
-    async fn step_watch(&self, spec: &RunSpec) -> StepWatch {
-        let stall = spec.heartbeat.stale_after.and_then(|stale| {
-            let (bucket, key) = self.step_object(heartbeat_key)?;
+    /// What is watched while the step runs: its uploaded heartbeat (only with S3 state, where the host uploads
+    /// it), every 2 minutes, or a tenth of `stale_after` down to 1 minute; its host every 5 minutes. With the wait's
+    /// own polls that is about 54 calls an hour in steady state (docs/BENCHMARKS.md).
+    async fn step_watch(
+        &self,
+        spec: &RunSpec,
+        pace: tokio::sync::watch::Sender<Pace>,
+    ) -> StepWatch {
+        let heartbeat = self.step_object(heartbeat_key).map(|(bucket, key)| {
+            let stale = spec.heartbeat.stale_after;
             let every = poll_override().unwrap_or_else(|| {
-                (stale / 10).clamp(Duration::from_secs(30), Duration::from_secs(120))
+                stale.map_or(Duration::from_secs(120), |s| {
+                    (s / 10).clamp(Duration::from_secs(60), Duration::from_secs(120))
+                })
             });
-            Some(StallProbe {
-                watch: crate::stall::StallWatch::new(stale),
+            HeartbeatProbe {
+                stall: stale.map(crate::stall::StallWatch::new),
                 every,
                 bucket,
                 key,
-            })
+            }
         });
         let config = crate::aws::sdk_config(&self.target).await;
-        let host_every = poll_override().unwrap_or(Duration::from_secs(180));
-        StepWatch::new(stall, aws_sdk_ec2::Client::new(&config), host_every)
+        let host_every = poll_override().unwrap_or(Duration::from_secs(300));
+        StepWatch::new(
+            heartbeat,
+            aws_sdk_ec2::Client::new(&config),
+            host_every,
+            pace,
+        )
     }
 
     /// The bucket and key of one of this step's objects beside the run's state (only with S3 state).

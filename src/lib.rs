@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod aws_provider;
 pub mod aws_steps;
+pub mod backoff;
 pub mod cli;
 pub mod compiler;
 pub mod concurrency;

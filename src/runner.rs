@@ -551,8 +551,10 @@ impl Walker<'_> {
                 if attempt <= retries && self.stopping == 0 && self.over_budget.is_none() =>
             {
                 // Exponential backoff with full jitter: base * 2^(attempt-1), scaled by a random factor in [0.5, 1).
-                let base = step.backoff.as_secs_f64() * 2f64.powi(attempt as i32 - 1);
-                let delay = (base * (0.5 + fastrand::f64() / 2.0)).min(600.0);
+                let delay =
+                    crate::backoff::Backoff::new(step.backoff, 2.0, Duration::from_secs(600))
+                        .jittered(attempt.saturating_sub(1))
+                        .as_secs_f64();
                 st.status = StepStatus::Pending;
                 st.error = Some(error.clone());
                 self.retry_at.insert(

@@ -13,6 +13,7 @@ use aws_sdk_ssm::types::CommandInvocationStatus;
 use indexmap::IndexMap;
 use sha2::Digest as _;
 
+use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::local_host::{HostStatus, LaunchSpec, WRAPPER};
 use crate::ssm_files::SHA_MISMATCH;
@@ -28,32 +29,35 @@ const LOG_MARK: &str = "===SORTIE-LOG===";
 /// on it is absent.
 const NO_WRAPPER_YET: &str = "[ -f \"$H/wrapper.sh\" ] || { echo state=absent; exit 0; }\n";
 
-/// How often to ask SSM about a command: starts at `initial`, grows by half up to `max`.
+/// How often to ask SSM about a command: fast at first (most commands end within seconds, and on a GPU every
+/// second late is paid for), then backing off to `schedule.max`, or to `relaxed_max` while the step's uploaded
+/// heartbeat is fresh (it says when the step ends: see [`Pace`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SsmPoll {
-    pub initial: Duration,
-    pub max: Duration,
+    pub schedule: Backoff,
+    pub relaxed_max: Duration,
     /// How long a just-sent command may be unknown (InvocationDoesNotExist) before that is an error.
     pub unknown_grace: Duration,
-}
-
-impl SsmPoll {
-    /// The pauses between polls: `initial`, then half as long again each time, up to `max`. No busy polling:
-    /// with the defaults a 10-minute step is polled 44 times.
-    pub fn delays(&self) -> impl Iterator<Item = Duration> {
-        let (initial, max) = (self.initial, self.max);
-        std::iter::successors(Some(initial), move |d| Some(d.mul_f64(1.5).min(max)))
-    }
 }
 
 impl Default for SsmPoll {
     fn default() -> SsmPoll {
         SsmPoll {
-            initial: Duration::from_secs(2),
-            max: Duration::from_secs(15),
+            schedule: Backoff::new(Duration::from_millis(500), 1.5, Duration::from_secs(90)),
+            relaxed_max: Duration::from_secs(300),
             unknown_grace: Duration::from_secs(60),
         }
     }
+}
+
+/// What the step's watcher has learnt that changes how a wait polls (issue 10 §11, §12).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pace {
+    /// The uploaded heartbeat is fresh: the step is alive, and its last heartbeat will say when it ends, so SSM is
+    /// asked only every `relaxed_max`.
+    pub relaxed: bool,
+    /// Bumped to ask SSM now, then fast again: the heartbeat says the step ended, or its ETA is near.
+    pub wake: u64,
 }
 
 /// Where SSM writes command output (the full stdout; GetCommandInvocation truncates at 24,000 characters).
@@ -165,69 +169,103 @@ impl SsmHost {
             .ok_or_else(|| Error::Runtime("SSM SendCommand returned no command id".into()))
     }
 
-    /// Polls a command until it ends. `cancel` turns into CancelCommand.
+    /// Polls a command until it ends. `cancel` turns into CancelCommand; `pace` (from the step's watcher) changes
+    /// the cadence or asks for a poll now.
     pub async fn wait(
         &self,
         command_id: &str,
         cancel: &mut tokio::sync::watch::Receiver<bool>,
+        pace: &mut tokio::sync::watch::Receiver<Pace>,
     ) -> Result<Invocation> {
         let started = tokio::time::Instant::now();
-        let mut delays = self.poll.delays();
+        let mut delays = self.poll.schedule.delays();
+        let mut wake = pace.borrow().wake;
+        // A dropped sender would make `changed()` ready for ever: stop listening to it instead.
+        let (mut cancel_open, mut pace_open) = (true, true);
         loop {
-            match self
-                .ssm
-                .get_command_invocation()
-                .command_id(command_id)
-                .instance_id(&self.instance_id)
-                .send()
-                .await
+            if let Some(inv) = self.poll_once(command_id, started).await? {
+                return Ok(inv);
+            }
+            let due = tokio::time::Instant::now() + delays.next().unwrap_or(self.poll.relaxed_max);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => break,
+                    changed = cancel.changed(), if cancel_open => match changed {
+                        Ok(()) if *cancel.borrow() => {
+                            self.cancel_command(command_id).await;
+                            break;
+                        }
+                        Ok(()) => {}
+                        Err(_) => cancel_open = false,
+                    },
+                    changed = pace.changed(), if pace_open => {
+                        if changed.is_err() {
+                            pace_open = false;
+                            continue;
+                        }
+                        let now = *pace.borrow_and_update();
+                        delays.set_max(if now.relaxed { self.poll.relaxed_max } else { self.poll.schedule.max });
+                        if now.wake != wake {
+                            wake = now.wake;
+                            delays.reset();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One GetCommandInvocation: the invocation when the command is over.
+    async fn poll_once(
+        &self,
+        command_id: &str,
+        started: tokio::time::Instant,
+    ) -> Result<Option<Invocation>> {
+        match self
+            .ssm
+            .get_command_invocation()
+            .command_id(command_id)
+            .instance_id(&self.instance_id)
+            .send()
+            .await
+        {
+            Ok(inv) => {
+                let status = inv
+                    .status()
+                    .cloned()
+                    .unwrap_or(CommandInvocationStatus::Pending);
+                let running = matches!(
+                    status,
+                    CommandInvocationStatus::Pending
+                        | CommandInvocationStatus::InProgress
+                        | CommandInvocationStatus::Delayed
+                        | CommandInvocationStatus::Cancelling
+                );
+                Ok((!running).then(|| Invocation {
+                    command_id: command_id.to_string(),
+                    status: status.as_str().to_string(),
+                    details: inv.status_details().unwrap_or_default().to_string(),
+                    code: inv.response_code(),
+                    stdout: inv
+                        .standard_output_content()
+                        .unwrap_or_default()
+                        .to_string(),
+                    stderr: inv.standard_error_content().unwrap_or_default().to_string(),
+                }))
+            }
+            // Right after SendCommand the invocation may not exist yet.
+            Err(e)
+                if e.code() == Some("InvocationDoesNotExist")
+                    && started.elapsed() < self.poll.unknown_grace =>
             {
-                Ok(inv) => {
-                    let status = inv
-                        .status()
-                        .cloned()
-                        .unwrap_or(CommandInvocationStatus::Pending);
-                    let finished = !matches!(
-                        status,
-                        CommandInvocationStatus::Pending
-                            | CommandInvocationStatus::InProgress
-                            | CommandInvocationStatus::Delayed
-                            | CommandInvocationStatus::Cancelling
-                    );
-                    if finished {
-                        return Ok(Invocation {
-                            command_id: command_id.to_string(),
-                            status: status.as_str().to_string(),
-                            details: inv.status_details().unwrap_or_default().to_string(),
-                            code: inv.response_code(),
-                            stdout: inv
-                                .standard_output_content()
-                                .unwrap_or_default()
-                                .to_string(),
-                            stderr: inv.standard_error_content().unwrap_or_default().to_string(),
-                        });
-                    }
-                }
-                // Right after SendCommand the invocation may not exist yet.
-                Err(e)
-                    if e.code() == Some("InvocationDoesNotExist")
-                        && started.elapsed() < self.poll.unknown_grace => {}
-                Err(e) => {
-                    return Err(Error::Runtime(format!(
-                        "SSM GetCommandInvocation {command_id} on {} failed: {}",
-                        self.instance_id,
-                        aws_sdk_ssm::error::DisplayErrorContext(&e)
-                    )))
-                }
+                Ok(None)
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delays.next().unwrap_or(self.poll.max)) => {}
-                changed = cancel.changed() => {
-                    if changed.is_ok() && *cancel.borrow() {
-                        self.cancel_command(command_id).await;
-                    }
-                }
-            }
+            Err(e) => Err(Error::Runtime(format!(
+                "SSM GetCommandInvocation {command_id} on {} failed: {}",
+                self.instance_id,
+                aws_sdk_ssm::error::DisplayErrorContext(&e)
+            ))),
         }
     }
 
@@ -245,8 +283,9 @@ impl SsmHost {
     /// Sends a script and waits for it.
     pub async fn run(&self, script: &str, timeout: Duration) -> Result<Invocation> {
         let id = self.send(script, timeout).await?;
-        let (_tx, mut rx) = tokio::sync::watch::channel(false);
-        self.wait(&id, &mut rx).await
+        let (_cancel_tx, mut cancel) = tokio::sync::watch::channel(false);
+        let (_pace_tx, mut pace) = tokio::sync::watch::channel(Pace::default());
+        self.wait(&id, &mut cancel, &mut pace).await
     }
 
     /// The command that installs the wrapper and the script, then starts `attempt` of `step` (the wrapper
@@ -602,20 +641,59 @@ fn base64_encode(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// When each poll of a wait happens, given when (if ever) the heartbeat turns fresh.
+    fn poll_times(poll: &SsmPoll, span: Duration, fresh_from: Option<Duration>) -> Vec<Duration> {
+        let mut delays = poll.schedule.delays();
+        let mut at = Duration::ZERO;
+        let mut times = vec![at];
+        while at <= span {
+            if fresh_from.is_some_and(|f| at >= f) {
+                delays.set_max(poll.relaxed_max);
+            }
+            at += delays.next().expect("the schedule never ends");
+            times.push(at);
+        }
+        times.pop();
+        times
+    }
+
     #[test]
-    fn a_ten_minute_step_is_polled_at_most_sixty_times() {
+    fn a_ten_minute_step_is_polled_at_most_sixteen_times() {
         let poll = SsmPoll::default();
-        let mut elapsed = Duration::ZERO;
-        let polls = poll
-            .delays()
-            .take_while(|d| {
-                elapsed += *d;
-                elapsed <= Duration::from_secs(600)
-            })
-            .count()
-            + 1;
-        assert!(polls <= 60, "{polls} polls");
-        assert_eq!(polls, 44);
+        // The first heartbeat read (2 min in) finds it fresh.
+        let fresh = poll_times(
+            &poll,
+            Duration::from_secs(600),
+            Some(Duration::from_secs(120)),
+        );
+        assert_eq!(fresh.len(), 16, "{fresh:?}");
+        // With no heartbeat to say the step is alive it costs two more.
+        let blind = poll_times(&poll, Duration::from_secs(600), None);
+        assert_eq!(blind.len(), 18, "{blind:?}");
+    }
+
+    #[test]
+    fn steady_state_polls_an_hour() {
+        let poll = SsmPoll::default();
+        let hour = Duration::from_secs(3600);
+        // Once the schedule has reached its cap: 12 an hour while the heartbeat is fresh, 40 without it.
+        assert_eq!(hour.as_secs() / poll.relaxed_max.as_secs(), 12);
+        assert_eq!(hour.as_secs() / poll.schedule.max.as_secs(), 40);
+    }
+
+    #[test]
+    fn a_step_is_seen_late_by_at_most_half_its_length() {
+        let poll = SsmPoll::default();
+        let times = poll_times(&poll, Duration::from_secs(300), None);
+        for ms in (100..=120_000).step_by(100) {
+            let end = Duration::from_millis(ms);
+            let seen = times
+                .iter()
+                .find(|t| **t >= end)
+                .expect("a poll after the end");
+            let bound = end / 2 + poll.schedule.initial;
+            assert!(*seen - end <= bound, "a {ms} ms step is seen at {seen:?}");
+        }
     }
 
     #[test]

@@ -290,7 +290,8 @@ impl Job {
         let mut last_progress = None;
         // Short steps end in milliseconds: poll every 2 ms at first, backing off by 1.5x to `poll`. The cheap check reads the
         // exit code directly; the wrapper's full probe (liveness, heartbeat) runs about once a second.
-        let mut delay = Duration::from_millis(2);
+        let mut delays =
+            crate::backoff::Backoff::new(Duration::from_millis(2), 1.5, self.poll).delays();
         let mut last_probe = tokio::time::Instant::now();
         let mut stall = spec
             .heartbeat
@@ -308,7 +309,7 @@ impl Job {
                 });
             }
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(delays.next().unwrap_or(self.poll)) => {}
                 changed = cancel.changed() => {
                     if changed.is_ok() && *cancel.borrow() {
                         host.cancel(&id, Duration::from_secs(5)).await?;
@@ -316,7 +317,6 @@ impl Job {
                     }
                 }
             }
-            delay = delay.mul_f64(1.5).min(self.poll);
             if let Some(done) = host.finished(&id, self.attempt) {
                 status = done;
             } else if last_probe.elapsed() >= Duration::from_secs(1) {

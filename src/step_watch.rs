@@ -1,12 +1,17 @@
-//! What is watched while a run step executes on an AWS host, beside the command that waits for it: the step's
-//! output (a stall: it stopped growing for `heartbeat.stale_after`) and its host (stopped, terminated, reclaimed
-//! by spot, impaired). Either ends the step at once with the reason, instead of after SSM's execution timeout.
+//! What is watched while a run step executes on an AWS host, beside the command that waits for it:
+//! - its uploaded heartbeat, which paces that wait: while it is fresh SSM is asked rarely, and when it says the
+//!   step ended (or its progress ETA is near) SSM is asked now (issue 10 §11, §12);
+//! - its output, for a stall (it stopped growing for `heartbeat.stale_after`);
+//! - its host (stopped, terminated, reclaimed by spot, impaired).
+//!
+//! A stall or a lost host ends the step at once with the reason, instead of after SSM's execution timeout.
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{InstanceStateName, SummaryStatus};
+use tokio::sync::watch;
 
-use crate::ssm_host::SsmHost;
+use crate::ssm_host::{Pace, SsmHost};
 use crate::stall::{Beat, StallWatch};
 
 /// Why a watched step must end now.
@@ -18,42 +23,71 @@ pub enum Verdict {
     HostGone(String),
 }
 
-/// The stall half: where the heartbeat is uploaded, and what was seen of it.
-pub struct StallProbe {
-    pub watch: StallWatch,
+/// Where the host uploads the step's heartbeat (S3 state only), how often it is read, and the stall rule.
+pub struct HeartbeatProbe {
+    pub stall: Option<StallWatch>,
     pub every: Duration,
     pub bucket: String,
     pub key: String,
 }
 
+/// How long before a progress ETA the wait is woken: the ETA is a rate, not a promise.
+const ETA_LEAD: Duration = Duration::from_secs(15);
+
+struct Heartbeat {
+    probe: HeartbeatProbe,
+    seen_ts: Option<u64>,
+    next: Instant,
+    /// When the progress ETA says the step ends (less `ETA_LEAD`).
+    eta_at: Option<Instant>,
+}
+
 pub struct StepWatch {
-    stall: Option<(StallProbe, Option<u64>, Instant)>,
+    heartbeat: Option<Heartbeat>,
     ec2: aws_sdk_ec2::Client,
     host_every: Duration,
     host_next: Instant,
+    pace: watch::Sender<Pace>,
 }
 
 impl StepWatch {
-    pub fn new(stall: Option<StallProbe>, ec2: aws_sdk_ec2::Client, host_every: Duration) -> Self {
+    pub fn new(
+        heartbeat: Option<HeartbeatProbe>,
+        ec2: aws_sdk_ec2::Client,
+        host_every: Duration,
+        pace: watch::Sender<Pace>,
+    ) -> Self {
         let now = Instant::now();
         StepWatch {
-            stall: stall.map(|p| {
-                let next = now + p.every;
-                (p, None, next)
+            heartbeat: heartbeat.map(|probe| Heartbeat {
+                next: now + probe.every,
+                probe,
+                seen_ts: None,
+                eta_at: None,
             }),
             ec2,
             host_every,
             host_next: now + host_every,
+            pace,
         }
     }
 
     /// How long until the next check is due.
     pub fn next_in(&self) -> Duration {
-        let next = self
-            .stall
-            .as_ref()
-            .map_or(self.host_next, |(_, _, at)| (*at).min(self.host_next));
+        let mut next = self.host_next;
+        if let Some(hb) = &self.heartbeat {
+            next = next.min(hb.next);
+            if let Some(eta) = hb.eta_at {
+                next = next.min(eta);
+            }
+        }
         next.saturating_duration_since(Instant::now())
+    }
+
+    /// How long until the look the progress ETA scheduled, if it scheduled one.
+    pub fn eta_wake_in(&self) -> Option<Duration> {
+        let at = self.heartbeat.as_ref()?.eta_at?;
+        Some(at.saturating_duration_since(Instant::now()))
     }
 
     /// The host check, now, whether or not it is due.
@@ -70,13 +104,42 @@ impl StepWatch {
                 return Some(Verdict::HostGone(reason));
             }
         }
-        let (probe, seen_ts, next) = self.stall.as_mut()?;
-        if now < *next {
+        let hb = self.heartbeat.as_mut()?;
+        if hb.eta_at.is_some_and(|at| now >= at) {
+            hb.eta_at = None;
+            wake(&self.pace);
+        }
+        if now < hb.next {
             return None;
         }
-        *next = now + probe.every;
-        let beat = current_beat(host, step, &probe.bucket, &probe.key, seen_ts).await?;
-        let stalled = probe.watch.observe(beat, Instant::now())?;
+        hb.next = now + hb.probe.every;
+        let uploaded = fetch_beat(&host.s3, &hb.probe.bucket, &hb.probe.key).await;
+        let fresh = uploaded
+            .as_ref()
+            .filter(|u| u.beat.ts.is_some() && u.beat.ts != hb.seen_ts);
+        self.pace.send_if_modified(|p| {
+            let changed = p.relaxed != fresh.is_some();
+            p.relaxed = fresh.is_some();
+            changed
+        });
+        if let Some(u) = fresh {
+            hb.seen_ts = u.beat.ts;
+            if u.ended {
+                wake(&self.pace);
+            }
+            hb.eta_at = u.eta_secs.filter(|_| !u.ended).map(|eta| {
+                (now + Duration::from_secs(eta))
+                    .checked_sub(ETA_LEAD)
+                    .unwrap_or(now)
+            });
+        }
+        let stall = hb.probe.stall.as_mut()?;
+        let beat = match fresh {
+            Some(u) => Some(u.beat),
+            // The upload did not move: ask the host itself (a broken heartbeat channel is never a stall).
+            None => status_beat(host, step).await?,
+        };
+        let stalled = stall.observe(beat, Instant::now())?;
         // Output also stops when the step is over and the wait command has not said so yet: ask the host.
         match host.status(step).await {
             Ok(status) if status.is_finished() => None,
@@ -85,13 +148,21 @@ impl StepWatch {
     }
 }
 
+/// Asks the wait to poll SSM now, and fast again.
+fn wake(pace: &watch::Sender<Pace>) {
+    pace.send_modify(|p| p.wake += 1);
+}
+
 /// Why the instance can no longer run the step, if it cannot: not running (stopping, stopped, shutting down,
-/// terminated, or unknown to EC2, with EC2's state reason), or a failed instance or system status check. An
-/// error from EC2 itself is not a verdict: it is logged and the next check tries again.
+/// terminated, or unknown to EC2, with EC2's state reason), or a failed instance or system status check. One
+/// DescribeInstanceStatus (IncludeAllInstances: without it a stopped instance is simply absent) answers all of
+/// it; DescribeInstances is asked only for the reason of a host that is gone. An error from EC2 itself is not a
+/// verdict: it is logged and the next check tries again.
 pub async fn host_gone(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Option<String> {
     let out = match ec2
-        .describe_instances()
+        .describe_instance_status()
         .instance_ids(instance_id)
+        .include_all_instances(true)
         .send()
         .await
     {
@@ -110,36 +181,18 @@ pub async fn host_gone(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Option<S
             return None;
         }
     };
-    let Some(instance) = out.reservations().iter().flat_map(|r| r.instances()).next() else {
+    let Some(status) = out.instance_statuses().first() else {
         return Some(format!("host {instance_id} no longer exists"));
     };
-    let state = instance.state().and_then(|s| s.name());
+    let state = status.instance_state().and_then(|s| s.name());
     if !matches!(
         state,
         Some(InstanceStateName::Running) | Some(InstanceStateName::Pending)
     ) {
         let name = state.map_or("unknown", |s| s.as_str());
-        let why = instance
-            .state_reason()
-            .and_then(|r| r.message())
-            .or(instance.state_transition_reason())
-            .filter(|m| !m.is_empty())
-            .map(|m| format!(" ({m})"))
-            .unwrap_or_default();
+        let why = state_reason(ec2, instance_id).await;
         return Some(format!("host {instance_id} is {name}{why}"));
     }
-    impaired(ec2, instance_id).await
-}
-
-/// A failed status check: EC2 reports `impaired` for the instance or the system it runs on.
-async fn impaired(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Option<String> {
-    let out = ec2
-        .describe_instance_status()
-        .instance_ids(instance_id)
-        .send()
-        .await
-        .ok()?;
-    let status = out.instance_statuses().first()?;
     let failed = |s: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
         s.and_then(|s| s.status()) == Some(&SummaryStatus::Impaired)
     };
@@ -156,23 +209,33 @@ async fn impaired(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Option<String
     None
 }
 
-/// What the stall check should see now. The heartbeat the host uploads to S3 while its timestamp moves; when it
-/// does not (a presigned URL that died with the session that signed it, a host with no route to S3), the host
-/// itself, through SSM: a broken heartbeat channel is never a stalled step. `None` when neither answers (the
-/// check is skipped; the host check decides whether the host is gone). `Some(None)` is a step with no
-/// heartbeat yet.
-async fn current_beat(
-    host: &SsmHost,
-    step: &str,
-    bucket: &str,
-    key: &str,
-    seen_ts: &mut Option<u64>,
-) -> Option<Option<Beat>> {
-    let uploaded = fetch_beat(&host.s3, bucket, key).await;
-    if let Some(beat) = uploaded.filter(|b| b.ts.is_some() && b.ts != *seen_ts) {
-        *seen_ts = beat.ts;
-        return Some(Some(beat));
-    }
+/// EC2's reason for an instance's state, as ` (message)`, or nothing.
+async fn state_reason(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> String {
+    let Ok(out) = ec2
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+    else {
+        return String::new();
+    };
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .and_then(|i| {
+            i.state_reason()
+                .and_then(|r| r.message())
+                .or(i.state_transition_reason())
+        })
+        .filter(|m| !m.is_empty())
+        .map(|m| format!(" ({m})"))
+        .unwrap_or_default()
+}
+
+/// What the host itself says of the step's output, through SSM. `None` when it does not answer (the check is
+/// skipped; the host check decides whether the host is gone). `Some(None)` is a step with no heartbeat yet.
+async fn status_beat(host: &SsmHost, step: &str) -> Option<Option<Beat>> {
     match host.status(step).await {
         Ok(status) => Some(status.log_bytes.map(|log_bytes| Beat {
             log_bytes,
@@ -187,9 +250,22 @@ async fn current_beat(
     }
 }
 
+/// The uploaded heartbeat: the stall's view of it, whether it is the attempt's last, and the progress ETA.
+struct Uploaded {
+    beat: Beat,
+    ended: bool,
+    eta_secs: Option<u64>,
+}
+
 /// The heartbeat the host uploaded, if it is there yet.
-async fn fetch_beat(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Beat> {
+async fn fetch_beat(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Uploaded> {
     let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
     let bytes = got.body.collect().await.ok()?.into_bytes();
-    Beat::parse(&String::from_utf8_lossy(&bytes))
+    let text = String::from_utf8_lossy(&bytes);
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(Uploaded {
+        beat: Beat::parse(&text)?,
+        ended: value["ended"].as_bool() == Some(true),
+        eta_secs: crate::progress::from_heartbeat(&value).eta_secs,
+    })
 }

@@ -5,6 +5,10 @@ moto's behaviour is kept; these wrappers only add the local side effects:
 * AttachVolume  -> ``<sandbox>/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<hex>`` link
   to a sparse ``<sandbox>/dev/nvme<N>n1`` of the volume's size (root volumes included: moto
   attaches one per instance at launch, like the nvme0n1 of a Nitro instance);
+* AttachVolume at a device name the instance already uses -> InvalidParameterValue ("Attachment
+  point /dev/sdf is already in use"), as AWS refuses it (AttachVolume, EC2 API Reference: the device
+  "cannot be in use by another device"); moto silently replaced the instance's mapping, so the first
+  volume stayed attached to a terminated instance for ever;
 * DetachVolume  -> the link and device node go away (the volume's data stays). DetachVolume
   with only a VolumeId (valid in AWS) made moto answer 500; it now detaches from the
   instance the volume is attached to;
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moto.ec2.exceptions import InvalidVolumeAttachmentError
+from moto.ec2.exceptions import EC2ClientError, InvalidVolumeAttachmentError
 from moto.ec2.models.elastic_block_store import EBSBackend
 from moto.ec2.models.instances import Instance
 from moto.ec2.responses.instances import InstanceResponse
@@ -47,6 +51,12 @@ def install() -> None:
 
     def attach_volume(self: Any, volume_id: str, instance_id: str, device_path: str,
                       delete_on_termination: bool = False) -> Any:
+        instance = self.get_instance(instance_id)  # type: ignore[attr-defined]
+        if device_path in instance.block_device_mapping:
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Invalid value '{device_path}' for unixDevice. Attachment point {device_path} is already in use",
+            )
         attachment = orig_attach(self, volume_id, instance_id, device_path, delete_on_termination)
         if attachment is not None:
             try:

@@ -332,6 +332,29 @@ test_int_wrapper_heartbeat_json_carries_latest_progress() {
 	[[ $(field "$d" heartbeat_at) =~ ^[0-9]+$ ]] || fail "heartbeat_at missing"
 }
 
+# With a whole-second liveness interval, the end is still seen within a quarter second (one file test), so the
+# SSM wait command (interval 5) never holds a finished step for seconds. The last heartbeat says `ended`.
+test_int_wrapper_wait_sees_the_end_within_a_second_and_the_last_heartbeat_says_ended() {
+	local s d=$T/st t0 t1 rc=0
+	s=$(script quick.sh <<-'EOF'
+		sleep 2
+	EOF
+	)
+	W launch "$d" 1 "$s" >/dev/null || fail "launch"
+	until_ok 5 test -s "$d/heartbeat.json"
+	expect_file_has "$d/heartbeat.json" '"ended":false'
+	W wait "$d" 5 >/dev/null || rc=$?
+	expect_eq "$rc" 0 "exit code"
+	# The attempt's last heartbeat says it ended (on AWS: the orchestrator asks SSM now).
+	expect_file_has "$d/heartbeat.json" '"ended":true'
+	t0=$(sed -n 1p "$d/finished_at")
+	t1=$(date +%s)
+	[ $((t1 - t0)) -le 1 ] || fail "wait returned $((t1 - t0)) s after the attempt finished"
+	# And the step that is already over: wait returns at once.
+	local a b; a=$(ms); W wait "$d" 5 >/dev/null; b=$(ms)
+	[ $((b - a)) -lt 1000 ] || fail "wait on a finished step took $((b - a)) ms"
+}
+
 test_int_wrapper_heartbeat_escapes_quotes_and_backslashes() {
 	local s d=$T/st
 	command -v python3 >/dev/null || { echo "    python3 absent: skipped" >&2; return 0; }

@@ -498,6 +498,22 @@ def test_int_call_counter(endpoint, ec2, ssm, s3):
     assert endpoint.control("GET", "/_sortie/calls") == {}
 
 
+def test_int_attach_at_a_device_in_use_is_refused_and_termination_frees_every_volume(endpoint, ec2, ssm):
+    (a,) = _launch(ec2, ssm, 1)
+    az = ec2.describe_instances(InstanceIds=[a])["Reservations"][0]["Instances"][0]["Placement"]["AvailabilityZone"]
+    first, second = (ec2.create_volume(Size=1, AvailabilityZone=az)["VolumeId"] for _ in range(2))
+    ec2.attach_volume(VolumeId=first, InstanceId=a, Device="/dev/sdf")
+    # AWS: the device "cannot be in use by another device" (AttachVolume); moto replaced the mapping.
+    with pytest.raises(ClientError) as err:
+        ec2.attach_volume(VolumeId=second, InstanceId=a, Device="/dev/sdf")
+    assert err.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert "already in use" in err.value.response["Error"]["Message"]
+    ec2.attach_volume(VolumeId=second, InstanceId=a, Device="/dev/sdg")
+    ec2.terminate_instances(InstanceIds=[a])
+    states = {v["VolumeId"]: v["State"] for v in ec2.describe_volumes(VolumeIds=[first, second])["Volumes"]}
+    assert states == {first: "available", second: "available"}
+
+
 def test_int_attach_volume_creates_by_id_link_and_detach_removes_it(endpoint, ec2, ssm):
     a, b = _launch(ec2, ssm, 2)
     az = ec2.describe_instances(InstanceIds=[a])["Reservations"][0]["Instances"][0]["Placement"]["AvailabilityZone"]
