@@ -150,13 +150,23 @@ pub enum Command {
         #[arg(long)]
         run: Option<String>,
     },
-    /// List cloud resources tagged with the plan whose run is finished or unknown; --yes removes them.
+    /// List cloud resources tagged with the plan that no run will clean up; --yes removes them.
+    ///
+    /// Garbage: resources of runs that are finished or unknown to the state store, and of runs that say running
+    /// but whose instance is terminated or that wrote no checkpoint for --stale-after.
     Gc {
         #[command(flatten)]
         plan: PlanArgs,
         /// Remove what is listed as garbage.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// With --yes, also remove the volumes a garbage run keeps (`keep: true`); without it they are listed.
+        #[arg(long, requires = "yes")]
+        include_kept: bool,
+        /// A run that says running but wrote no checkpoint for this long is abandoned (e.g. `72h`, `30m`). The
+        /// default is beyond SSM's 48 h executionTimeout; set it above your longest step's timeout.
+        #[arg(long, value_name = "DURATION", default_value = "72h", value_parser = humantime::parse_duration)]
+        stale_after: std::time::Duration,
     },
     /// Break a run's lock whose holder died (S3 state).
     Unlock {
@@ -455,9 +465,19 @@ fn dispatch(command: Command) -> Result<i32> {
                 &block_on(session::destroy(&compiled.plan, &RunSelector::named(run)))?,
             )?;
         }
-        Command::Gc { plan, yes } => {
+        Command::Gc {
+            plan,
+            yes,
+            include_kept,
+            stale_after,
+        } => {
             let compiled = plan.compile()?;
-            write(&mut out, &block_on(crate::gc::gc(&compiled.plan, yes))?)?;
+            let opts = crate::gc::GcOptions {
+                yes,
+                include_kept,
+                stale_after,
+            };
+            write(&mut out, &block_on(crate::gc::gc(&compiled.plan, opts))?)?;
         }
         Command::Unlock { plan, run, force } => {
             if !force {

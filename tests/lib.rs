@@ -6,10 +6,12 @@ mod test_builder;
 
 mod apply;
 mod aws_apply;
+mod aws_gc;
 mod aws_host_slots;
 mod aws_iam;
 mod aws_logs_follow;
 mod aws_mistral;
+mod aws_pacing;
 mod aws_provider;
 mod aws_reentry;
 mod budget;
