@@ -9,11 +9,14 @@
 #   wall          the whole apply
 #   to_first_cmd  from the instance step's start (its RunInstances) to the step's script running on the host
 #   seen_late     from the step's script ending on the host to sortie's step_finished event
+#   idle_gpu      from the step's script ending to TerminateInstances (EC2's state transition reason: whole
+#                 seconds, so ±1 s)
 #   calls         every API call of the apply, and the SSM calls of the step
 # and the step's marginal calls: this apply's calls less those of the 0-second apply, i.e. what SECONDS of a
 # running step cost.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${SORTIE_VENV:-$repo/.venv}"
 plan_bin=$1
 shift
 secs_list=("$@")
@@ -65,9 +68,10 @@ EOF
     t1=$(date +%s%N)
     curl -fsS "$url/_sortie/calls" >"$work/calls.json"
     sandbox=$(dirname "$(find "$dir/sandbox" -name ended_ns -newer "$work/p.yaml" | head -n 1)")
-    line=$(python3 - "$work" "$sandbox" "$secs" "$t0" "$t1" "$baseline" <<'EOF'
-import json, sys, datetime
-work, sandbox, secs, t0, t1, baseline = sys.argv[1:7]
+    line=$("$venv/bin/python" - "$work" "$sandbox" "$secs" "$t0" "$t1" "$baseline" "$url" <<'EOF'
+import json, sys, datetime, re
+import boto3
+work, sandbox, secs, t0, t1, baseline, url = sys.argv[1:8]
 events = [json.loads(l) for l in open(f"{work}/events.jsonl") if l.startswith("{")]
 def ns(ts):
     d = datetime.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
@@ -81,8 +85,14 @@ total = sum(calls.values())
 ssm = {k: v for k, v in calls.items() if k.startswith("ssm:")}
 step = ssm.get("ssm:GetCommandInvocation", 0) + ssm.get("ssm:SendCommand", 0)
 margin = "" if not baseline else f"  marginal {total - int(baseline)}"
+instance = next(e["value"] for e in events if e["event"] == "step_output" and e.get("key") == "instance_id")
+ec2 = boto3.client("ec2", endpoint_url=url, region_name="us-east-1")
+reason = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["StateTransitionReason"]
+stamp = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", reason).group(1)
+terminated = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
+idle = terminated - ended / 1e9
 print(f"{secs:>5}s  wall {(int(t1) - int(t0)) / 1e9:7.2f}s  to_first_cmd {(started - ev('step_started', 'host')) / 1e9:5.2f}s"
-      f"  seen_late {(ev('step_finished', 'work') - ended) / 1e9:5.2f}s  calls {total:4d}"
+      f"  seen_late {(ev('step_finished', 'work') - ended) / 1e9:5.2f}s  idle_gpu {idle:4.0f}s  calls {total:4d}"
       f"  (SendCommand+GetCommandInvocation {step}, s3 {sum(v for k, v in calls.items() if k.startswith('s3:'))},"
       f" ec2 {sum(v for k, v in calls.items() if k.startswith('ec2:'))}){margin}|{total}")
 EOF
