@@ -247,6 +247,34 @@ impl AwsProvider {
         })
     }
 
+    /// `plan doctor`: the launch request apply would send (same image, profile, tags, root volume, market), with
+    /// `DryRun`, so IAM judges exactly what apply will ask. `Ok` is never expected: AWS answers DryRunOperation
+    /// when it would be allowed, UnauthorizedOperation when not.
+    pub async fn dry_run_launch(
+        &self,
+        spec: &InstanceSpec,
+        tags: &Tags,
+        image: &str,
+        instance_type: &str,
+        market: &str,
+    ) -> std::result::Result<(), aws_sdk_ec2::error::SdkError<RunInstancesError>> {
+        let root_device = self.root_device_name(image).await;
+        self.run_request(
+            spec,
+            tags,
+            image,
+            &root_device,
+            None,
+            instance_type,
+            None,
+            market,
+        )
+        .dry_run(true)
+        .send()
+        .await
+        .map(|_| ())
+    }
+
     /// The instance tagged `sortie:token=<token>` that is not terminated or shutting down, if any.
     pub async fn find_instance_by_token(&self, token: &str) -> Result<Option<String>> {
         Ok(self

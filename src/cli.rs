@@ -67,6 +67,15 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "human")]
         output: OutputFormat,
     },
+    /// Check the AWS account before spending money: credentials and region, the state bucket, the instance
+    /// profile, quotas, network, image, launch permission (RunInstances with DryRun) and SSM parameters.
+    /// Exits 1 when a required check fails.
+    Doctor {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long, value_enum, default_value = "human")]
+        output: OutputFormat,
+    },
     /// Show what apply would do for each step, and why. Changes nothing.
     Preview {
         #[command(flatten)]
@@ -355,6 +364,12 @@ fn dispatch(command: Command) -> Result<i32> {
                 output,
             };
             return block_on(session::apply(&compiled.plan, opts));
+        }
+        Command::Doctor { plan, output } => {
+            let compiled = plan.compile()?;
+            let (text, code) = block_on(crate::doctor::doctor(&compiled.plan, output))?;
+            write(&mut out, &text)?;
+            return Ok(code);
         }
         Command::Preview {
             plan,

@@ -62,6 +62,9 @@ pub enum Error {
     /// Something a step's provider or executor reported.
     #[error("error: {0}")]
     Runtime(String),
+    /// A required account check of `plan doctor` failed before `plan apply` created anything.
+    #[error("error: {0}")]
+    NotReady(String),
 }
 
 impl Error {
@@ -70,7 +73,8 @@ impl Error {
             Error::Invalid(_)
             | Error::Usage(_)
             | Error::CorruptState { .. }
-            | Error::StateDir { .. } => exit::INVALID,
+            | Error::StateDir { .. }
+            | Error::NotReady(_) => exit::INVALID,
             Error::Locked { .. } | Error::PlanLocked { .. } => exit::LOCKED,
             Error::Conflict { .. } | Error::Io { .. } | Error::Runtime(_) => exit::FAILED,
         }

@@ -15,6 +15,7 @@ pub mod dag;
 pub mod devenv;
 pub mod diagnostic;
 pub mod dir_store;
+pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod gc;

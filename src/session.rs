@@ -182,6 +182,8 @@ enum Picked {
 }
 
 pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
+    // On AWS: credentials, the state bucket and the instance profiles, before anything is asked or created.
+    crate::doctor::precheck(plan).await?;
     let store = store(plan).await?;
     let from = match &opts.from {
         Some(id) => Some(plan.index_of(id).ok_or_else(|| {

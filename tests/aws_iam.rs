@@ -1,4 +1,4 @@
-//! docs/IAM.md must work as written: every request `plan` signs during an apply, a failing apply (a step that
+//! docs/IAM.md must work as written: every request `plan` signs during `doctor`, an apply, a failing apply (a step that
 //! times out and is cancelled on the host), `status`, `logs`, `destroy` and `gc` is checked against the orchestrator policy
 //! in that file, with the resources and condition keys AWS documents for the action.
 //!
@@ -269,6 +269,27 @@ fn checks_for(name: &str, params: &Value, plan: &str) -> Vec<Check> {
             format!("arn:aws:s3:::{}", id("Bucket")),
             &[("s3:prefix", param(params, "prefix").unwrap_or(""))],
         )],
+        // Needs no permission: "GetCallerIdentity", STS API reference.
+        "sts:GetCallerIdentity" => vec![],
+        "iam:GetInstanceProfile" => vec![check(
+            name,
+            format!("arn:aws:iam::{ACCOUNT}:instance-profile/{}", id("InstanceProfileName")),
+            &[],
+        )],
+        "iam:ListAttachedRolePolicies" => vec![check(
+            name,
+            format!("arn:aws:iam::{ACCOUNT}:role/{}", id("RoleName")),
+            &[],
+        )],
+        // HeadBucket is authorized as s3:ListBucket on the bucket (S3 API reference, "HeadBucket").
+        "s3:HeadBucket" => vec![check(
+            "s3:ListBucket",
+            format!("arn:aws:s3:::{}", id("Bucket")),
+            &[],
+        )],
+        "servicequotas:GetServiceQuota"
+        | "servicequotas:GetAWSDefaultServiceQuota"
+        | "ssm:DescribeParameters" => vec![check(name, "*".into(), &[])],
         other => panic!(
             "plan made a request this test does not model: {other} {params}; add it to docs/IAM.md and here"
         ),
@@ -399,6 +420,10 @@ async fn test_e2e_aws_iam_documented_policy_allows_every_request_plan_makes() {
         let (code, text) = run(args);
         assert_eq!(code, Some(0), "plan {args:?}:\n{text}");
     };
+    // One g5.2xlarge of G quota (the endpoint starts at AWS's default, 0), so that every check passes.
+    let (status, body) = ep.http("POST", "/_sortie/quotas", Some(r#"{"ec2/L-DB2E81BA": 8}"#));
+    assert_eq!(status, 200, "{body}");
+    ok(&["doctor", "p.yaml"]);
     ok(&["apply", "p.yaml"]);
     let (code, text) = run(&["apply", "slow.yaml", "--output", "json"]);
     assert_eq!(code, Some(1), "the slow step times out: {text}");

@@ -17,6 +17,7 @@ mod aws_reentry;
 mod budget;
 mod confirm;
 mod devenv;
+mod doctor;
 mod event_schema;
 mod examples;
 mod files;

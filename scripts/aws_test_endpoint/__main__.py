@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from moto import __version__ as moto_version
 
-    from . import ec2_hooks, runtime, ssm_exec
+    from . import ec2_hooks, quotas, runtime, ssm_exec
     from .sandbox import log
     from .server import build_server, seed_profile
 
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ssm_exec.install()
     ec2_hooks.install()
+    quotas.install()
 
     info: dict[str, object] = {}
     server = build_server(args.host, args.port, info)

@@ -16,7 +16,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import runtime
+from . import quotas, runtime
 from .faults import FaultSpecError, error_response, introspect
 from .sandbox import log
 
@@ -66,6 +66,7 @@ class SortieMiddleware:
             return self.control(environ, start_response, path.rstrip("/"), method)
         if path.rstrip("/") == "/moto-api/reset" and method == "POST":
             rt.reset()
+            quotas.reset()
             result = list(self.app(environ, start_response))
             seed_profile(rt.seed_profile)
             return result
@@ -134,6 +135,21 @@ class SortieMiddleware:
             if rt.faults.remove(fault_id):
                 return _json(start_response, 200, {"deleted": fault_id})
             return _json(start_response, 404, {"error": f"no fault {fault_id}"})
+        if path == "/_sortie/quotas":
+            if method == "GET":
+                return _json(start_response, 200, quotas.applied())
+            if method == "POST":
+                try:
+                    spec = _read_json(environ)
+                    if not isinstance(spec, dict):
+                        raise ValueError('give {"ec2/<quota code>": <vCPUs>, ...}')
+                    return _json(start_response, 200, quotas.set_applied(spec))
+                except ValueError as e:
+                    return _json(start_response, 400, {"error": str(e)})
+            if method == "DELETE":
+                quotas.reset()
+                return _json(start_response, 200, {})
+            return _json(start_response, 405, {"error": "GET, POST or DELETE"})
         if path.startswith("/_sortie/sandbox/"):
             instance_id = path.rsplit("/", 1)[-1]
             try:
@@ -161,7 +177,7 @@ def seed_profile(name: str | None) -> None:
     except Exception:
         iam.create_role(name, trust, "/", None, "sortie test endpoint seed", [], None)
     try:
-        iam.attach_role_policy("arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore", name)
+        iam.attach_role_policy(_aws_managed_policy(iam, "AmazonSSMManagedInstanceCore"), name)
     except Exception as e:
         log(f"seed profile {name}: could not attach AmazonSSMManagedInstanceCore ({e})")
     try:
@@ -169,6 +185,20 @@ def seed_profile(name: str | None) -> None:
     except Exception:
         iam.create_instance_profile(name, "/", [name])
     log(f"seeded IAM instance profile {name}")
+
+
+def _aws_managed_policy(iam: Any, name: str) -> str:
+    """The ARN of AWS managed policy NAME, registered in moto's backend from the copy of AWS's document moto
+    ships: moto loads its AWS managed policies only with MOTO_IAM_LOAD_MANAGED_POLICIES=true (all ~1,300 of
+    them), and without it attach_role_policy failed, so the seeded role had no policy."""
+    arn = f"arn:aws:iam::aws:policy/{name}"
+    if arn not in iam.managed_policies:
+        from moto.iam.aws_managed_policies import aws_managed_policies_data
+        from moto.iam.models import AWSManagedPolicy
+
+        data = json.loads(aws_managed_policies_data)[name]
+        iam.managed_policies[arn] = AWSManagedPolicy.from_data(name, iam.account_id, iam.region_name, data)
+    return arn
 
 
 def build_server(host: str, port: int, info: dict[str, Any]) -> BaseWSGIServer:

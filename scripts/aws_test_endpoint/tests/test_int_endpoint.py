@@ -544,6 +544,8 @@ def test_int_attach_volume_creates_by_id_link_and_detach_removes_it(endpoint, ec
 def test_int_instance_profile_seeded_and_creatable(endpoint, ec2, ssm):
     iam = endpoint.client("iam")
     assert iam.get_instance_profile(InstanceProfileName="sortie-ssm")["InstanceProfile"]["Roles"]
+    attached = iam.list_attached_role_policies(RoleName="sortie-ssm")["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == ["arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"]
     name = f"sortie-ssm-{uuid.uuid4().hex[:6]}"
     iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({
         "Version": "2012-10-17",
@@ -651,3 +653,23 @@ def test_int_sixth_command_waits_for_one_of_the_agents_five_workers(endpoint, ec
     assert (inv["Status"], inv["StandardOutputContent"]) == ("Success", "sixth\n")
     for cid in five:
         assert _wait(ssm, cid, a)["Status"] == "Success"
+
+
+def test_int_ec2_vcpu_quotas_default_as_documented_and_take_an_approved_increase(endpoint):
+    # EC2 User Guide, "On-Demand Instance quotas" / "Spot Instance quotas": 0 vCPUs but Standard (5).
+    sq = endpoint.client("service-quotas")
+    endpoint.control("DELETE", "/_sortie/quotas")
+    g = sq.get_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]
+    assert (g["QuotaName"], g["Value"], g["Unit"]) == ("Running On-Demand G and VT instances", 0.0, "None")
+    standard = sq.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-34B43A08")["Quota"]
+    assert standard["Value"] == 5.0
+    assert endpoint.control("POST", "/_sortie/quotas", {"ec2/L-DB2E81BA": 8}) == {"ec2/L-DB2E81BA": 8.0}
+    assert sq.get_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 8.0
+    # The default stays the default; moto's own (VPC) quotas are untouched.
+    assert sq.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 0.0
+    assert sq.get_service_quota(ServiceCode="vpc", QuotaCode="L-F678F1CE")["Quota"]["Value"] > 0
+    with pytest.raises(ClientError) as e:
+        sq.get_service_quota(ServiceCode="ec2", QuotaCode="L-NOSUCH")
+    assert _error(e)[0] == "NoSuchResourceException"
+    endpoint.control("DELETE", "/_sortie/quotas")
+    assert sq.get_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 0.0
