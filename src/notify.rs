@@ -62,24 +62,50 @@ pub fn text(plan: &Plan, run: &str, what: &Happening<'_>) -> String {
     crate::scrub::text(&body)
 }
 
+/// A message ready to leave: owned, so the walker can send it from a task of its own and keep walking (a slow
+/// webhook or SNS must not hold up the run).
+pub struct Outgoing {
+    text: String,
+    webhook: Option<String>,
+    sns: Option<String>,
+    target: crate::plan::Target,
+}
+
+/// The message for `what`, if the plan asks for this kind.
+pub fn outgoing(plan: &Plan, run: &str, what: Happening<'_>) -> Option<Outgoing> {
+    let notify = plan.operation.notify.as_ref()?;
+    if !notify.on.contains(&what.kind()) {
+        return None;
+    }
+    Some(Outgoing {
+        text: text(plan, run, &what),
+        webhook: notify.webhook.clone(),
+        sns: notify.sns.clone(),
+        target: plan.target.clone(),
+    })
+}
+
+impl Outgoing {
+    /// Sends it to every destination; returns the warnings of those that could not take it.
+    pub async fn deliver(self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(url) = self.webhook.as_deref() {
+            warnings.extend(post(url, &self.text).await);
+        }
+        if let Some(arn) = self.sns.as_deref() {
+            warnings.extend(publish(&self.target, arn, &self.text).await);
+        }
+        warnings
+    }
+}
+
 /// Sends the message to every destination of the plan, if it asks for this kind. Returns the warnings of those
 /// that could not take it.
 pub async fn send(plan: &Plan, run: &str, what: Happening<'_>) -> Vec<String> {
-    let Some(notify) = plan.operation.notify.as_ref() else {
-        return Vec::new();
-    };
-    if !notify.on.contains(&what.kind()) {
-        return Vec::new();
+    match outgoing(plan, run, what) {
+        Some(message) => message.deliver().await,
+        None => Vec::new(),
     }
-    let text = text(plan, run, &what);
-    let mut warnings = Vec::new();
-    if let Some(url) = notify.webhook.as_deref() {
-        warnings.extend(post(url, &text).await);
-    }
-    if let Some(arn) = notify.sns.as_deref() {
-        warnings.extend(publish(plan, arn, &text).await);
-    }
-    warnings
 }
 
 async fn post(url: &str, text: &str) -> Option<String> {
@@ -127,9 +153,9 @@ pub fn topic_region(arn: &str) -> Option<&str> {
 
 /// Publishes to the topic with the credentials `plan apply` runs with (the plan's profile and endpoint on the aws
 /// target), in the topic's region. The SDK's standard retries apply.
-async fn publish(plan: &Plan, arn: &str, text: &str) -> Option<String> {
+async fn publish(target: &crate::plan::Target, arn: &str, text: &str) -> Option<String> {
     let region = topic_region(arn)?.to_string();
-    let target = match &plan.target {
+    let target = match target {
         crate::plan::Target::Aws {
             endpoint_url,
             profile,

@@ -57,6 +57,8 @@ struct Walker<'a> {
     secret_outputs: IndexMap<String, IndexMap<String, String>>,
     /// `budget:` was reached (the message): nothing but teardowns starts, and the run ends failed.
     over_budget: Option<String>,
+    /// Stall notifications on their way; their warnings are shown when the run ends.
+    notifications: Vec<tokio::task::JoinHandle<Vec<String>>>,
 }
 
 pub async fn walk(
@@ -102,6 +104,7 @@ pub async fn walk(
         stopping: 0,
         secret_outputs: IndexMap::new(),
         over_budget: None,
+        notifications: Vec::new(),
     };
     w.run().await
 }
@@ -478,8 +481,10 @@ impl Walker<'_> {
                     step: self.id(i),
                     error,
                 };
-                for warning in crate::notify::send(self.plan, &self.state.run_id, what).await {
-                    self.reporter.emit(&Event::Notice { message: warning });
+                // Sent beside the walk: a webhook or SNS that is slow to answer must not hold up the run.
+                if let Some(message) = crate::notify::outgoing(self.plan, &self.state.run_id, what)
+                {
+                    self.notifications.push(tokio::spawn(message.deliver()));
                 }
             }
         }
@@ -638,8 +643,13 @@ impl Walker<'_> {
         Ok(code)
     }
 
-    /// `notify:` of a finished run: its root cause, or its success.
-    async fn notify_end(&self, status: RunStatus) {
+    /// `notify:` of a finished run: its root cause, or its success (after the stall notices still on their way).
+    async fn notify_end(&mut self, status: RunStatus) {
+        for sent in std::mem::take(&mut self.notifications) {
+            for warning in sent.await.unwrap_or_default() {
+                self.reporter.emit(&Event::Notice { message: warning });
+            }
+        }
         let duration = self.state.finished_at.unwrap_or_else(state::now) - self.state.started_at;
         let what = match (status, self.failure()) {
             (RunStatus::Failed, Some((step, error))) => {
