@@ -1164,13 +1164,15 @@ impl AwsProvider {
                 {
                     taken.push(device)
                 }
-                Err(err) => return Err(aws_error(
-                    &format!(
+                Err(err) => {
+                    return Err(aws_error(
+                        &format!(
                         "could not attach volume {volume_id} to instance {instance_id} as {device}"
                     ),
-                    &err,
-                    "check that the instance is running and in the volume's availability zone",
-                )),
+                        &err,
+                        "check that the instance is running and in the volume's availability zone",
+                    ))
+                }
             }
         }
     }
