@@ -47,6 +47,7 @@ pub mod shell_escape;
 pub mod source;
 pub mod ssm_files;
 pub mod ssm_host;
+pub mod ssm_poll;
 pub mod stall;
 pub mod state;
 pub mod state_store;
