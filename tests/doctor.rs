@@ -466,6 +466,46 @@ async fn test_e2e_doctor_dry_run_denied_by_iam_fails() {
     assert_eq!(status(&report, "image:instance"), "pass");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_doctor_without_credentials_stops_at_identity() {
+    let ep = ready().await;
+    let env = ep
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"));
+    let t = Test::new().file("p.yaml", ready_plan()).envs(env);
+    let out = t
+        .command()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .args(["doctor", "p.yaml", "--output", "json"])
+        .output()
+        .expect("doctor");
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    // Every later call would fail the same way: one failure says it.
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["identity", "region"], "{report:#}");
+    assert_eq!(status(&report, "identity"), "fail");
+    assert!(
+        detail(&report, "identity").starts_with("no usable AWS credentials: "),
+        "{report:#}"
+    );
+    assert!(fix(&report, "identity").contains("aws sso login"));
+    assert_eq!(status(&report, "region"), "pass");
+    assert!(
+        ep.calls().get("sts:GetCallerIdentity").is_none(),
+        "unsigned requests never leave"
+    );
+}
+
 const LOCAL: &str = "plan: here
 target: { provider: local }
 steps:
