@@ -169,6 +169,10 @@ async fn test_e2e_doctor_passes_on_a_ready_account_and_json_says_the_same() {
     );
     assert_eq!(detail(&report, "region"), "us-east-1");
     assert_eq!(
+        detail(&report, "ssm-parameter:vars.hf_token_param"),
+        "exists (SecureString)"
+    );
+    assert_eq!(
         detail(&report, "state-bucket"),
         "s3://sortie-state exists in us-east-1"
     );
