@@ -169,6 +169,10 @@ async fn test_e2e_doctor_passes_on_a_ready_account_and_json_says_the_same() {
     );
     assert_eq!(detail(&report, "region"), "us-east-1");
     assert_eq!(
+        detail(&report, "ssm-parameter:vars.hf_token_param"),
+        "exists (SecureString)"
+    );
+    assert_eq!(
         detail(&report, "state-bucket"),
         "s3://sortie-state exists in us-east-1"
     );
@@ -464,6 +468,46 @@ async fn test_e2e_doctor_dry_run_denied_by_iam_fails() {
     // Everything else still passes: only the launch permission is missing.
     assert_eq!(status(&report, "identity"), "pass");
     assert_eq!(status(&report, "image:instance"), "pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_doctor_without_credentials_stops_at_identity() {
+    let ep = ready().await;
+    let env = ep
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"));
+    let t = Test::new().file("p.yaml", ready_plan()).envs(env);
+    let out = t
+        .command()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .args(["doctor", "p.yaml", "--output", "json"])
+        .output()
+        .expect("doctor");
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    // Every later call would fail the same way: one failure says it.
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["identity", "region"], "{report:#}");
+    assert_eq!(status(&report, "identity"), "fail");
+    assert!(
+        detail(&report, "identity").starts_with("no usable AWS credentials: "),
+        "{report:#}"
+    );
+    assert!(fix(&report, "identity").contains("aws sso login"));
+    assert_eq!(status(&report, "region"), "pass");
+    assert!(
+        ep.calls().get("sts:GetCallerIdentity").is_none(),
+        "unsigned requests never leave"
+    );
 }
 
 const LOCAL: &str = "plan: here

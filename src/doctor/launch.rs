@@ -115,7 +115,7 @@ async fn parameter(ssm: &aws_sdk_ssm::Client, name: &str, label: &str) -> Check 
                 .map(|out| {
                     out.parameters()
                         .first()
-                        .map(|p| format!("{:?}", p.r#type()))
+                        .map(|p| p.r#type().map_or("", |t| t.as_str()).to_string())
                 })
                 .map_err(|e| sdk_error(&e)),
             Err(e) => Err(e.to_string()),
@@ -125,7 +125,7 @@ async fn parameter(ssm: &aws_sdk_ssm::Client, name: &str, label: &str) -> Check 
         Ok(Some(value)) if name.starts_with("/aws/") => {
             Check::pass(check, format!("resolves to {value}"))
         }
-        Ok(Some(_)) => Check::pass(check, "exists"),
+        Ok(Some(kind)) => Check::pass(check, format!("exists ({kind})")),
         Ok(None) => Check::fail(
             check,
             format!("SSM parameter {name} does not exist in this region"),
