@@ -274,6 +274,13 @@ impl Job {
         };
         if !already {
             let mut launch = launch;
+            // Only a spot host gets interruption notices: its wrapper watches the instance metadata for one.
+            if self
+                .output_of(&spec.on, "market")
+                .is_ok_and(|m| m == "spot")
+            {
+                launch.env.push(("SORTIE_SPOT".into(), "1".into()));
+            }
             if let Some(url) = self.put_url(&host, heartbeat_key).await {
                 launch.env.push(("SORTIE_HEARTBEAT_URL".into(), url));
             }
@@ -358,6 +365,20 @@ impl Job {
                 return Ok(Outcome::Cancelled);
             }
             let (status, outputs, _log) = ssm_host::split_wait_output(&inv.stdout);
+            if let Some(notice) = status
+                .spot_notice
+                .as_deref()
+                .filter(|_| !status.is_finished())
+            {
+                // The host goes within two minutes, and the step with it: end it now, with the reason.
+                host.cancel_command(&command).await;
+                return Ok(Outcome::Failed {
+                    error: format!(
+                        "host {} is being reclaimed by EC2 (spot interruption notice: {notice})",
+                        host.instance_id
+                    ),
+                });
+            }
             if !status.is_finished() {
                 rewaits += 1;
                 match ended_without_result(&host, &id, &inv, spec.detach, &watch, rewaits).await {

@@ -29,6 +29,8 @@ pub struct HostStatus {
     pub heartbeat_at: Option<u64>,
     /// The size of the step's log on the host when the status was read.
     pub log_bytes: Option<u64>,
+    /// The spot interruption notice the host got (IMDS `spot/instance-action`), if any.
+    pub spot_notice: Option<String>,
 }
 
 impl HostStatus {
@@ -225,6 +227,7 @@ impl LocalHost {
             error: read("error").filter(|e| !e.is_empty()),
             heartbeat_at: None,
             log_bytes: None,
+            spot_notice: None,
         })
     }
 
@@ -331,6 +334,7 @@ pub fn parse_status(text: &str) -> HostStatus {
             "error" if !v.is_empty() => s.error = Some(v.to_string()),
             "heartbeat_at" => s.heartbeat_at = v.parse().ok(),
             "log_bytes" => s.log_bytes = v.parse().ok(),
+            "spot_notice" if !v.is_empty() => s.spot_notice = Some(v.to_string()),
             _ => {}
         }
     }

@@ -1,6 +1,7 @@
 //! What is watched while a run step executes on an AWS host, beside the command that waits for it:
 //! - its uploaded heartbeat, which paces that wait: while it is fresh SSM is asked rarely, and when it says the
-//!   step ended (or its progress ETA is near) SSM is asked now (issue 10 §11, §12);
+//!   step ended, the host got a spot interruption notice, or the progress ETA is near, SSM is asked now (issue 10
+//!   §11, §12);
 //! - its output, for a stall (it stopped growing for `heartbeat.stale_after`);
 //! - its host (stopped, terminated, reclaimed by spot, impaired).
 //!
@@ -124,7 +125,7 @@ impl StepWatch {
         });
         if let Some(u) = fresh {
             hb.seen_ts = u.beat.ts;
-            if u.ended {
+            if u.ended || u.reclaimed {
                 wake(&self.pace);
             }
             hb.eta_at = u.eta_secs.filter(|_| !u.ended).map(|eta| {
@@ -254,6 +255,8 @@ async fn status_beat(host: &SsmHost, step: &str) -> Option<Option<Beat>> {
 struct Uploaded {
     beat: Beat,
     ended: bool,
+    /// The host got a spot interruption notice: the wait's command has ended, or will at once.
+    reclaimed: bool,
     eta_secs: Option<u64>,
 }
 
@@ -266,6 +269,7 @@ async fn fetch_beat(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<
     Some(Uploaded {
         beat: Beat::parse(&text)?,
         ended: value["ended"].as_bool() == Some(true),
+        reclaimed: value["spot_notice"].as_str().is_some_and(|n| !n.is_empty()),
         eta_secs: crate::progress::from_heartbeat(&value).eta_secs,
     })
 }

@@ -302,16 +302,11 @@ async fn test_e2e_aws_production_pacing_sees_a_short_step_end_promptly() {
     );
     eprintln!("apply {wall:?}; work seen {work:?} after it ended, check {check:?}");
     // A step is seen late by at most half its length plus the first pause (SsmPoll's schedule), plus the
-    // endpoint's own latency: a 3 s step within 2.5 s, an instant one within 1.5 s. Before the schedule was
-    // fast at first, the 3 s step was seen 8.6 s late.
-    assert!(
-        work < Duration::from_millis(2500),
-        "work seen {work:?} late"
-    );
-    assert!(
-        check < Duration::from_millis(1500),
-        "check seen {check:?} late"
-    );
+    // endpoint's own latency: on a quiet machine a 3 s step is seen 1.6 s late and an instant one 1.0 s late
+    // (docs/BENCHMARKS.md). The bounds leave room for a loaded CI machine and still fail the old pacing, which
+    // saw them 8.6 s and 4.1 s late.
+    assert!(work < Duration::from_secs(5), "work seen {work:?} late");
+    assert!(check < Duration::from_secs(3), "check seen {check:?} late");
     // Two run steps: launch and wait commands, each polled a few times.
     let polls = calls(&ep, "ssm:GetCommandInvocation");
     assert!(polls <= 16, "{polls} GetCommandInvocation calls");

@@ -14,6 +14,7 @@ mod aws_mistral;
 mod aws_pacing;
 mod aws_provider;
 mod aws_reentry;
+mod aws_spot;
 mod budget;
 mod confirm;
 mod devenv;

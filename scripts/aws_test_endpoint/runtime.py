@@ -33,6 +33,8 @@ class Runtime:
     # 5): a sixth command waits, Pending, until one of the five ends
     workers: dict[str, threading.BoundedSemaphore] = field(default_factory=dict)
     command_workers: int = 5
+    # spot interruption notices by instance: what the instance's metadata serves at spot/instance-action
+    spot_notices: dict[str, str] = field(default_factory=dict)
 
     def worker_slots(self, instance_id: str) -> threading.BoundedSemaphore:
         with self.lock:
@@ -65,6 +67,7 @@ class Runtime:
         self.sandboxes.kill_all()
         self.sandboxes.wipe()
         self.faults.clear()
+        self.spot_notices.clear()
         self.calls.reset()
         self.requests.reset()
 

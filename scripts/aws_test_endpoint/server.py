@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http import HTTPStatus
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
@@ -150,6 +151,16 @@ class SortieMiddleware:
                 quotas.reset()
                 return _json(start_response, 200, {})
             return _json(start_response, 405, {"error": "GET, POST or DELETE"})
+        if path.startswith("/_sortie/imds/"):
+            return self.imds(environ, start_response, path, method)
+        if path.startswith("/_sortie/spot-notice/"):
+            instance_id = path.rsplit("/", 1)[-1]
+            if method == "POST":
+                # The notice AWS gives two minutes ahead ("Spot Instance interruption notices", EC2 User Guide).
+                when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+                rt.spot_notices[instance_id] = json.dumps({"action": "terminate", "time": when})
+                return _json(start_response, 201, json.loads(rt.spot_notices[instance_id]))
+            return _json(start_response, 405, {"error": "POST"})
         if path.startswith("/_sortie/sandbox/"):
             instance_id = path.rsplit("/", 1)[-1]
             try:
@@ -157,6 +168,31 @@ class SortieMiddleware:
             except ValueError as e:
                 return _json(start_response, 400, {"error": str(e)})
         return _json(start_response, 404, {"error": f"unknown control path {path}"})
+
+
+    def imds(self, environ: dict[str, Any], start_response: StartResponse, path: str, method: str) -> list[bytes]:
+        """An instance's metadata service, as much of it as the host wrapper reads: IMDSv2 only (a PUT for a
+        session token, then GETs carrying it; a GET without one is 401), and spot/instance-action, which is 404
+        until the instance gets an interruption notice ("Instance metadata" and "Spot Instance interruption
+        notices", EC2 User Guide)."""
+        rest = path[len("/_sortie/imds/"):]
+        instance_id, _, item = rest.partition("/")
+        token = f"imds-token-{instance_id}"
+        if item == "latest/api/token":
+            if method != "PUT" or not environ.get("HTTP_X_AWS_EC2_METADATA_TOKEN_TTL_SECONDS"):
+                return _text(start_response, 400, "")
+            return _text(start_response, 200, token)
+        if environ.get("HTTP_X_AWS_EC2_METADATA_TOKEN") != token:
+            return _text(start_response, 401, "")
+        if item == "latest/meta-data/spot/instance-action" and instance_id in runtime.get().spot_notices:
+            return _text(start_response, 200, runtime.get().spot_notices[instance_id])
+        return _text(start_response, 404, "")
+
+
+def _text(start_response: StartResponse, status: int, body: str) -> list[bytes]:
+    data = body.encode()
+    start_response(f"{status} {_reason(status)}", [("Content-Type", "text/plain"), ("Content-Length", str(len(data)))])
+    return [data]
 
 
 def seed_profile(name: str | None) -> None:

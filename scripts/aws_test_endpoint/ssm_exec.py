@@ -409,6 +409,9 @@ class Invocation:
             "AWS_REGION": region,
             "AWS_SSM_INSTANCE_ID": self.instance_id,
             "AWS_SSM_REGION_NAME": region,
+            # The instance metadata service of this instance (IMDSv2 token + spot/instance-action), served by the
+            # endpoint: on EC2 it is http://169.254.169.254.
+            "SORTIE_IMDS_URL": f"{rt.url}/_sortie/imds/{self.instance_id}",
         }
         env.update(rt.extra_env)
         env[ENV_HOST_ROOT] = str(self.sandbox)  # the seam cannot be overridden

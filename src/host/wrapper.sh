@@ -6,7 +6,7 @@ set -eu
 
 # Files that belong to one attempt; archived together when a new attempt starts.
 ATTEMPT_FILES='attempt script wrapper.sh boot_id supervisor_pid supervisor.log pid started_at output.log outputs
-heartbeat.json heartbeat.json.tmp error timed_out cancelled finished_at exit_code log_sent log-tail log-tail.tmp'
+heartbeat.json heartbeat.json.tmp error timed_out cancelled finished_at exit_code log_sent log-tail log-tail.tmp spot_notice'
 
 launching=
 die() { code=$1; shift; printf 'sortie-wrapper: %s\n' "$*" >&2; exit "$code"; }
@@ -75,9 +75,10 @@ heartbeat() {
 	fat=$(hb_field first_at)
 	[ -n "$fprog" ] || [ -z "$prog" ] || { fprog=$prog; fat=$(now); }
 	bytes=$(($(wc -c <"$D/output.log" 2>/dev/null || echo 0)))
-	printf '{"attempt":%s,"ts":%s,"pid":%s,"progress":"%s","metrics":"%s","log_bytes":%s,"first_progress":"%s","first_at":"%s","ended":%s}\n' \
+	printf '{"attempt":%s,"ts":%s,"pid":%s,"progress":"%s","metrics":"%s","log_bytes":%s,"first_progress":"%s","first_at":"%s","ended":%s,"spot_notice":"%s"}\n' \
 		"$A" "$(now)" "$(val "$D/pid" | grep -E '^[0-9]+$' || echo null)" "$(json_str "$prog")" \
 		"$(json_str "$met")" "$bytes" "$(json_str "$fprog")" "$(json_str "$fat")" "${ended:-false}" \
+		"$(json_str "$(val "$D/spot_notice")")" \
 		>"$D/heartbeat.json.tmp" && mv -f "$D/heartbeat.json.tmp" "$D/heartbeat.json"
 	# On AWS the heartbeat also goes to S3 (a presigned PUT: the host needs no credentials), so `plan status`
 	# reads it without SSM. Best effort and in the background: a slow network never delays the step.
@@ -126,6 +127,7 @@ cmd_status() {
 		"$(hb_field progress)" "$([ -f "$D/error" ] && tr '\n' ' ' <"$D/error" | sed 's/ *$//' || :)"
 	# The log's size now, read here: the stall check asks for it when the uploaded heartbeat stops moving.
 	printf 'log_bytes=%s\n' "$([ -f "$D/output.log" ] && wc -c <"$D/output.log" | tr -d ' ' || :)"
+	printf 'spot_notice=%s\n' "$(val "$D/spot_notice" | tr '\n' ' ' | sed 's/ *$//')"
 }
 
 # Move the current attempt's files to attempts/N (attempts/N.2, ... if a lost attempt N was restarted).
@@ -243,6 +245,7 @@ tick() {
 	while kill -0 "$child" 2>/dev/null; do
 		t=$(now)
 		[ "$t" -lt "$next" ] || { heartbeat; next=$((t + ${SORTIE_HEARTBEAT_INTERVAL:-30})); }
+		[ "${SORTIE_SPOT:-}" != 1 ] || [ "$t" -lt "${spot_next:-0}" ] || { spot_check; spot_next=$((t + ${SORTIE_SPOT_POLL:-5})); }
 		if [ "${SORTIE_TIMEOUT:-0}" -gt 0 ] && [ "$t" -ge "$deadline" ] && [ ! -f "$D/timed_out" ]; then
 			put "$D/timed_out" "$t"
 			pg=$(val "$D/pid"); kill_group "${pg:-$child}" "${SORTIE_KILL_GRACE:-10}"
@@ -254,6 +257,22 @@ tick() {
 # The end is one file test away and is looked for four times a second (on AWS each second late is a paid
 # second of an idle GPU); liveness costs a few processes, so with a whole-second interval it is checked once per
 # interval. A fractional interval checks both at that pace.
+# A spot host gets a two-minute interruption notice in its instance metadata (IMDSv2: a session token first).
+# It is recorded once and uploaded with a heartbeat at once: the orchestrator ends the step and treats the host
+# as gone, instead of learning it when the instance is already stopping.
+spot_check() {
+	[ ! -f "$D/spot_notice" ] || return 0
+	command -v curl >/dev/null 2>&1 || return 0
+	imds=${SORTIE_IMDS_URL:-http://169.254.169.254}
+	tok=$(curl -fsS -m 2 -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 300" "$imds/latest/api/token" 2>/dev/null) ||
+		return 0
+	act=$(curl -fsS -m 2 -H "X-aws-ec2-metadata-token: $tok" "$imds/latest/meta-data/spot/instance-action" 2>/dev/null) ||
+		return 0 # 404 until a notice
+	[ -n "$act" ] || return 0
+	put "$D/spot_notice" "$act"
+	heartbeat
+}
+
 cmd_wait() {
 	[ $# -ge 1 ] && [ $# -le 2 ] || usage
 	D=$1 every=${2:-1} n=0
@@ -261,6 +280,7 @@ cmd_wait() {
 	[ "$k" -gt 0 ] || k=1
 	while :; do
 		[ ! -f "$D/exit_code" ] || { cmd_status; exit "$(val "$D/exit_code")"; }
+		[ ! -f "$D/spot_notice" ] || { cmd_status; exit 126; }
 		if [ $((n % k)) -eq 0 ]; then case $(state) in lost | absent) cmd_status; exit 125 ;; esac; fi
 		n=$((n + 1))
 		sleep "$pause"

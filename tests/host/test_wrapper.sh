@@ -355,6 +355,51 @@ test_int_wrapper_wait_sees_the_end_within_a_second_and_the_last_heartbeat_says_e
 	[ $((b - a)) -lt 1000 ] || fail "wait on a finished step took $((b - a)) ms"
 }
 
+# A spot interruption notice in the instance metadata (IMDSv2: token first, then spot/instance-action, 404 until
+# a notice) is recorded and uploaded at once, and `wait` ends with 126 while the step still runs.
+test_int_wrapper_spot_notice_is_recorded_and_ends_the_wait() {
+	local s d=$T/st port rc=0 a b
+	command -v python3 >/dev/null && command -v curl >/dev/null || { echo "    python3/curl absent: skipped" >&2; return 0; }
+	cat >"$T/imds.py" <<-'EOF'
+		import http.server, os, sys
+		notice = sys.argv[1]
+		class H(http.server.BaseHTTPRequestHandler):
+		    def log_message(self, *a): pass
+		    def reply(self, code, body=b""):
+		        self.send_response(code); self.send_header("Content-Length", str(len(body))); self.end_headers()
+		        self.wfile.write(body)
+		    def do_PUT(self):
+		        ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+		        self.reply(200, b"tok") if ok else self.reply(400)
+		    def do_GET(self):
+		        if self.headers.get("X-aws-ec2-metadata-token") != "tok": return self.reply(401)
+		        if self.path != "/latest/meta-data/spot/instance-action" or not os.path.exists(notice): return self.reply(404)
+		        self.reply(200, open(notice, "rb").read())
+		s = http.server.HTTPServer(("127.0.0.1", 0), H)
+		print(s.server_address[1], flush=True)
+		s.serve_forever()
+	EOF
+	python3 "$T/imds.py" "$T/notice" >"$T/imds.port" &
+	echo $! >"$T/imds.bgpid"
+	until_ok 5 test -s "$T/imds.port"
+	port=$(cat "$T/imds.port")
+	s=$(script long.sh <<-'EOF'
+		sleep 30
+	EOF
+	)
+	SORTIE_SPOT=1 SORTIE_SPOT_POLL=1 SORTIE_IMDS_URL="http://127.0.0.1:$port" W launch "$d" 1 "$s" >/dev/null || fail "launch"
+	sleep 2
+	[ ! -f "$d/spot_notice" ] || fail "a notice before there is one"
+	printf '{"action": "terminate", "time": "2026-12-03T20:00:00Z"}' >"$T/notice"
+	until_ok 5 test -f "$d/spot_notice"
+	until_ok 5 grep -qF '"spot_notice":"{\"action\": \"terminate\"' "$d/heartbeat.json"
+	a=$(ms); W wait "$d" 5 >"$T/wait.out" || rc=$?; b=$(ms)
+	expect_eq "$rc" 126 "wait on a reclaimed host"
+	[ $((b - a)) -lt 1000 ] || fail "wait took $((b - a)) ms"
+	expect_file_has "$T/wait.out" 'spot_notice={"action": "terminate", "time": "2026-12-03T20:00:00Z"}'
+	expect_eq "$(field "$d" state)" running "the step itself still runs"
+}
+
 test_int_wrapper_heartbeat_escapes_quotes_and_backslashes() {
 	local s d=$T/st
 	command -v python3 >/dev/null || { echo "    python3 absent: skipped" >&2; return 0; }
@@ -405,7 +450,7 @@ test_int_wrapper_status_format_and_absent() {
 	local rc=0
 	W status "$T/nothing" >"$T/out" || fail "status exited $?"
 	expect_eq "$(cut -d= -f1 "$T/out" | tr '\n' ' ')" \
-		"state attempt pid exit_code started_at finished_at heartbeat_at progress error log_bytes " "keys"
+		"state attempt pid exit_code started_at finished_at heartbeat_at progress error log_bytes spot_notice " "keys"
 	expect_file_has "$T/out" "state=absent"
 	W wait "$T/nothing" >/dev/null || rc=$?
 	expect_eq "$rc" 125 "wait on an absent step"

@@ -498,6 +498,25 @@ def test_int_call_counter(endpoint, ec2, ssm, s3):
     assert endpoint.control("GET", "/_sortie/calls") == {}
 
 
+def test_int_imds_serves_a_spot_notice_to_its_instance_only_with_a_token(endpoint, ec2, ssm):
+    (a,) = _launch(ec2, ssm, 1)
+    script = (
+        'tok=$(curl -fsS -X PUT -H "X-aws-ec2-metadata-token-ttl-seconds: 60" "$SORTIE_IMDS_URL/latest/api/token")\n'
+        'curl -s -o /dev/null -w "%{http_code}\\n" "$SORTIE_IMDS_URL/latest/meta-data/spot/instance-action"\n'
+        'curl -s -w "\\n%{http_code}\\n" -H "X-aws-ec2-metadata-token: $tok" '
+        '"$SORTIE_IMDS_URL/latest/meta-data/spot/instance-action"\n'
+    )
+    before = _wait(ssm, _send(ssm, [a], [script]), a)
+    assert before["StandardOutputContent"].split() == ["401", "404"], before
+    req = urllib.request.Request(f"{endpoint.url}/_sortie/spot-notice/{a}", method="POST")
+    with urllib.request.urlopen(req) as r:
+        notice = json.load(r)
+    assert notice["action"] == "terminate" and notice["time"].endswith("Z")
+    after = _wait(ssm, _send(ssm, [a], [script]), a)
+    lines = after["StandardOutputContent"].split("\n")
+    assert lines[0] == "401" and json.loads(lines[1]) == notice and lines[2] == "200", after
+
+
 def test_int_attach_at_a_device_in_use_is_refused_and_termination_frees_every_volume(endpoint, ec2, ssm):
     (a,) = _launch(ec2, ssm, 1)
     az = ec2.describe_instances(InstanceIds=[a])["Reservations"][0]["Instances"][0]["Placement"]["AvailabilityZone"]
