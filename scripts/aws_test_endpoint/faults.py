@@ -237,7 +237,7 @@ class Fault:
         }
 
     @classmethod
-    def from_json(cls, spec: Any) -> "Fault":
+    def from_json(cls, spec: Any) -> Fault:
         if not isinstance(spec, dict):
             raise FaultSpecError("a fault is a JSON object")
         action = spec.get("action")
@@ -362,7 +362,9 @@ def _run_instances_az(info: RequestInfo) -> str | None:
 # ------------------------------------------------------------------ error responses
 
 
-def error_response(info: RequestInfo, code: str, message: str, status: int, method: str) -> tuple[int, list[tuple[str, str]], bytes]:
+def error_response(
+    info: RequestInfo, code: str, message: str, status: int, method: str
+) -> tuple[int, list[tuple[str, str]], bytes]:
     """An error in the wire shape of the request's protocol (what the AWS SDKs parse)."""
     request_id = str(uuid.uuid4())
     fault_type = "Sender" if status < 500 else "Receiver"

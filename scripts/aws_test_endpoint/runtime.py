@@ -25,7 +25,7 @@ class Runtime:
     calls: CallCounter = field(default_factory=CallCounter)
     requests: RequestLog = field(default_factory=RequestLog)
     # every invocation ever sent (until reset), by (command id, instance id)
-    invocations: dict[tuple[str, str], "Invocation"] = field(default_factory=dict)
+    invocations: dict[tuple[str, str], Invocation] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     # bumped by /moto-api/reset: invocations of an older generation no longer touch moto state
     generation: int = 0
@@ -42,7 +42,7 @@ class Runtime:
                 self.workers[instance_id] = threading.BoundedSemaphore(self.command_workers)
             return self.workers[instance_id]
 
-    def invocations_of(self, instance_id: str) -> list["Invocation"]:
+    def invocations_of(self, instance_id: str) -> list[Invocation]:
         with self.lock:
             return [inv for (_, iid), inv in self.invocations.items() if iid == instance_id]
 

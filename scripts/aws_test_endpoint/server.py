@@ -7,7 +7,8 @@ import json
 import threading
 import time
 from http import HTTPStatus
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 from urllib.parse import parse_qs
 
 from moto.moto_server.werkzeug_app import (

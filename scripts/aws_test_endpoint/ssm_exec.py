@@ -183,7 +183,7 @@ def _s3_join(*parts: str) -> str:
 class Invocation:
     """One command on one instance: the agent's job, run as a local process."""
 
-    def __init__(self, command: "SortieCommand", instance_id: str):
+    def __init__(self, command: SortieCommand, instance_id: str):
         rt = runtime.get()
         self.command = command
         self.instance_id = instance_id
@@ -784,14 +784,16 @@ def get_command_invocation(self: SimpleSystemManagerResponse) -> ActionResult:
     return ActionResult(inv.get_response())
 
 
-def _page(items: list[Any], max_results: Any, next_token: Any, default: int, lo: int, hi: int) -> tuple[list[Any], str | None]:
+def _page(
+    items: list[Any], max_results: Any, next_token: Any, default: int, lo: int, hi: int
+) -> tuple[list[Any], str | None]:
     n = default if max_results is None else int(max_results)
     if not lo <= n <= hi:
         raise SSMError("ValidationException", f"MaxResults must be between {lo} and {hi}")
     try:
         start = int(next_token) if next_token else 0
     except ValueError:
-        raise SSMError("InvalidNextToken", "The specified token isn't valid.")
+        raise SSMError("InvalidNextToken", "The specified token isn't valid.") from None
     page = items[start : start + n]
     return page, (str(start + n) if start + n < len(items) else None)
 

@@ -9,7 +9,7 @@ R=${SORTIE_HOST_ROOT:-}
 # serial, which udev exposes under /dev/disk/by-id; on Xen instances /dev/sdf appears as /dev/xvdf.
 find_device() {
 	serial=$(printf '%s' "$1" | tr -d '-')
-	for i in $(seq 1 60); do
+	for _ in $(seq 1 60); do
 		for link in "$R/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$serial" \
 			"$R/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_${serial}-ns-1"; do
 			[ -e "$link" ] && { readlink -f "$link"; return 0; }

@@ -182,7 +182,7 @@ cmd_launch() {
 	mv -f "$D/.script.new" "$D/script" && mv -f "$D/.wrapper.new" "$D/wrapper.sh"
 	boot_id >"$D/boot_id" && put "$D/attempt" "$A"
 	# Same interpreter as ours (so tests under dash and bash test what they claim); own session; no fd of the caller.
-	sh=$(readlink /proc/$$/exe 2>/dev/null || :); case $sh in */dash | */bash | */sh) ;; *) sh=sh ;; esac
+	sh=$(readlink /proc/$$/exe 2>/dev/null || :); case $sh in */dash | */bash | */sh) ;; *) sh='sh' ;; esac
 	setsid "$sh" "$D/wrapper.sh" _supervise "$D" "$A" "$wd" "$lockfile" </dev/null >>"$D/supervisor.log" 2>&1 \
 		3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
 	end=$(($(now) + 10))

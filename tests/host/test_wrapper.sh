@@ -422,7 +422,7 @@ test_int_wrapper_heartbeat_escapes_quotes_and_backslashes() {
 }
 
 test_int_wrapper_script_pid_is_its_session_id() {
-	local s d=$T/st pid sid pgid
+	local s d=$T/st pid
 	s=$(script long.sh <<<'sleep 30')
 	W launch "$d" 1 "$s" >/dev/null || fail "launch"
 	pid=$(field "$d" pid)

@@ -92,7 +92,7 @@ def _stop(proc: subprocess.Popen) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
-        raise AssertionError("endpoint did not stop on SIGTERM")
+        raise AssertionError("endpoint did not stop on SIGTERM") from None
 
 
 @pytest.fixture(scope="session")
@@ -545,7 +545,8 @@ def test_int_attach_volume_creates_by_id_link_and_detach_removes_it(endpoint, ec
     st = dev.stat()
     assert st.st_size == 20 * 1024**3 and st.st_blocks * 512 < 1024**2  # sparse
     # write through the link from a command, as the product's mount script would
-    cid = _send(ssm, [a], [f'printf sortie-data | dd of="$SORTIE_HOST_ROOT/dev/disk/by-id/{link.name}" conv=notrunc 2>/dev/null'])
+    write = f'printf sortie-data | dd of="$SORTIE_HOST_ROOT/dev/disk/by-id/{link.name}" conv=notrunc 2>/dev/null'
+    cid = _send(ssm, [a], [write])
     assert _wait(ssm, cid, a)["Status"] == "Success"
 
     ec2.detach_volume(VolumeId=vol)  # VolumeId only: valid in AWS
