@@ -57,7 +57,11 @@ steps:
     heartbeat: { stale_after: 20m }
     run: |
       date +%s%N > "\$SORTIE_HOST_ROOT/started_ns"
-      sleep $secs
+      # A line a minute: a step that prints nothing for stale_after is a stall.
+      end=\$((\$(date +%s) + $secs))
+      while [ "\$(date +%s)" -lt "\$end" ]; do
+        echo tick; left=\$((end - \$(date +%s))); [ "\$left" -le 60 ] || left=60; sleep "\$left"
+      done
       date +%s%N > "\$SORTIE_HOST_ROOT/ended_ns"
   teardown: { kind: teardown, needs: [work] }
 EOF
@@ -93,7 +97,8 @@ terminated = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzin
 idle = terminated - ended / 1e9
 print(f"{secs:>5}s  wall {(int(t1) - int(t0)) / 1e9:7.2f}s  to_first_cmd {(started - ev('step_started', 'host')) / 1e9:5.2f}s"
       f"  seen_late {(ev('step_finished', 'work') - ended) / 1e9:5.2f}s  idle_gpu {idle:4.0f}s  calls {total:4d}"
-      f"  (SendCommand+GetCommandInvocation {step}, s3 {sum(v for k, v in calls.items() if k.startswith('s3:'))},"
+      f"  (SendCommand+GetCommandInvocation {step}, s3 GetObject {calls.get('s3:GetObject', 0)}"
+      f" PutObject {calls.get('s3:PutObject', 0)} all {sum(v for k, v in calls.items() if k.startswith('s3:'))},"
       f" ec2 {sum(v for k, v in calls.items() if k.startswith('ec2:'))}){margin}|{total}")
 EOF
 )
