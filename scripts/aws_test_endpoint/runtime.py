@@ -35,6 +35,8 @@ class Runtime:
     command_workers: int = 5
     # spot interruption notices by instance: what the instance's metadata serves at spot/instance-action
     spot_notices: dict[str, str] = field(default_factory=dict)
+    # when temporary credentials expire, by session token (epoch seconds): presigned URLs die with them
+    sessions: dict[str, float] = field(default_factory=dict)
 
     def worker_slots(self, instance_id: str) -> threading.BoundedSemaphore:
         with self.lock:
@@ -68,6 +70,7 @@ class Runtime:
         self.sandboxes.wipe()
         self.faults.clear()
         self.spot_notices.clear()
+        self.sessions.clear()
         self.calls.reset()
         self.requests.reset()
 

@@ -18,7 +18,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from . import quotas, runtime
+from . import presign, quotas, runtime
 from .faults import FaultSpecError, error_response, introspect
 from .sandbox import log
 
@@ -78,6 +78,11 @@ class SortieMiddleware:
         if info is not None:
             rt.calls.add(info.name, info.access_key)
             rt.requests.add(info, environ.get("QUERY_STRING", "") or "")
+            refused = presign.refusal(environ, rt.sessions) if info.service == "s3" else None
+            if refused is not None:
+                status, headers, body = error_response(info, refused[1], refused[2], refused[0], method)
+                start_response(f"{status} {_reason(status)}", headers)
+                return [body]
             if rt.faults:
                 fault = rt.faults.take(info)
                 if fault is not None:
@@ -152,6 +157,15 @@ class SortieMiddleware:
                 quotas.reset()
                 return _json(start_response, 200, {})
             return _json(start_response, 405, {"error": "GET, POST or DELETE"})
+        if path == "/_sortie/sessions":
+            if method != "POST":
+                return _json(start_response, 405, {"error": "POST"})
+            try:
+                spec = _read_json(environ)
+                rt.sessions[str(spec["token"])] = time.time() + float(spec["expires_in"])
+            except (ValueError, KeyError, TypeError) as e:
+                return _json(start_response, 400, {"error": f"POST {{\"token\", \"expires_in\"}}: {e}"})
+            return _json(start_response, 201, {"token": spec["token"]})
         if path.startswith("/_sortie/imds/"):
             return self.imds(environ, start_response, path, method)
         if path.startswith("/_sortie/spot-notice/"):

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -693,3 +694,43 @@ def test_int_ec2_vcpu_quotas_default_as_documented_and_take_an_approved_increase
     assert _error(e)[0] == "NoSuchResourceException"
     endpoint.control("DELETE", "/_sortie/quotas")
     assert sq.get_service_quota(ServiceCode="ec2", QuotaCode="L-DB2E81BA")["Quota"]["Value"] == 0.0
+
+
+def _put_status(url: str) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=b"{}", method="PUT")
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, ""
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_int_presigned_urls_expire_and_die_with_their_session(endpoint, s3):
+    bucket = f"presign-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    # SigV4, as the Rust SDK signs (boto3 may presign with SigV2 in us-east-1).
+    s3 = endpoint.client("s3", signature_version="s3v4")
+    short = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "a"}, ExpiresIn=1)
+    assert _put_status(short)[0] == 200
+    time.sleep(2.1)
+    status, body = _put_status(short)
+    assert status == 403 and "<Code>AccessDenied</Code>" in body and "Request has expired" in body, body
+
+    # Temporary credentials: the URL is good for an hour, the session for one more second.
+    session = boto3.client(
+        "s3", endpoint_url=endpoint.url, region_name=REGION, aws_access_key_id="ASIATEST",
+        aws_secret_access_key="testing", aws_session_token="session-1",
+        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+    )
+    req = urllib.request.Request(
+        f"{endpoint.url}/_sortie/sessions", data=json.dumps({"token": "session-1", "expires_in": 1}).encode(),
+        method="POST",
+    )
+    with urllib.request.urlopen(req) as r:
+        assert r.status == 201
+    long = session.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "b"}, ExpiresIn=3600)
+    assert "X-Amz-Security-Token=session-1" in long
+    assert _put_status(long)[0] == 200
+    time.sleep(1.5)
+    status, body = _put_status(long)
+    assert status == 400 and "<Code>ExpiredToken</Code>" in body, body
