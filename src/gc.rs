@@ -7,7 +7,7 @@
 //! nothing was checkpointed for `--stale-after`. A volume the run keeps is listed, and removed only with
 //! `--include-kept`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::aws_provider::{self, AwsProvider, TaggedResource};
@@ -108,16 +108,19 @@ pub async fn gc(plan: &Plan, opts: GcOptions) -> Result<String> {
         .filter(|r| r.kind == aws_provider::KIND_INSTANCE)
         .map(|r| r.id.as_str())
         .collect();
+    // Each run's state, read once however many of its resources are found.
+    let mut states: HashMap<&str, Option<RunState>> = HashMap::new();
+    for r in found.iter().filter(|r| !r.run.is_empty()) {
+        if !states.contains_key(r.run.as_str()) {
+            states.insert(&r.run, store.load(&r.run).await?);
+        }
+    }
     let mut out = String::new();
     let mut garbage: Vec<&TaggedResource> = Vec::new();
     for r in &found {
-        let state = if r.run.is_empty() {
-            None
-        } else {
-            store.load(&r.run).await?
-        };
-        let (mut why, mut collect) = verdict(state.as_ref(), &live, opts.stale_after);
-        if kept_by(state.as_ref(), &r.id) {
+        let state = states.get(r.run.as_str()).and_then(Option::as_ref);
+        let (mut why, mut collect) = verdict(state, &live, opts.stale_after);
+        if kept_by(state, &r.id) {
             if !collect {
                 why = "the run keeps this volume".into();
             } else if opts.include_kept {

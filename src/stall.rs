@@ -15,7 +15,11 @@ pub struct Beat {
 
 impl Beat {
     pub fn parse(json: &str) -> Option<Beat> {
-        let v: serde_json::Value = serde_json::from_str(json).ok()?;
+        Beat::from_value(&serde_json::from_str(json).ok()?)
+    }
+
+    /// The same, from a heartbeat document already parsed.
+    pub fn from_value(v: &serde_json::Value) -> Option<Beat> {
         Some(Beat {
             log_bytes: v["log_bytes"].as_u64()?,
             ts: v["ts"].as_u64(),

@@ -101,10 +101,7 @@ async fn test_e2e_aws_gc_collects_abandoned_running_runs_and_keeps_kept_volumes(
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = crate::apply::events(&String::from_utf8_lossy(&out.stdout));
     let output = |step: &str, key: &str| -> String {
         events
             .iter()

@@ -276,10 +276,7 @@ async fn test_e2e_aws_production_pacing_sees_a_short_step_end_promptly() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let events: Vec<Value> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = crate::apply::events(&stdout);
     let sandbox = std::fs::read_dir(ep.sandbox_root())
         .expect("sandboxes")
         .flatten()

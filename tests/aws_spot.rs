@@ -55,20 +55,14 @@ async fn test_e2e_aws_spot_interruption_notice_ends_the_step_with_the_reason() {
                 .unwrap_or(false)
         },
     );
-    let instance = live
-        .seen
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["event"] == "step_output" && e["key"] == "instance_id")
-        .and_then(|e| e["value"].as_str().map(str::to_string))
-        .expect("the instance id");
-    let market = live
-        .seen
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|e| e["event"] == "step_output" && e["key"] == "market")
-        .and_then(|e| e["value"].as_str().map(str::to_string));
-    assert_eq!(market.as_deref(), Some("spot"));
+    let output = |key: &str| {
+        crate::apply::events(&live.seen.join("\n"))
+            .into_iter()
+            .find(|e| e["event"] == "step_output" && e["key"] == key)
+            .and_then(|e| e["value"].as_str().map(str::to_string))
+    };
+    let instance = output("instance_id").expect("the instance id");
+    assert_eq!(output("market").as_deref(), Some("spot"));
 
     let (status, body) = endpoint.http("POST", &format!("/_sortie/spot-notice/{instance}"), None);
     assert_eq!(status, 201, "{body}");
@@ -103,10 +97,8 @@ async fn test_e2e_aws_spot_interruption_notice_ends_the_step_with_the_reason() {
         |e| e["event"] == "run_finished",
         || true,
     );
-    let finished = live
-        .seen
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let finished = crate::apply::events(&live.seen.join("\n"))
+        .into_iter()
         .find(|e| e["event"] == "run_finished")
         .expect("run_finished");
     assert_eq!(finished["status"], "failed", "{finished}");
