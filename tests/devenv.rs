@@ -34,12 +34,35 @@ fn deadline_in(file: &Path) -> u64 {
         .expect("epoch seconds")
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    assert!(within(timeout, done), "timed out waiting for {what}");
+}
+
+/// Whether `done` holds within `timeout` (polled every 100 ms).
+fn within(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while !done() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
+        if Instant::now() >= end {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
+}
+
+/// The command lines of live processes that run the ttl watcher under `root` (for a failure message).
+fn watchers(root: &Path) -> Vec<String> {
+    let needle = root.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(&needle) && c.contains("ttl.sh"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 const LOCAL: &str = "plan: dev
@@ -306,10 +329,15 @@ async fn test_e2e_aws_dev_env_example_connect_extend_and_ttl_shutdown() {
     // The deadline passes: the host shuts itself down, with no `plan` running.
     let ran = run(&["extend", "p.yaml", "--ttl", "1s"]);
     assert_eq!(ran.code, Some(0), "{}", ran.show());
-    wait_until(
-        "the watcher to call shutdown",
-        Duration::from_secs(20),
-        || called.exists(),
+    let shut_down = within(Duration::from_secs(60), || called.exists());
+    assert!(
+        shut_down,
+        "the watcher did not call shutdown within 60 s; the deadline file holds {:?} (now {}); watchers running: \
+         {:?}\nthe endpoint's log:\n{}",
+        std::fs::read_to_string(&file),
+        now(),
+        watchers(&root),
+        endpoint.log()
     );
     assert_eq!(
         std::fs::read_to_string(&called).expect("args").trim(),
