@@ -45,6 +45,7 @@ pub mod session;
 pub mod shell_context;
 pub mod shell_escape;
 pub mod source;
+pub mod ssm_command_size;
 pub mod ssm_files;
 pub mod ssm_host;
 pub mod ssm_poll;

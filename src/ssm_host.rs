@@ -15,14 +15,15 @@ use sha2::Digest as _;
 
 use crate::error::{Error, Result};
 use crate::local_host::{HostStatus, LaunchSpec, WRAPPER};
+use crate::ssm_command_size::Staging;
 use crate::ssm_files::SHA_MISMATCH;
 pub use crate::ssm_files::{Bundle, Delivery};
 pub use crate::ssm_poll::{Pace, SsmPoll};
 
 /// SSM's largest executionTimeout; a longer wait is split into several commands.
 pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
-/// Documents are limited to 64 KB; keep well below it for the wrapper plus the script.
-const INLINE_LIMIT: usize = 48 * 1024;
+/// How long SSM lets a launch command run (it only starts the step).
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(300);
 const OUTPUTS_MARK: &str = "===SORTIE-OUTPUTS===";
 const LOG_MARK: &str = "===SORTIE-LOG===";
 /// A host where nothing was launched yet (the apply died before the launch command) has no wrapper: every step
@@ -112,6 +113,15 @@ impl SsmHost {
     /// Sends `script` as one AWS-RunShellScript command; returns its command id.
     pub async fn send(&self, script: &str, timeout: Duration) -> Result<String> {
         let secs = timeout.as_secs().clamp(60, MAX_EXECUTION.as_secs());
+        let size = crate::ssm_command_size::parameters_size(script, secs);
+        if size > crate::ssm_command_size::PARAMETERS_BUDGET {
+            return Err(Error::Runtime(format!(
+                "the command for {} is {size} bytes, over the {} bytes sortie keeps an SSM command under \
+                 (SSM's limit is 64 KB, its document included)",
+                self.instance_id,
+                crate::ssm_command_size::PARAMETERS_BUDGET
+            )));
+        }
         let mut req = self
             .ssm
             .send_command()
@@ -302,15 +312,16 @@ impl SsmHost {
         s
     }
 
-    /// Puts what must not travel in the SSM command into S3: a script over the inline limit, and a script or
-    /// env that holds a secret (by value, or by an env name such as *_TOKEN). SSM keeps a command's parameters
-    /// for 30 days, readable with ssm:ListCommands.
+    /// Puts what must not travel in the SSM command into S3: a script or env that holds a secret (by value, or
+    /// by an env name such as *_TOKEN), since SSM keeps a command's parameters for 30 days, readable with
+    /// ssm:ListCommands; and, as `staging` asks, what makes the command too big.
     async fn stage_launch(
         &self,
         step: &str,
         attempt: u32,
         script: &str,
         env: &[(String, String)],
+        staging: Staging,
     ) -> Result<Staged> {
         let scrubber = crate::scrub::current();
         let secret = scrubber.text(script) != script
@@ -319,7 +330,7 @@ impl SsmHost {
                 .any(|(k, v)| crate::state::is_secret_name(k) || scrubber.text(v) != v.as_str());
         let secret = secret && self.output.is_some();
         let mut staged = Staged::default();
-        if script.len() > INLINE_LIMIT || secret {
+        if staging >= Staging::Script || secret {
             let key = format!("scripts/{step}.{attempt}");
             let what = format!("the script of `{step}`");
             staged.script_url = Some(
@@ -330,12 +341,14 @@ impl SsmHost {
                 staged.secret_keys.push(key);
             }
         }
-        if secret {
+        if staging >= Staging::ScriptAndEnv || secret {
             let key = format!("scripts/{step}.{attempt}.env");
             let what = format!("the environment of `{step}`");
             let body = env_exports(env).into_bytes();
             staged.env_url = Some(self.stage(&what, &key, body, false).await?);
-            staged.secret_keys.push(key);
+            if secret {
+                staged.secret_keys.push(key);
+            }
         }
         Ok(staged)
     }
@@ -364,6 +377,43 @@ impl SsmHost {
         )
     }
 
+    /// The launch command, and what it fetches from S3: secrets always travel through S3, and the script, then
+    /// the environment, too when the command would be over SSM's size limit.
+    async fn sized_launch(
+        &self,
+        step: &str,
+        attempt: u32,
+        script: &str,
+        env: &[(String, String)],
+        delivery: Option<&Delivery>,
+    ) -> Result<(Staged, String)> {
+        let timeout = LAUNCH_TIMEOUT.as_secs();
+        let mut staging = Staging::AsNeeded;
+        loop {
+            let staged = self
+                .stage_launch(step, attempt, script, env, staging)
+                .await?;
+            let command = self.launch_script(step, attempt, script, env, &staged, delivery);
+            if crate::ssm_command_size::fits(&command, timeout) {
+                return Ok((staged, command));
+            }
+            for key in &staged.secret_keys {
+                self.unstage(key).await;
+            }
+            staging = match staging.more() {
+                Some(more) => more,
+                None => {
+                    return Err(Error::Runtime(format!(
+                        "the launch command of `{step}` is {} bytes even with its script and environment in S3, \
+                         over the {} bytes SSM takes (64 KB, its document included)",
+                        crate::ssm_command_size::parameters_size(&command, timeout),
+                        crate::ssm_command_size::PARAMETERS_BUDGET
+                    )))
+                }
+            };
+        }
+    }
+
     /// Sends the launch command; big scripts travel through S3 (a presigned GET the host fetches with curl).
     pub async fn launch(
         &self,
@@ -374,7 +424,6 @@ impl SsmHost {
         files: Option<Bundle>,
     ) -> Result<HostStatus> {
         let env = spec.wrapper_env(30);
-        let staged = self.stage_launch(step, attempt, script, &env).await?;
         let delivery = match files {
             Some(bundle) => {
                 let sha256 = crate::step_files::hex(&sha2::Sha256::digest(&bundle.archive));
@@ -396,12 +445,10 @@ impl SsmHost {
             }
             None => None,
         };
-        let launched = self
-            .run(
-                &self.launch_script(step, attempt, script, &env, &staged, delivery.as_ref()),
-                Duration::from_secs(300),
-            )
-            .await;
+        let (staged, command) = self
+            .sized_launch(step, attempt, script, &env, delivery.as_ref())
+            .await?;
+        let launched = self.run(&command, LAUNCH_TIMEOUT).await;
         // A staged script or env that holds secrets is on the host now (0600); the S3 copy goes at once, so
         // the presigned URL that SSM keeps in its command history leads nowhere.
         for key in &staged.secret_keys {

@@ -590,6 +590,20 @@ def test_int_invalid_parameters_rejected(ec2, ssm):
     assert _error(e) == ("InvalidParameters", 400)
 
 
+def test_int_command_over_64kb_with_its_document_is_refused(ec2, ssm):
+    (a,) = _launch(ec2, ssm)
+    # 64 KiB in all, AWS-RunShellScript's own content included: a 63 KiB command is over it.
+    with pytest.raises(ClientError) as e:
+        _send(ssm, [a], ["echo " + "x" * (63 * 1024)])
+    assert _error(e) == ("MaxDocumentSizeExceeded", 400)
+    # Each newline is two bytes in the request's JSON.
+    with pytest.raises(ClientError) as e:
+        _send(ssm, [a], [":" + "\n" * (32 * 1024)])
+    assert _error(e) == ("MaxDocumentSizeExceeded", 400)
+    cid = _send(ssm, [a], [": " + "x" * (60 * 1024)])
+    assert _wait(ssm, cid, a)["Status"] == "Success"
+
+
 def test_int_reset_kills_processes_and_clears_state(endpoint, ec2, ssm):
     (a,) = _launch(ec2, ssm)
     env_entry = f"SORTIE_HOST_ROOT={endpoint.sandbox / a}"
