@@ -11,29 +11,20 @@
 //! Waiting is our own polling with a configurable backoff ([`PollConfig`]): the SDK's waiters sleep at least
 //! 15 s between polls, which would make every test slow.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::config::interceptors::InterceptorContext;
-use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_ec2::operation::run_instances::RunInstancesError;
 use aws_sdk_ec2::operation::RequestId;
 use aws_sdk_ec2::types::{
-    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    Instance, InstanceInterruptionBehavior, InstanceLifecycleType, InstanceMarketOptionsRequest,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, InstanceType,
-    LocationType, MarketType, Placement, ResourceType, ShutdownBehavior, SpotInstanceType,
-    SpotMarketOptions, Tag, TagSpecification, Volume, VolumeAttachmentState, VolumeState,
-    VolumeType,
+    Filter, Instance, InstanceLifecycleType, InstanceStateName, ResourceType, Tag,
+    TagSpecification, Volume, VolumeAttachmentState, VolumeState, VolumeType,
 };
 use aws_sdk_ssm::types::{InstanceInformationStringFilter, PingStatus};
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::plan::{InstanceSpec, Target, VolumeSpec};
-use crate::plan_file::Market;
 
 /// `Resource::kind` of an EC2 instance.
 pub const KIND_INSTANCE: &str = "ec2-instance";
@@ -46,7 +37,7 @@ pub const TAG_STEP: &str = "sortie:step";
 pub const TAG_TOKEN: &str = "sortie:token";
 
 /// The root device name when the image does not say.
-const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
+pub(crate) const DEFAULT_ROOT_DEVICE: &str = "/dev/sda1";
 /// Device names for data volumes, as AWS recommends for EBS on Linux (`/dev/sd[f-p]`).
 const DATA_DEVICE_LETTERS: std::ops::RangeInclusive<char> = 'f'..='p';
 const GIB: u64 = 1 << 30;
@@ -106,7 +97,7 @@ impl Tags {
         .collect()
     }
 
-    fn spec(&self, resource: ResourceType) -> TagSpecification {
+    pub(crate) fn spec(&self, resource: ResourceType) -> TagSpecification {
         TagSpecification::builder()
             .resource_type(resource)
             .set_tags(Some(self.to_ec2()))
@@ -152,8 +143,10 @@ pub enum ProvisionEvent {
     /// A launch attempt failed for lack of capacity (or a limit); the next type / zone / market is tried.
     Failover {
         instance_type: String,
-        /// `None` when AWS chose the zone (a subnet was given, or the offerings were unknown).
+        /// `None` when AWS chose the zone (the offerings, or the subnet's zone, were unknown).
         availability_zone: Option<String>,
+        /// The subnet tried, when the step names `subnets`.
+        subnet: Option<String>,
         market: String,
         code: String,
         message: String,
@@ -163,8 +156,8 @@ pub enum ProvisionEvent {
 /// Cheap to clone: the SDK clients share their connection pool.
 #[derive(Clone, Debug)]
 pub struct AwsProvider {
-    ec2: aws_sdk_ec2::Client,
-    ssm: aws_sdk_ssm::Client,
+    pub(crate) ec2: aws_sdk_ec2::Client,
+    pub(crate) ssm: aws_sdk_ssm::Client,
     poll: PollConfig,
 }
 
@@ -172,15 +165,6 @@ pub struct AwsProvider {
 enum Probe<T> {
     Done(T),
     Wait(String),
-}
-
-/// One failed launch attempt, for the final error.
-struct Attempt {
-    instance_type: String,
-    zone: Option<String>,
-    market: &'static str,
-    code: String,
-    message: String,
 }
 
 impl AwsProvider {
@@ -245,34 +229,6 @@ impl AwsProvider {
                 .unwrap_or_default(),
             market: market.to_string(),
         })
-    }
-
-    /// `plan doctor`: the launch request apply would send (same image, profile, tags, root volume, market), with
-    /// `DryRun`, so IAM judges exactly what apply will ask. `Ok` is never expected: AWS answers DryRunOperation
-    /// when it would be allowed, UnauthorizedOperation when not.
-    pub async fn dry_run_launch(
-        &self,
-        spec: &InstanceSpec,
-        tags: &Tags,
-        image: &str,
-        instance_type: &str,
-        market: &str,
-    ) -> std::result::Result<(), aws_sdk_ec2::error::SdkError<RunInstancesError>> {
-        let root_device = self.root_device_name(image).await;
-        self.run_request(
-            spec,
-            tags,
-            image,
-            &root_device,
-            None,
-            instance_type,
-            None,
-            market,
-        )
-        .dry_run(true)
-        .send()
-        .await
-        .map(|_| ())
     }
 
     /// The instance tagged `sortie:token=<token>` that is not terminated or shutting down, if any.
@@ -560,302 +516,6 @@ impl AwsProvider {
     }
 
     // ---- instances ----
-
-    /// RunInstances across markets × types × zones until one launches. Returns the id and the market.
-    async fn launch(
-        &self,
-        spec: &InstanceSpec,
-        tags: &Tags,
-        on_event: &mut (dyn FnMut(ProvisionEvent) + Send),
-    ) -> Result<(String, &'static str)> {
-        if spec.instance_types.is_empty() {
-            return Err(Error::Runtime(format!(
-                "instance step {} has no instance_types\n  = help: list at least one, e.g. `instance_types: [g5.2xlarge]`",
-                tags.step
-            )));
-        }
-        let image = self
-            .resolve_image(spec.image.as_deref(), &tags.step)
-            .await?;
-        let root_device = self.root_device_name(&image).await;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let mut script = spec
-            .max_lifetime
-            .map(|lifetime| lifetime_user_data(lifetime, now));
-        if let Some(ttl) = spec.ttl {
-            let text = script.get_or_insert_with(|| "#!/bin/sh\n".to_string());
-            text.push_str(&crate::ttl::user_data(ttl, now + ttl.as_secs()));
-        }
-        let user_data = script.map(|s| base64(s.as_bytes()));
-        let markets: &[&'static str] = match spec.market {
-            Market::Spot => &["spot"],
-            Market::OnDemand => &["on-demand"],
-            Market::SpotThenOnDemand => &["spot", "on-demand"],
-        };
-
-        let mut zones_of_type: HashMap<&str, Vec<Option<String>>> = HashMap::new();
-        let mut attempts: Vec<Attempt> = Vec::new();
-        for &market in markets {
-            for instance_type in &spec.instance_types {
-                if !zones_of_type.contains_key(instance_type.as_str()) {
-                    let zones = self.zones_for(spec, instance_type).await;
-                    zones_of_type.insert(instance_type.as_str(), zones);
-                }
-                let zones = zones_of_type
-                    .get(instance_type.as_str())
-                    .cloned()
-                    .unwrap_or_default();
-                for zone in zones {
-                    let request = self.run_request(
-                        spec,
-                        tags,
-                        &image,
-                        &root_device,
-                        user_data.as_deref(),
-                        instance_type,
-                        zone.as_deref(),
-                        market,
-                    );
-                    let result = request
-                        .customize()
-                        .config_override(
-                            aws_sdk_ec2::config::Config::builder()
-                                .retry_classifier(NoRetryOnFailover),
-                        )
-                        .send()
-                        .await;
-                    let err = match result {
-                        Ok(out) => {
-                            let id = out
-                                .instances()
-                                .first()
-                                .and_then(|i| i.instance_id())
-                                .ok_or_else(|| {
-                                    Error::Runtime(
-                                        "RunInstances answered without an instance".into(),
-                                    )
-                                })?;
-                            tracing::info!(instance = %id, %instance_type, zone = ?zone, market, "launched");
-                            return Ok((id.to_string(), market));
-                        }
-                        Err(err) => err,
-                    };
-                    let code = err.code().unwrap_or_default().to_string();
-                    let where_ = describe_slot(instance_type, zone.as_deref(), market);
-                    let Some(scope) = failover_scope(&code, market) else {
-                        let mut help = String::from(
-                            "this is not a capacity error, so no other type or zone was tried; fix the cause and apply again",
-                        );
-                        if code == "InvalidParameterValue" && spec.profile.is_some() {
-                            help.push_str(
-                                " (an instance profile created moments ago can take a few seconds to be usable)",
-                            );
-                        }
-                        if !attempts.is_empty() {
-                            help.push_str(&format!(
-                                "\n  = note: tried before: {}",
-                                attempts_summary(&attempts)
-                            ));
-                        }
-                        return Err(aws_error(
-                            &format!("could not launch {where_}"),
-                            &err,
-                            &help,
-                        ));
-                    };
-                    let message = err.message().unwrap_or_default().to_string();
-                    tracing::warn!(%instance_type, zone = ?zone, market, %code, %message, "no capacity; failing over");
-                    on_event(ProvisionEvent::Failover {
-                        instance_type: instance_type.clone(),
-                        availability_zone: zone.clone(),
-                        market: market.to_string(),
-                        code: code.clone(),
-                        message: message.clone(),
-                    });
-                    attempts.push(Attempt {
-                        instance_type: instance_type.clone(),
-                        zone: zone.clone(),
-                        market,
-                        code,
-                        message,
-                    });
-                    if scope == Scope::Type {
-                        // A limit on the type (or the market), not on a zone: other zones would fail the same way.
-                        break;
-                    }
-                }
-            }
-        }
-        Err(Error::Runtime(format!(
-            "no capacity for instance step {}: every instance type, availability zone and market was tried:\n{}\n  \
-             = help: add instance types (or availability zones) to the step, use `market: spot-then-on-demand`, \
-             ask AWS for a higher quota if a limit was hit, or apply again later",
-            tags.step,
-            attempts
-                .iter()
-                .map(|a| format!(
-                    "    - {}: {}: {}",
-                    describe_slot(&a.instance_type, a.zone.as_deref(), a.market),
-                    a.code,
-                    a.message
-                ))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_request(
-        &self,
-        spec: &InstanceSpec,
-        tags: &Tags,
-        image: &str,
-        root_device: &str,
-        user_data: Option<&str>,
-        instance_type: &str,
-        zone: Option<&str>,
-        market: &str,
-    ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
-        let root = EbsBlockDevice::builder()
-            .encrypted(true)
-            .volume_type(VolumeType::Gp3)
-            .delete_on_termination(true)
-            .set_volume_size(spec.root_size_bytes.map(gib_ceil));
-        let mut request = self
-            .ec2
-            .run_instances()
-            .image_id(image)
-            .instance_type(InstanceType::from(instance_type))
-            .min_count(1)
-            .max_count(1)
-            .metadata_options(
-                InstanceMetadataOptionsRequest::builder()
-                    .http_tokens(HttpTokensState::Required)
-                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    .build(),
-            )
-            .block_device_mappings(
-                BlockDeviceMapping::builder()
-                    .device_name(root_device)
-                    .ebs(root.build())
-                    .build(),
-            )
-            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
-            .tag_specifications(tags.spec(ResourceType::Instance))
-            .tag_specifications(tags.spec(ResourceType::Volume))
-            .set_user_data(user_data.map(str::to_string))
-            .set_subnet_id(spec.subnet.clone());
-        if let Some(profile) = &spec.profile {
-            request = request.iam_instance_profile(
-                IamInstanceProfileSpecification::builder()
-                    .name(profile)
-                    .build(),
-            );
-        }
-        for group in &spec.security_groups {
-            request = request.security_group_ids(group);
-        }
-        if let Some(zone) = zone {
-            request = request.placement(Placement::builder().availability_zone(zone).build());
-        }
-        if market == "spot" {
-            request = request.instance_market_options(
-                InstanceMarketOptionsRequest::builder()
-                    .market_type(MarketType::Spot)
-                    .spot_options(
-                        SpotMarketOptions::builder()
-                            .spot_instance_type(SpotInstanceType::OneTime)
-                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
-                            .build(),
-                    )
-                    .build(),
-            );
-        }
-        request
-    }
-
-    /// An AMI id as is; `ssm:/path` through GetParameter.
-    async fn resolve_image(&self, image: Option<&str>, step: &str) -> Result<String> {
-        let Some(image) = image else {
-            return Err(Error::Runtime(format!(
-                "instance step {step} has no image\n  = help: give an AMI id or `ssm:/path` of a public parameter, \
-                 e.g. `ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`"
-            )));
-        };
-        let Some(name) = image.strip_prefix("ssm:") else {
-            return Ok(image.to_string());
-        };
-        let out = self.ssm.get_parameter().name(name).send().await.map_err(|err| {
-            aws_error(
-                &format!("could not resolve the image of instance step {step} from SSM parameter {name}"),
-                &err,
-                "check the parameter's name and region (public AMI parameters live under /aws/service/), and \
-                 ssm:GetParameter in the orchestrator's IAM policy",
-            )
-        })?;
-        out.parameter()
-            .and_then(|p| p.value())
-            .map(str::to_string)
-            .ok_or_else(|| Error::Runtime(format!("SSM parameter {name} has no value")))
-    }
-
-    /// The image's root device name (where the encrypted gp3 root goes), else `/dev/sda1`.
-    async fn root_device_name(&self, image: &str) -> String {
-        match self.ec2.describe_images().image_ids(image).send().await {
-            Ok(out) => out
-                .images()
-                .first()
-                .and_then(|i| i.root_device_name())
-                .unwrap_or(DEFAULT_ROOT_DEVICE)
-                .to_string(),
-            Err(err) => {
-                // Not fatal: RunInstances reports a bad image itself, with its own message.
-                tracing::warn!(%image, error = %DisplayErrorContext(&err), "DescribeImages failed; assuming root device {DEFAULT_ROOT_DEVICE}");
-                DEFAULT_ROOT_DEVICE.to_string()
-            }
-        }
-    }
-
-    /// The zones to try for a type: the step's, else the region's zones that offer it, else AWS's choice
-    /// (`None`). With a subnet, the subnet decides the zone.
-    async fn zones_for(&self, spec: &InstanceSpec, instance_type: &str) -> Vec<Option<String>> {
-        if spec.subnet.is_some() {
-            return vec![None];
-        }
-        if !spec.availability_zones.is_empty() {
-            return spec.availability_zones.iter().cloned().map(Some).collect();
-        }
-        let mut zones = Vec::new();
-        let mut pages = self
-            .ec2
-            .describe_instance_type_offerings()
-            .location_type(LocationType::AvailabilityZone)
-            .filters(filter("instance-type", [instance_type]))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            match page {
-                Ok(page) => zones.extend(
-                    page.instance_type_offerings()
-                        .iter()
-                        .filter_map(|o| o.location().map(str::to_string)),
-                ),
-                Err(err) => {
-                    tracing::warn!(%instance_type, error = %DisplayErrorContext(&err), "DescribeInstanceTypeOfferings failed; letting AWS choose the zone");
-                    return vec![None];
-                }
-            }
-        }
-        if zones.is_empty() {
-            return vec![None];
-        }
-        zones.sort();
-        zones.dedup();
-        zones.into_iter().map(Some).collect()
-    }
 
     async fn instance_by_token(&self, token: &str) -> Result<Option<Instance>> {
         let out = self
@@ -1237,76 +897,6 @@ impl AwsProvider {
     }
 }
 
-/// Which failed launches fail over, and how far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scope {
-    /// This zone has no capacity (or does not support the type): try the next zone.
-    Zone,
-    /// A limit on the type or the market: skip the type's other zones.
-    Type,
-}
-
-/// The failover codes of RunInstances (`None`: not a capacity error, so give up).
-fn failover_scope(code: &str, market: &str) -> Option<Scope> {
-    match code {
-        // A subnet with no free address is a zone's problem too: another zone has another subnet.
-        "InsufficientInstanceCapacity" | "Unsupported" | "InsufficientFreeAddressesInSubnet" => {
-            Some(Scope::Zone)
-        }
-        // VcpuLimitExceeded is what AWS answers for on-demand vCPU quotas today; the quota is per family.
-        "InstanceLimitExceeded" | "VcpuLimitExceeded" => Some(Scope::Type),
-        "SpotMaxPriceTooLow" if market == "spot" => Some(Scope::Zone),
-        "MaxSpotInstanceCountExceeded" if market == "spot" => Some(Scope::Type),
-        _ => None,
-    }
-}
-
-/// Keeps the SDK from retrying the errors that fail over: another attempt on the same type and zone, after
-/// backoff, almost never finds capacity; the next type or zone might.
-#[derive(Debug)]
-struct NoRetryOnFailover;
-
-impl ClassifyRetry for NoRetryOnFailover {
-    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
-        let code = match ctx.output_or_error() {
-            Some(Err(err)) => err
-                .as_operation_error()
-                .and_then(|e| e.downcast_ref::<RunInstancesError>())
-                .and_then(|e| e.code()),
-            _ => None,
-        };
-        match code {
-            Some(code) if failover_scope(code, "spot").is_some() => RetryAction::RetryForbidden,
-            _ => RetryAction::NoActionIndicated,
-        }
-    }
-
-    fn name(&self) -> &'static str {
-        "sortie: capacity errors fail over instead of retrying"
-    }
-}
-
-fn describe_slot(instance_type: &str, zone: Option<&str>, market: &str) -> String {
-    format!(
-        "{instance_type} in {} ({market})",
-        zone.unwrap_or("a zone of AWS's choice")
-    )
-}
-
-fn attempts_summary(attempts: &[Attempt]) -> String {
-    attempts
-        .iter()
-        .map(|a| {
-            format!(
-                "{}: {}",
-                describe_slot(&a.instance_type, a.zone.as_deref(), a.market),
-                a.code
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 fn is_not_found(code: Option<&str>) -> bool {
     matches!(
         code,
@@ -1319,7 +909,7 @@ fn is_not_found(code: Option<&str>) -> bool {
 /// An SDK error as `what: CODE: message (request id …)`: EC2 errors are unmodeled, and DisplayErrorContext
 /// would print the whole raw response for them. Errors without a code (no answer: network, timeout,
 /// credentials) keep DisplayErrorContext's chain of causes.
-fn aws_error<E>(what: &str, err: &aws_sdk_ec2::error::SdkError<E>, help: &str) -> Error
+pub(crate) fn aws_error<E>(what: &str, err: &aws_sdk_ec2::error::SdkError<E>, help: &str) -> Error
 where
     E: std::error::Error + ProvideErrorMetadata + 'static,
 {
@@ -1336,7 +926,7 @@ where
     Error::Runtime(format!("{what}: {cause}\n  = help: {help}"))
 }
 
-fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
+pub(crate) fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {
     Filter::builder()
         .name(name)
         .set_values(Some(values.into_iter().map(str::to_string).collect()))
@@ -1436,7 +1026,7 @@ chmod 0755 /var/lib/cloud/scripts/per-boot/sortie-max-lifetime.sh
 }
 
 /// Standard base64 with padding (user data must be base64 on the wire).
-fn base64(data: &[u8]) -> String {
+pub(crate) fn base64(data: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(data)
 }
@@ -1498,44 +1088,6 @@ mod tests {
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
         assert_eq!(pick_device(&all), None);
         assert_eq!(device_letter("/dev/nvme1n1"), None);
-    }
-
-    #[test]
-    fn failover_codes_depend_on_the_market() {
-        assert_eq!(
-            failover_scope("InsufficientInstanceCapacity", "on-demand"),
-            Some(Scope::Zone)
-        );
-        assert_eq!(
-            failover_scope("InsufficientInstanceCapacity", "spot"),
-            Some(Scope::Zone)
-        );
-        assert_eq!(
-            failover_scope("Unsupported", "on-demand"),
-            Some(Scope::Zone)
-        );
-        assert_eq!(
-            failover_scope("InsufficientFreeAddressesInSubnet", "on-demand"),
-            Some(Scope::Zone)
-        );
-        assert_eq!(
-            failover_scope("InstanceLimitExceeded", "on-demand"),
-            Some(Scope::Type)
-        );
-        assert_eq!(
-            failover_scope("MaxSpotInstanceCountExceeded", "spot"),
-            Some(Scope::Type)
-        );
-        assert_eq!(
-            failover_scope("MaxSpotInstanceCountExceeded", "on-demand"),
-            None
-        );
-        assert_eq!(
-            failover_scope("SpotMaxPriceTooLow", "spot"),
-            Some(Scope::Zone)
-        );
-        assert_eq!(failover_scope("InvalidParameterValue", "on-demand"), None);
-        assert_eq!(failover_scope("UnauthorizedOperation", "spot"), None);
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl Job {
             let ProvisionEvent::Failover {
                 instance_type,
                 availability_zone,
+                subnet,
                 market,
                 code,
                 message,
@@ -154,6 +155,7 @@ impl Job {
                 step: step.clone(),
                 instance_type,
                 availability_zone,
+                subnet,
                 market,
                 code,
                 message,

@@ -922,7 +922,7 @@ impl Compiler {
         );
         let image = self.text(&format!("{path}.image"), raw.image.as_deref(), ctx);
         let profile = self.text(&format!("{path}.profile"), raw.profile.as_deref(), ctx);
-        let subnet = self.text(&format!("{path}.subnet"), raw.subnet.as_deref(), ctx);
+        let subnets = self.subnets(path, raw, ctx);
         let security_groups = self.texts(
             &format!("{path}.security_groups"),
             raw.security_groups.as_deref(),
@@ -956,7 +956,7 @@ impl Compiler {
             market: raw.market.unwrap_or_default(),
             max_lifetime,
             ttl,
-            subnet,
+            subnets,
             security_groups,
             availability_zones,
             root_size_bytes,
@@ -966,6 +966,40 @@ impl Compiler {
     /// A string field rendered at compile time (`vars` only).
     fn text(&mut self, path: &str, text: Option<&str>, ctx: &StepCtx<'_>) -> Option<String> {
         self.render_compile_time(path, text?, ctx.vars_ctx)
+    }
+
+    /// `subnets`, or the one `subnet`; each decides its zone, so neither goes with `availability_zones`.
+    fn subnets(&mut self, path: &str, raw: &RawStep, ctx: &StepCtx<'_>) -> Vec<String> {
+        if raw.subnet.is_some() && raw.subnets.is_some() {
+            self.error_help(
+                self.key_at(&format!("{path}.subnets")),
+                "`subnet` and `subnets` together",
+                "list every subnet under `subnets` (one per availability zone)",
+            );
+        }
+        let zones_too = raw.availability_zones.is_some();
+        let subnets = match (&raw.subnet, &raw.subnets) {
+            (Some(one), None) => self
+                .text(&format!("{path}.subnet"), Some(one.as_str()), ctx)
+                .into_iter()
+                .collect(),
+            _ => self.texts(&format!("{path}.subnets"), raw.subnets.as_deref(), ctx),
+        };
+        if let Some(i) = (1..subnets.len()).find(|&i| subnets[..i].contains(&subnets[i])) {
+            self.error_help(
+                self.at(&format!("{path}.subnets[{i}]")),
+                format!("subnet `{}` is listed twice", subnets[i]),
+                "list each subnet once, one per availability zone",
+            );
+        }
+        if zones_too && (raw.subnet.is_some() || raw.subnets.is_some()) {
+            self.error_help(
+                self.key_at(&format!("{path}.availability_zones")),
+                "`availability_zones` with a subnet: a subnet lies in one zone, and decides it",
+                "drop `availability_zones`, and list one subnet per zone under `subnets` in the order to try",
+            );
+        }
+        subnets
     }
 
     /// A list of strings rendered at compile time; an entry that fails is reported and left out.

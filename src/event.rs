@@ -33,6 +33,10 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         availability_zone: Option<String>,
+        /// The subnet tried, when the step names `subnets`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
+        subnet: Option<String>,
         market: String,
         /// The provider's error code.
         code: String,

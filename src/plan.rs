@@ -149,7 +149,8 @@ pub struct InstanceSpec {
     pub max_lifetime: Option<Duration>,
     /// `ttl`: the deadline `plan extend` can move (`max_lifetime` is a fixed cap).
     pub ttl: Option<Duration>,
-    pub subnet: Option<String>,
+    /// Subnets to launch in, in order (each in its own zone); empty: the default VPC.
+    pub subnets: Vec<String>,
     pub security_groups: Vec<String>,
     pub availability_zones: Vec<String>,
     pub root_size_bytes: Option<u64>,

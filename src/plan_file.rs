@@ -220,8 +220,10 @@ pub struct RawStep {
     /// instance: a dev environment's time to live, e.g. `8h`: the host shuts itself down (and so terminates) this
     /// long after launch, unless `plan extend` moves the deadline.
     pub ttl: Option<String>,
-    /// instance: subnet id (default: the default VPC).
+    /// instance: subnet id (default: the default VPC). Shorthand for a `subnets` of one.
     pub subnet: Option<String>,
+    /// instance: subnet ids, one per availability zone, tried in order when a zone has no capacity.
+    pub subnets: Option<Vec<String>>,
     /// instance: security group ids.
     pub security_groups: Option<Vec<String>>,
     /// instance: availability zones to try, in order.
@@ -271,6 +273,7 @@ pub const STEP_FIELDS: &[&str] = &[
     "max_lifetime",
     "ttl",
     "subnet",
+    "subnets",
     "security_groups",
     "availability_zones",
     "root_size",
@@ -313,6 +316,7 @@ pub fn kind_fields(kind: KindName) -> &'static [&'static str] {
             "max_lifetime",
             "ttl",
             "subnet",
+            "subnets",
             "security_groups",
             "availability_zones",
             "root_size",

@@ -164,13 +164,18 @@ fn human(event: &Event) -> String {
             step,
             instance_type,
             availability_zone,
+            subnet,
             market,
             code,
             ..
-        } => format!(
-            "  failover {step}: {market} {instance_type} in {} failed ({code}); trying the next",
-            availability_zone.as_deref().unwrap_or("any zone")
-        ),
+        } => {
+            let zone = availability_zone.as_deref().unwrap_or("any zone");
+            let place = match subnet {
+                Some(subnet) => format!("{zone} (subnet {subnet})"),
+                None => zone.to_string(),
+            };
+            format!("  failover {step}: {market} {instance_type} in {place} failed ({code}); trying the next")
+        }
         Event::StepOutput { step, key, value } => format!("  output   {step}.{key} = {value}"),
         Event::StepFinished {
             step,

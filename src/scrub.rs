@@ -213,6 +213,7 @@ mod tests {
                 step: step(),
                 instance_type: step(),
                 availability_zone: None,
+                subnet: Some(step()),
                 market: step(),
                 code: step(),
                 message: step(),

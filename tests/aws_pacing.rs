@@ -48,7 +48,7 @@ async fn instance(ep: &Endpoint) -> String {
         market: Market::OnDemand,
         max_lifetime: Some(Duration::from_secs(3600)),
         ttl: None,
-        subnet: None,
+        subnets: Vec::new(),
         security_groups: Vec::new(),
         availability_zones: Vec::new(),
         root_size_bytes: None,

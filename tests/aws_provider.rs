@@ -75,7 +75,7 @@ fn spec(types: &[&str]) -> InstanceSpec {
         market: Market::OnDemand,
         max_lifetime: Some(Duration::from_secs(2 * 3600)),
         ttl: None,
-        subnet: None,
+        subnets: Vec::new(),
         security_groups: Vec::new(),
         availability_zones: Vec::new(),
         root_size_bytes: Some(40 * GIB),
@@ -429,6 +429,7 @@ async fn capacity_failover_across_the_given_zones(w: &World) {
         vec![ProvisionEvent::Failover {
             instance_type: "g5.2xlarge".into(),
             availability_zone: Some("us-east-1c".into()),
+            subnet: None,
             market: "on-demand".into(),
             code: "InsufficientInstanceCapacity".into(),
             message: "We currently do not have sufficient capacity in the Availability Zone you requested."

@@ -16,6 +16,7 @@ mod aws_pacing;
 mod aws_provider;
 mod aws_reentry;
 mod aws_spot;
+mod aws_subnets;
 mod budget;
 mod confirm;
 mod devenv;

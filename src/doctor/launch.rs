@@ -9,7 +9,7 @@ use aws_sdk_ec2::types::{Filter, InstanceType};
 use aws_sdk_ssm::types::ParameterStringFilter;
 
 use super::quotas::{markets, quota_for};
-use super::{code_of, sdk_error, Check};
+use super::{code_of, sdk_error, Check, Status};
 use crate::aws_provider::{gib_ceil, AwsProvider, PollConfig, Tags};
 use crate::plan::{InstanceSpec, Plan, StepKind};
 
@@ -148,46 +148,23 @@ async fn resolve(ssm: &aws_sdk_ssm::Client, name: &str) -> Option<String> {
     out.parameter()?.value().map(str::to_string)
 }
 
-/// `network:STEP`: the step's subnet (and security groups) exist, or the region has a default VPC.
+/// `network:STEP`: the step's subnets (and security groups) exist in one VPC, or the region has a default VPC.
 async fn network(ec2: &aws_sdk_ec2::Client, step: &str, spec: &InstanceSpec) -> Check {
     let check = format!("network:{step}");
-    if let Some(subnet) = &spec.subnet {
-        return match ec2.describe_subnets().subnet_ids(subnet).send().await {
-            Ok(out) => match out.subnets().first() {
-                Some(s) => {
-                    security_groups(
-                        ec2,
-                        &check,
-                        spec,
-                        format!(
-                            "subnet {subnet} in {} ({})",
-                            s.vpc_id().unwrap_or("?"),
-                            s.availability_zone().unwrap_or("?")
-                        ),
-                    )
-                    .await
-                }
-                None => Check::fail(
-                    check,
-                    format!("subnet {subnet} not found"),
-                    "give a subnet of this region",
-                ),
-            },
-            Err(e) => Check::fail(
-                check,
-                format!("subnet {subnet}: {}", sdk_error(&e)),
-                "give a subnet id of the plan's region (`aws ec2 describe-subnets`)",
-            ),
-        };
+    if !spec.subnets.is_empty() {
+        return subnets(ec2, &check, spec).await;
     }
     let default = Filter::builder().name("isDefault").values("true").build();
     match ec2.describe_vpcs().filters(default).send().await {
         Ok(out) => match out.vpcs().first().and_then(|v| v.vpc_id()) {
-            Some(vpc) => security_groups(ec2, &check, spec, format!("default VPC {vpc}")).await,
+            Some(vpc) => {
+                security_groups(ec2, &check, spec, vpc, format!("default VPC {vpc}")).await
+            }
             None => Check::fail(
                 check,
-                "the region has no default VPC and the step gives no `subnet`",
-                "give the step a `subnet:` (and `security_groups:`), or create a default VPC: `aws ec2 create-default-vpc`",
+                "the region has no default VPC and the step gives no `subnets`",
+                "give the step `subnets:` (one per zone, and `security_groups:`), or create a default VPC: \
+                 `aws ec2 create-default-vpc`",
             ),
         },
         Err(e) => Check::fail(
@@ -198,36 +175,114 @@ async fn network(ec2: &aws_sdk_ec2::Client, step: &str, spec: &InstanceSpec) -> 
     }
 }
 
+/// Every subnet exists, all lie in one VPC (a launch's security groups belong to one), and in different zones
+/// (two subnets of one zone give failover nothing to try).
+async fn subnets(ec2: &aws_sdk_ec2::Client, check: &str, spec: &InstanceSpec) -> Check {
+    let listed = spec.subnets.join(", ");
+    let out = match ec2
+        .describe_subnets()
+        .set_subnet_ids(Some(spec.subnets.clone()))
+        .send()
+        .await
+    {
+        Ok(out) => out,
+        Err(e) => {
+            return Check::fail(
+                check,
+                format!("subnets {listed}: {}", sdk_error(&e)),
+                "give subnet ids of the plan's region (`aws ec2 describe-subnets`)",
+            )
+        }
+    };
+    let found: Vec<(&str, &str, &str)> = out
+        .subnets()
+        .iter()
+        .filter_map(|s| Some((s.subnet_id()?, s.vpc_id()?, s.availability_zone()?)))
+        .collect();
+    let missing: Vec<&str> = spec
+        .subnets
+        .iter()
+        .map(String::as_str)
+        .filter(|id| !found.iter().any(|f| f.0 == *id))
+        .collect();
+    if !missing.is_empty() {
+        return Check::fail(
+            check,
+            format!("subnet {} not found", missing.join(", ")),
+            "give subnets of this region",
+        );
+    }
+    let mut vpcs: Vec<&str> = found.iter().map(|f| f.1).collect();
+    vpcs.sort_unstable();
+    vpcs.dedup();
+    if vpcs.len() > 1 {
+        return Check::fail(
+            check,
+            format!("the subnets lie in several VPCs ({})", vpcs.join(", ")),
+            "list subnets of one VPC, one per availability zone",
+        );
+    }
+    let detail = found
+        .iter()
+        .map(|(id, _, zone)| format!("{id} ({zone})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let detail = format!("subnets {detail} in {}", vpcs[0]);
+    let checked = security_groups(ec2, check, spec, vpcs[0], detail).await;
+    let mut zones: Vec<&str> = found.iter().map(|f| f.2).collect();
+    zones.sort_unstable();
+    zones.dedup();
+    if checked.status == Status::Pass && zones.len() < found.len() {
+        return Check::warn(
+            check,
+            format!("{}; two subnets share a zone", checked.detail),
+            "a zone without capacity fails every subnet in it: list one subnet per availability zone",
+        );
+    }
+    checked
+}
+
 async fn security_groups(
     ec2: &aws_sdk_ec2::Client,
     check: &str,
     spec: &InstanceSpec,
+    vpc: &str,
     detail: String,
 ) -> Check {
     if spec.security_groups.is_empty() {
         return Check::pass(check, detail);
     }
+    let listed = spec.security_groups.join(", ");
     let groups = ec2
         .describe_security_groups()
         .set_group_ids(Some(spec.security_groups.clone()))
         .send()
         .await;
     match groups {
-        Ok(_) => Check::pass(
-            check,
-            format!(
-                "{detail}, security groups {}",
-                spec.security_groups.join(", ")
-            ),
-        ),
+        Ok(out) => {
+            let elsewhere: Vec<&str> = out
+                .security_groups()
+                .iter()
+                .filter(|g| g.vpc_id().is_some_and(|v| v != vpc))
+                .filter_map(|g| g.group_id())
+                .collect();
+            if elsewhere.is_empty() {
+                Check::pass(check, format!("{detail}, security groups {listed}"))
+            } else {
+                Check::fail(
+                    check,
+                    format!(
+                        "security groups {} are not in {vpc}, where the instance goes",
+                        elsewhere.join(", ")
+                    ),
+                    "give security groups of the subnets' VPC",
+                )
+            }
+        }
         Err(e) => Check::fail(
             check,
-            format!(
-                "security groups {}: {}",
-                spec.security_groups.join(", "),
-                sdk_error(&e)
-            ),
-            "give security group ids (sg-…) of the subnet's VPC",
+            format!("security groups {listed}: {}", sdk_error(&e)),
+            "give security group ids (sg-…) of the subnets' VPC",
         ),
     }
 }
