@@ -367,6 +367,15 @@ impl AwsProvider {
                 HashMap::new()
             }
         };
+        // `availability_zones` beside `subnets` only comes from a host re-provisioned beside its volume (the plan
+        // cannot say both): the subnets of that zone.
+        let pinned = |slot: &Slot| {
+            spec.availability_zones.is_empty()
+                || slot
+                    .zone
+                    .as_ref()
+                    .is_some_and(|z| spec.availability_zones.contains(z))
+        };
         Some(
             spec.subnets
                 .iter()
@@ -374,6 +383,7 @@ impl AwsProvider {
                     zone: zones.get(id).cloned(),
                     subnet: Some(id.clone()),
                 })
+                .filter(pinned)
                 .collect(),
         )
     }

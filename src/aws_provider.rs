@@ -316,11 +316,15 @@ impl AwsProvider {
                         Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Attaching)
                     )
                 }) {
-                    return Err(Error::Runtime(format!(
-                        "volume {volume_id} is attached to instance {}, not to {instance_id}\n  = help: detach it \
-                         from there (or terminate that instance), then apply again",
-                        other.instance_id().unwrap_or("?")
-                    )));
+                    let other = other.instance_id().unwrap_or("?").to_string();
+                    // A volume that outlived its host (re-provisioned): EC2 detaches it as the old one terminates.
+                    if !self.is_terminating(&other).await? {
+                        return Err(Error::Runtime(format!(
+                            "volume {volume_id} is attached to instance {other}, not to {instance_id}\n  = help: \
+                             detach it from there (or terminate that instance), then apply again"
+                        )));
+                    }
+                    self.wait_volume_detached(&volume_id).await?;
                 }
                 self.attach_free(&volume_id, instance_id).await?
             }
@@ -763,6 +767,37 @@ impl AwsProvider {
     }
 
     /// Until the volume is available (or already in use: an adopted one).
+    /// Whether an instance is gone or going (terminated, shutting down, or unknown to EC2).
+    async fn is_terminating(&self, instance_id: &str) -> Result<bool> {
+        Ok(match self.describe_instance(instance_id).await? {
+            None => true,
+            Some(i) => matches!(
+                state_name(&i),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            ),
+        })
+    }
+
+    /// Waits until a volume has no attachment left (its instance terminated).
+    async fn wait_volume_detached(&self, volume_id: &str) -> Result<()> {
+        self.wait_for(
+            &format!("volume {volume_id} to be detached from its terminated instance"),
+            self.poll.state_timeout,
+            "check the volume in the EC2 console; apply again adopts it by its token tag",
+            || async {
+                let Some(v) = self.describe_volume(volume_id).await? else {
+                    return Err(Error::Runtime(format!("volume {volume_id} disappeared")));
+                };
+                Ok(if v.state() == Some(&VolumeState::Available) {
+                    Probe::Done(())
+                } else {
+                    Probe::Wait(format!("{}, {}", volume_state_str(&v), attachment_str(&v)))
+                })
+            },
+        )
+        .await
+    }
+
     async fn wait_volume_ready(&self, volume_id: &str) -> Result<Volume> {
         self.wait_for(
             &format!("volume {volume_id} to be available"),

@@ -161,8 +161,13 @@ impl Job {
                 message,
             }));
         };
+        let mut spec = spec.clone();
+        if let Some(zone) = &self.placement {
+            // Pinned beside a volume that outlived the host: only this zone (or the step's subnets in it).
+            spec.availability_zones = vec![zone.clone()];
+        }
         let out = match provider
-            .create_instance(spec, &self.tags(), &mut on_event)
+            .create_instance(&spec, &self.tags(), &mut on_event)
             .await
         {
             Ok(out) => out,
@@ -253,10 +258,36 @@ impl Job {
         Ok(Outcome::Succeeded { outputs, resources })
     }
 
+    /// Runs the step on its SSM host. An error that came of the host going away (a command SSM refused or lost
+    /// because the instance is gone) is a lost host, with EC2's reason.
     pub(crate) async fn aws_run(&self, script: String, launch: LaunchSpec) -> Result<Outcome> {
         let StepKind::Run(spec) = &self.step.kind else {
             return Err(Error::Runtime("not a run step".into()));
         };
+        let error = match self.aws_run_on(spec, script, launch).await {
+            Err(Error::Runtime(error)) => error,
+            other => return other,
+        };
+        let Ok(instance_id) = self.output_of(&spec.on, "instance_id") else {
+            return Err(Error::Runtime(error));
+        };
+        let config = crate::aws::sdk_config(&self.target).await;
+        let ec2 = aws_sdk_ec2::Client::new(&config);
+        match crate::step_watch::host_gone(&ec2, &instance_id).await {
+            Some(reason) => Ok(Outcome::HostLost {
+                instance_id,
+                error: reason,
+            }),
+            None => Err(Error::Runtime(error)),
+        }
+    }
+
+    async fn aws_run_on(
+        &self,
+        spec: &RunSpec,
+        script: String,
+        launch: LaunchSpec,
+    ) -> Result<Outcome> {
         let host = self.ssm_host(&spec.on).await?;
         let id = self.step.id.clone();
         if self.cancel_previous {
@@ -346,7 +377,7 @@ impl Job {
                                 }
                                 Some(Verdict::HostGone(reason)) => {
                                     host.cancel_command(&command).await;
-                                    return Ok(Outcome::Failed { error: reason });
+                                    return Ok(host_lost(&host, reason));
                                 }
                             }
                         }
@@ -374,18 +405,17 @@ impl Job {
             {
                 // The host goes within two minutes, and the step with it: end it now, with the reason.
                 host.cancel_command(&command).await;
-                return Ok(Outcome::Failed {
-                    error: format!(
-                        "host {} is being reclaimed by EC2 (spot interruption notice: {notice})",
-                        host.instance_id
-                    ),
-                });
+                let error = format!(
+                    "host {} is being reclaimed by EC2 (spot interruption notice: {notice})",
+                    host.instance_id
+                );
+                return Ok(host_lost(&host, error));
             }
             if !status.is_finished() {
                 rewaits += 1;
                 match ended_without_result(&host, &id, &inv, spec.detach, &watch, rewaits).await {
                     Some(Ok(())) => continue,
-                    Some(Err(error)) => return Ok(Outcome::Failed { error }),
+                    Some(Err(error)) => return Ok(host_lost(&host, error)),
                     None => {}
                 }
             }
@@ -563,6 +593,13 @@ async fn unmount(config: &aws_config::SdkConfig, instance: &str, mount: &str) {
         Err(_) => {
             tracing::warn!("unmounting {mount} on {instance} took too long; detaching anyway")
         }
+    }
+}
+
+fn host_lost(host: &SsmHost, error: String) -> Outcome {
+    Outcome::HostLost {
+        instance_id: host.instance_id.clone(),
+        error,
     }
 }
 

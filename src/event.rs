@@ -44,6 +44,17 @@ pub enum Event {
     },
     /// An earlier apply's attempt still runs on its host and is watched again.
     StepReattached { step: String, attempt: u32 },
+    /// A host went away under a step: its instance step runs again (a new instance, in the same zone when a
+    /// volume of it is re-attached), and so do the steps that ran on it.
+    HostReplaced {
+        /// The instance step.
+        step: String,
+        /// The instance that went away (terminated now, if it was not yet).
+        instance_id: String,
+        reason: String,
+        /// The steps that run again on the new host, besides the one that was running.
+        rerun: Vec<String>,
+    },
     /// An attempt failed and the step runs again after `delay_secs`.
     StepRetry {
         step: String,

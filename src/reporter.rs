@@ -147,6 +147,19 @@ fn human(event: &Event) -> String {
         Event::StepReattached { step, attempt } => {
             format!("  attach   {step} (attempt {attempt}, still running on the host)")
         }
+        Event::HostReplaced {
+            step,
+            instance_id,
+            reason,
+            rerun,
+        } => {
+            let again = if rerun.is_empty() {
+                String::new()
+            } else {
+                format!("; again on it: {}", rerun.join(", "))
+            };
+            format!("  replace  {step}: {instance_id} is gone ({reason}); a new host{again}")
+        }
         Event::StepRetry {
             step,
             attempt,

@@ -20,6 +20,8 @@ use crate::step_exec::{self, Job, Msg, Outcome};
 
 pub use crate::reentry::{decide, Decision};
 
+mod host_loss;
+
 /// Run steps at once on one SSM host: below the agent's 5 command workers (amazon-ssm-agent appconfig,
 /// `Mds.CommandWorkersLimit`, default 5), with 2 left for launches, status probes, cancels and mounts.
 const STEPS_PER_SSM_HOST: usize = 3;
@@ -59,6 +61,8 @@ struct Walker<'a> {
     over_budget: Option<String>,
     /// Stall notifications on their way; their warnings are shown when the run ends.
     notifications: Vec<tokio::task::JoinHandle<Vec<String>>>,
+    /// How often each host was re-provisioned in this apply.
+    replaced: HashMap<usize, u32>,
 }
 
 pub async fn walk(
@@ -105,6 +109,7 @@ pub async fn walk(
         secret_outputs: IndexMap::new(),
         over_budget: None,
         notifications: Vec::new(),
+        replaced: HashMap::new(),
     };
     w.run().await
 }
@@ -387,7 +392,13 @@ impl Walker<'_> {
                 st.status = StepStatus::Running;
                 st.started_at = Some(state::now());
                 st.finished_at = None;
-                st.token = Some(format!("{run_id}-{}-{}", step.id, st.attempt));
+                // A volume that outlived its host keeps its token: the new attempt adopts it, data and all.
+                let live_volume = matches!(step.kind, StepKind::Volume(_))
+                    && st.token.is_some()
+                    && st.resources.iter().any(|r| !r.destroyed);
+                if !live_volume {
+                    st.token = Some(format!("{run_id}-{}-{}", step.id, st.attempt));
+                }
             }
             let attempt = st.attempt;
             if !reattach {
@@ -436,6 +447,7 @@ impl Walker<'_> {
                     .clone()
                     .unwrap_or_default(),
                 handle: self.state.step(self.id(i)).handle.clone(),
+                placement: self.placement(i),
                 root: root.to_path_buf(),
                 plan_dir: self.plan.absolute_dir(),
                 vars: self.plan.vars.clone(),
@@ -490,6 +502,14 @@ impl Walker<'_> {
         }
         self.running.remove(&i);
         self.tasks.remove(&i);
+        // A step whose host went away fails this attempt; it runs again on a new host when it may.
+        let (outcome, final_failure) = match outcome {
+            Outcome::HostLost { instance_id, error } => {
+                let (error, again) = self.host_lost(i, &instance_id, error).await?;
+                (Outcome::Failed { error }, !again)
+            }
+            other => (other, false),
+        };
         let step = self.plan.steps[i].clone();
         let retries = step.retries;
         let st = self.state.step_mut(&step.id);
@@ -553,7 +573,10 @@ impl Walker<'_> {
                 }
             }
             Outcome::Failed { error }
-                if attempt <= retries && self.stopping == 0 && self.over_budget.is_none() =>
+                if attempt <= retries
+                    && !final_failure
+                    && self.stopping == 0
+                    && self.over_budget.is_none() =>
             {
                 // Exponential backoff with full jitter: base * 2^(attempt-1), scaled by a random factor in [0.5, 1).
                 let delay =
@@ -573,7 +596,8 @@ impl Walker<'_> {
                     error,
                 });
             }
-            Outcome::Failed { error } => {
+            // (A lost host is a Failed by now.)
+            Outcome::Failed { error } | Outcome::HostLost { error, .. } => {
                 st.status = StepStatus::Failed;
                 st.finished_at = Some(state::now());
                 st.error = Some(error.clone());

@@ -218,6 +218,12 @@ mod tests {
                 code: step(),
                 message: step(),
             },
+            Event::HostReplaced {
+                step: step(),
+                instance_id: step(),
+                reason: step(),
+                rerun: vec![step()],
+            },
             Event::StepRetry {
                 step: step(),
                 attempt: 2,

@@ -48,6 +48,12 @@ pub enum Outcome {
     },
     /// A detached step left running on its host (`--no-wait`).
     LeftRunning,
+    /// The step's host went away under it (terminated, stopped, impaired, reclaimed by spot): the runner may
+    /// re-provision the host and run the step again there.
+    HostLost {
+        instance_id: String,
+        error: String,
+    },
     Cancelled,
 }
 
@@ -66,6 +72,8 @@ pub struct Job {
     pub state_location: crate::plan::StateLocation,
     /// Idempotency token of this attempt (stored in state before any create call).
     pub token: String,
+    /// An instance step re-provisioned beside a volume that outlived its host: the zone it must launch in.
+    pub placement: Option<String>,
     /// The handle recorded by the previous apply (re-attach finds its work through it).
     pub handle: IndexMap<String, String>,
     /// Sandbox root (local target only).

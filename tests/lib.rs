@@ -8,6 +8,7 @@ mod apply;
 mod aws_apply;
 mod aws_command_size;
 mod aws_gc;
+mod aws_host_replace;
 mod aws_host_slots;
 mod aws_iam;
 mod aws_logs_follow;
