@@ -165,7 +165,7 @@ fn test_int_events_md_examples_match_the_schema() {
         .iter()
         .filter_map(|v| v["properties"]["event"]["const"].as_str())
         .collect();
-    assert_eq!(kinds.len(), 10, "{kinds:?}");
+    assert_eq!(kinds.len(), 11, "{kinds:?}");
     for kind in kinds {
         assert!(
             examples.iter().any(|e| e["event"] == kind),
