@@ -49,7 +49,7 @@ impl Delivery {
         let _ = writeln!(out, "F=\"$H/files.$$.tar.gz\"");
         let _ = writeln!(
             out,
-            "curl -fsS -o \"$F\" {} || {{ echo {} >&2; exit 1; }}",
+            "curl -fsS --retry 5 --retry-delay 1 -o \"$F\" {} || {{ echo {} >&2; exit 1; }}",
             q(&self.url),
             q(&format!(
                 "sortie: cannot download the files of step `{step}`"

@@ -287,12 +287,20 @@ impl SsmHost {
         s.push_str("(umask 077\n");
         match &staged.script_url {
             Some(url) => {
-                let _ = writeln!(s, "curl -fsS -o {script_path} {}", q(url));
+                let _ = writeln!(
+                    s,
+                    "curl -fsS --retry 5 --retry-delay 1 -o {script_path} {}",
+                    q(url)
+                );
             }
             None => write_file(&mut s, &script_path, script.as_bytes()),
         }
         if let Some(url) = &staged.env_url {
-            let _ = writeln!(s, "curl -fsS -o {env_path} {}", q(url));
+            let _ = writeln!(
+                s,
+                "curl -fsS --retry 5 --retry-delay 1 -o {env_path} {}",
+                q(url)
+            );
         }
         s.push_str(")\n");
         if let Some(files) = files {

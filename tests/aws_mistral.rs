@@ -46,8 +46,9 @@ async fn keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_e2e_aws_mistral_plan_runs_end_to_end_on_the_test_endpoint() {
+/// A test endpoint ready for plans/mistral-qlora.yaml with its test var file: the buckets, the bundled corpus and
+/// model mirror, and the Hub token in Parameter Store.
+pub(crate) async fn mistral_endpoint() -> Endpoint {
     let endpoint =
         Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
     for bucket in ["sortie-test-cache", "sortie-test-policy"] {
@@ -73,22 +74,36 @@ async fn test_e2e_aws_mistral_plan_runs_end_to_end_on_the_test_endpoint() {
         .send()
         .await
         .expect("put_parameter");
+    endpoint
+}
 
+/// `plan apply` arguments for the mistral plan on the test endpoint.
+pub(crate) fn mistral_apply_args() -> Vec<String> {
+    let vars = repo().join("tests/fixtures/vars/mistral-on-test-endpoint.yaml");
+    let plan = repo().join("plans/mistral-qlora.yaml");
+    [
+        "apply",
+        &plan.to_string_lossy(),
+        "--var-file",
+        &vars.to_string_lossy(),
+        "--output",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_e2e_aws_mistral_plan_runs_end_to_end_on_the_test_endpoint() {
+    let endpoint = mistral_endpoint().await;
+    let s3 = endpoint.s3_client().await;
     let t = Test::new()
         .env("SORTIE_POLL_INTERVAL", "100ms")
         .envs(endpoint.env());
-    let vars = repo().join("tests/fixtures/vars/mistral-on-test-endpoint.yaml");
-    let plan = repo().join("plans/mistral-qlora.yaml");
     let out = t
         .command()
-        .args([
-            "apply",
-            &plan.to_string_lossy(),
-            "--var-file",
-            &vars.to_string_lossy(),
-            "--output",
-            "json",
-        ])
+        .args(mistral_apply_args())
         .output()
         .expect("apply");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

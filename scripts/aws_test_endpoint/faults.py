@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import io
 import json
+import random
 import re
 import threading
 import uuid
@@ -224,6 +225,9 @@ class Fault:
     times: int  # remaining; -1 = unlimited
     fired: int = 0
     after: bool = False  # let the request through, then answer with the error (a lost response)
+    rate: float = 1.0  # the share of matching requests that fail, drawn from a generator seeded with `seed`
+    seed: int = 0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -234,6 +238,8 @@ class Fault:
             "times": self.times,
             "fired": self.fired,
             "after": self.after,
+            "rate": self.rate,
+            "seed": self.seed,
         }
 
     @classmethod
@@ -263,7 +269,16 @@ class Fault:
         after = spec.get("after", False)
         if not isinstance(after, bool):
             raise FaultSpecError("'after' must be true or false")
+        rate = spec.get("rate", 1.0)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+            raise FaultSpecError("'rate' must be a number in (0, 1]")
+        seed = spec.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise FaultSpecError("'seed' must be an integer")
         return cls(
+            rate=float(rate),
+            seed=seed,
+            rng=random.Random(seed),
             after=after,
             id=uuid.uuid4().hex[:12],
             action=action,
@@ -275,8 +290,14 @@ class Fault:
         )
 
     def matches(self, info: RequestInfo, params: dict[str, Any]) -> bool:
-        if ":" in self.action:
-            if self.action.lower() != f"{info.service}:{info.operation}".lower():
+        name = f"{info.service}:{info.operation}".lower()
+        if "*" in self.action:
+            # A glob over `service:Operation` (`*`, `s3:*`), or over the operation alone.
+            subject = name if ":" in self.action else info.operation.lower()
+            if not fnmatch.fnmatchcase(subject, self.action.lower()):
+                return False
+        elif ":" in self.action:
+            if self.action.lower() != name:
                 return False
         elif self.action != info.operation:
             return False
@@ -332,6 +353,9 @@ class FaultRegistry:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(info, params):
+                    # Seeded per fault: the same requests in the same order fail the same way in every run.
+                    if fault.rate < 1 and fault.rng.random() >= fault.rate:
+                        continue
                     fault.fired += 1
                     if fault.times > 0:
                         fault.times -= 1

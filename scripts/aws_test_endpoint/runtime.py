@@ -23,6 +23,7 @@ class Runtime:
     seed_profile: str | None = None
     faults: FaultRegistry = field(default_factory=FaultRegistry)
     calls: CallCounter = field(default_factory=CallCounter)
+    faulted: CallCounter = field(default_factory=CallCounter)
     requests: RequestLog = field(default_factory=RequestLog)
     # every invocation ever sent (until reset), by (command id, instance id)
     invocations: dict[tuple[str, str], Invocation] = field(default_factory=dict)
@@ -72,6 +73,7 @@ class Runtime:
         self.spot_notices.clear()
         self.sessions.clear()
         self.calls.reset()
+        self.faulted.reset()
         self.requests.reset()
 
     def shutdown(self) -> None:

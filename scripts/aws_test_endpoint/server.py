@@ -86,6 +86,7 @@ class SortieMiddleware:
             if rt.faults:
                 fault = rt.faults.take(info)
                 if fault is not None:
+                    rt.faulted.add(info.name, info.access_key)
                     log(f"fault {fault.id}: {info.name} -> {fault.status} {fault.code}")
                     if fault.after:
                         # The request takes effect; only its answer is lost.
@@ -112,9 +113,14 @@ class SortieMiddleware:
                 return _json(start_response, 200, rt.calls.snapshot(key))
             if method == "DELETE":
                 rt.calls.reset()
+                rt.faulted.reset()
                 rt.requests.reset()
                 return _json(start_response, 200, {})
             return _json(start_response, 405, {"error": "GET or DELETE"})
+        if path == "/_sortie/faulted":
+            # The calls a fault answered (they are counted in /_sortie/calls too): calls minus these took effect.
+            key = parse_qs(environ.get("QUERY_STRING", "")).get("access_key", [None])[0]
+            return _json(start_response, 200, rt.faulted.snapshot(key))
         if path == "/_sortie/requests":
             key = parse_qs(environ.get("QUERY_STRING", "")).get("access_key", [""])[0]
             if method == "GET" and key:

@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import boto3
+import botocore.config
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -471,6 +472,41 @@ def test_int_fault_on_json_service_and_unlimited(endpoint, ec2, ssm):
     with pytest.raises(ClientError) as e:
         ssm.get_command_invocation(CommandId=str(uuid.uuid4()), InstanceId="i-1")
     assert _error(e) == ("InvocationDoesNotExist", 400)
+
+
+def test_int_rate_fault_is_seeded_and_matches_a_service_glob(endpoint, ec2, ssm):
+    endpoint.control("DELETE", "/_sortie/calls")
+
+    def outcomes() -> list[bool]:
+        endpoint.control("POST", "/_sortie/faults", {
+            "action": "ec2:*", "rate": 0.3, "seed": 7, "times": -1,
+            "error": {"code": "RequestLimitExceeded", "message": "Request limit exceeded.", "status": 503},
+        })
+        client = boto3.client(
+            "ec2", endpoint_url=endpoint.url, region_name=REGION, aws_access_key_id="testing",
+            aws_secret_access_key="testing", config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+        )
+        failed = []
+        try:
+            for _ in range(60):
+                try:
+                    client.describe_instances()
+                    failed.append(False)
+                except ClientError as e:
+                    assert e.response["Error"]["Code"] == "RequestLimitExceeded"
+                    assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+                    failed.append(True)
+            ssm.describe_instance_information()  # another service: never faulted
+        finally:
+            endpoint.control("DELETE", "/_sortie/faults")
+        return failed
+
+    first = outcomes()
+    assert 6 <= sum(first) <= 30, sum(first)
+    assert outcomes() == first, "the same seed fails the same calls"
+    faulted = endpoint.control("GET", "/_sortie/faulted")
+    assert faulted == {"ec2:DescribeInstances": 2 * sum(first)}
+    assert endpoint.control("GET", "/_sortie/calls")["ec2:DescribeInstances"] == 120
 
 
 def test_int_call_counter(endpoint, ec2, ssm, s3):
