@@ -484,7 +484,8 @@ def test_int_rate_fault_is_seeded_and_matches_a_service_glob(endpoint, ec2, ssm)
         })
         client = boto3.client(
             "ec2", endpoint_url=endpoint.url, region_name=REGION, aws_access_key_id="testing",
-            aws_secret_access_key="testing", config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+            aws_secret_access_key="testing",
+            config=botocore.config.Config(retries={"total_max_attempts": 1, "mode": "standard"}),
         )
         failed = []
         try:
