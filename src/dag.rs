@@ -8,6 +8,7 @@ use std::collections::BinaryHeap;
 use std::fmt::Write as _;
 
 use petgraph::algo::tarjan_scc;
+use petgraph::algo::tred::{dag_to_toposorted_adjacency_list, dag_transitive_reduction_closure};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::Direction;
 
@@ -123,28 +124,23 @@ impl Dag {
         self.order.iter().copied().filter(|&i| marked[i]).collect()
     }
 
-    /// Direct dependencies of `step` that are not also reachable through another dependency: what a
-    /// reader needs to see (the transitive reduction), e.g. teardown's implicit edges collapse to one.
-    pub fn essential_dependencies(&self, step: usize) -> Vec<usize> {
-        let deps = self.dependencies(step);
-        deps.iter()
-            .copied()
-            .filter(|&d| {
-                !deps
-                    .iter()
-                    .any(|&other| other != d && self.reaches(d, other))
-            })
-            .collect()
-    }
-
-    /// Whether `to` depends on `from`, directly or not.
-    fn reaches(&self, from: usize, to: usize) -> bool {
-        petgraph::algo::has_path_connecting(
-            &self.graph,
-            NodeIndex::new(from),
-            NodeIndex::new(to),
-            None,
-        )
+    /// For every step, its direct dependencies that are not also reachable through another dependency: what a
+    /// reader needs to see (the transitive reduction, petgraph's `tred`), e.g. teardown's implicit edges collapse
+    /// to one. Each list in declaration order.
+    pub fn essential_dependencies(&self) -> Vec<Vec<usize>> {
+        let topo: Vec<NodeIndex> = self.order.iter().map(|&i| NodeIndex::new(i)).collect();
+        let (adjacency, _) = dag_to_toposorted_adjacency_list::<_, u32>(&self.graph, &topo);
+        let (reduction, _) = dag_transitive_reduction_closure(&adjacency);
+        let mut deps = vec![Vec::new(); self.order.len()];
+        for edge in reduction.edge_indices() {
+            if let Some((a, b)) = reduction.edge_endpoints(edge) {
+                deps[self.order[b as usize]].push(self.order[a as usize]);
+            }
+        }
+        for list in &mut deps {
+            list.sort_unstable();
+        }
+        deps
     }
 
     /// Edges as (dependency, dependent), sorted.
@@ -230,6 +226,7 @@ pub fn render(
                 dag.depth()
             );
             let mut level = usize::MAX;
+            let essential = dag.essential_dependencies();
             let mut by_level: Vec<usize> = dag.order().to_vec();
             by_level.sort_by_key(|&i| (dag.level(i), dag.order().iter().position(|&o| o == i)));
             for i in by_level {
@@ -237,11 +234,7 @@ pub fn render(
                     level = dag.level(i);
                     let _ = writeln!(out, "level {level}");
                 }
-                let deps: Vec<&str> = dag
-                    .essential_dependencies(i)
-                    .into_iter()
-                    .map(|d| names[d])
-                    .collect();
+                let deps: Vec<&str> = essential[i].iter().map(|&d| names[d]).collect();
                 let _ = write!(out, "  {} ({})", names[i], kinds[i]);
                 if !deps.is_empty() {
                     let _ = write!(out, " <- {}", deps.join(", "));
@@ -292,14 +285,11 @@ fn sorted_edges(dag: &Dag) -> Vec<(usize, usize)> {
         }
         r
     };
+    let essential = dag.essential_dependencies();
     let mut edges: Vec<(usize, usize)> = dag
         .order()
         .iter()
-        .flat_map(|&b| {
-            dag.essential_dependencies(b)
-                .into_iter()
-                .map(move |a| (a, b))
-        })
+        .flat_map(|&b| essential[b].iter().map(move |&a| (a, b)))
         .collect();
     edges.sort_by_key(|&(a, b)| (rank[a], rank[b]));
     edges
