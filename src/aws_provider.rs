@@ -448,7 +448,9 @@ impl AwsProvider {
             .collect())
     }
 
-    /// Every live instance and existing volume whose tag `key` is `value`, with the run it is tagged with.
+    /// Every live instance and existing volume whose tag `key` is `value`, with the run it is tagged with. A
+    /// `deleting` volume is not listed: it goes by itself (a terminated instance's root volume stays `deleting`
+    /// for a while), so it is neither a leak nor garbage.
     pub async fn resources_tagged(&self, key: &str, value: &str) -> Result<Vec<TaggedResource>> {
         let run_of = |tags: &[Tag]| {
             tags.iter()
@@ -494,7 +496,7 @@ impl AwsProvider {
             .filters(filter(&format!("tag:{key}"), [value]))
             .filters(filter(
                 "status",
-                ["creating", "available", "in-use", "deleting", "error"],
+                ["creating", "available", "in-use", "error"],
             ))
             .into_paginator()
             .send();

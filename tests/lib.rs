@@ -7,6 +7,7 @@ mod test_builder;
 mod apply;
 mod aws_apply;
 mod aws_command_size;
+mod aws_delays;
 mod aws_faults;
 mod aws_gc;
 mod aws_host_replace;

@@ -32,11 +32,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="SSM sees only instances launched with an IAM instance profile (as in AWS)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment variable for commands run through SSM (repeatable)")
+    p.add_argument("--ssm-registration-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="a new instance registers with SSM (is listed, takes commands) SECONDS after launch")
+    p.add_argument("--root-volume-deletion-delay", type=float, default=0.0, metavar="SECONDS",
+                   help="a terminated instance's DeleteOnTermination volumes stay `deleting` for SECONDS")
     p.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
     args = p.parse_args(argv)
     for item in args.env:
         if "=" not in item:
             p.error(f"--env wants KEY=VALUE, got {item!r}")
+    for name in ("ssm_registration_delay", "root_volume_deletion_delay"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} wants seconds >= 0")
     return args
 
 
@@ -63,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     rt.extra_env = dict(item.split("=", 1) for item in args.env)
     rt.require_instance_profile = args.require_instance_profile
     rt.seed_profile = args.seed_profile
+    rt.delay_defaults = rt.set_delays({
+        "ssm_registration": args.ssm_registration_delay,
+        "root_volume_deletion": args.root_volume_deletion_delay,
+    })
 
     ssm_exec.install()
     ec2_hooks.install()

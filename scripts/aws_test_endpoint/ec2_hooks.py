@@ -21,15 +21,20 @@ moto's behaviour is kept; these wrappers only add the local side effects:
   device the AMI maps overrides only what it sets); moto answered MissingParameter;
 * StopInstances / TerminateInstances / RebootInstances -> every process of the instance's
   sandbox is SIGKILLed, including daemons that escaped with setsid (found through
-  /proc/*/environ), and its running SSM invocations end as Failed.
+  /proc/*/environ), and its running SSM invocations end as Failed;
+* with a root volume deletion delay (``--root-volume-deletion-delay``, ``/_sortie/delays``), the
+  DeleteOnTermination volumes of a terminated instance stay in DescribeVolumes as ``deleting`` for
+  that long, then go, as AWS deletes them some time after the instance terminated (moto deleted them
+  at once). DeleteVolume of a ``deleting`` volume changes nothing.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from moto.ec2.exceptions import EC2ClientError, InvalidVolumeAttachmentError
-from moto.ec2.models.elastic_block_store import EBSBackend
+from moto.ec2.models.elastic_block_store import EBSBackend, Volume
 from moto.ec2.models.instances import Instance
 from moto.ec2.responses.instances import InstanceResponse
 
@@ -80,6 +85,9 @@ def install() -> None:
         return attachment
 
     def delete_volume(self: Any, volume_id: str) -> Any:
+        _purge_deleted(self)
+        if volume_id in runtime.get().deleting:
+            return self.volumes[volume_id]  # already going; it goes when its delay is up
         volume = orig_delete(self, volume_id)
         runtime.get().sandboxes.delete_volume(volume_id)
         return volume
@@ -87,6 +95,7 @@ def install() -> None:
     EBSBackend.attach_volume = attach_volume  # type: ignore[method-assign]
     EBSBackend.detach_volume = detach_volume  # type: ignore[method-assign]
     EBSBackend.delete_volume = delete_volume  # type: ignore[method-assign]
+    _install_deletion_delay()
 
     for name in ("stop", "terminate", "reboot"):
         _wrap_power_off(name)
@@ -126,6 +135,49 @@ def _ami_root_size(response: Any) -> int:
         return int(image.ebs_snapshot.volume.size)
     except Exception:
         return 8
+
+
+def _purge_deleted(backend: Any) -> None:
+    """Removes the `deleting` volumes whose delay is up: they are gone for every later call."""
+    for volume_id in runtime.get().deleted_volumes(backend.volumes):
+        backend.volumes.pop(volume_id, None)
+        runtime.get().sandboxes.delete_volume(volume_id)
+
+
+def _install_deletion_delay() -> None:
+    orig_status = Volume.status
+    orig_describe = EBSBackend.describe_volumes
+    orig_get = EBSBackend.get_volume
+    orig_teardown = Instance.teardown_defaults
+
+    def status(self: Any) -> str:
+        return "deleting" if self.id in runtime.get().deleting else orig_status.fget(self)
+
+    def describe_volumes(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _purge_deleted(self)
+        return orig_describe(self, *args, **kwargs)
+
+    def get_volume(self: Any, volume_id: str) -> Any:
+        _purge_deleted(self)
+        return orig_get(self, volume_id)
+
+    def teardown_defaults(self: Any) -> None:
+        # moto's teardown (detach every volume, delete the DeleteOnTermination ones), the deletion delayed
+        rt = runtime.get()
+        delay = rt.delays["root_volume_deletion"]
+        if delay <= 0:
+            return orig_teardown(self)
+        for device_path, mapping in list(self.block_device_mapping.items()):
+            self.ec2_backend.detach_volume(mapping.volume_id, self.id, device_path)
+            if mapping.delete_on_termination:
+                with rt.lock:
+                    rt.deleting[mapping.volume_id] = time.monotonic() + delay
+        return None
+
+    Volume.status = property(status)  # type: ignore[assignment,method-assign]
+    EBSBackend.describe_volumes = describe_volumes  # type: ignore[method-assign]
+    EBSBackend.get_volume = get_volume  # type: ignore[method-assign]
+    Instance.teardown_defaults = teardown_defaults  # type: ignore[method-assign]
 
 
 def _wrap_power_off(name: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +14,9 @@ from .sandbox import Sandboxes
 
 if TYPE_CHECKING:
     from .ssm_exec import Invocation
+
+
+NO_DELAYS = {"ssm_registration": 0.0, "root_volume_deletion": 0.0}
 
 
 @dataclass
@@ -38,6 +43,36 @@ class Runtime:
     spot_notices: dict[str, str] = field(default_factory=dict)
     # when temporary credentials expire, by session token (epoch seconds): presigned URLs die with them
     sessions: dict[str, float] = field(default_factory=dict)
+    # Delays a test asks for (seconds), as AWS takes them: a new instance's SSM agent registers some time after
+    # boot; a DeleteOnTermination volume stays `deleting` after its instance terminated. `delay_defaults` are
+    # the launcher's, restored by /moto-api/reset.
+    delays: dict[str, float] = field(default_factory=lambda: dict(NO_DELAYS))
+    delay_defaults: dict[str, float] = field(default_factory=lambda: dict(NO_DELAYS))
+    # volumes shown `deleting` until they go, by id: when they go (time.monotonic())
+    deleting: dict[str, float] = field(default_factory=dict)
+
+    def set_delays(self, spec: object) -> dict[str, float]:
+        """Sets some of the delays (`{"ssm_registration": 8}`); answers all of them."""
+        if not isinstance(spec, dict) or not spec:
+            raise ValueError(f"give an object with some of {sorted(NO_DELAYS)}")
+        for key, value in spec.items():
+            if key not in NO_DELAYS:
+                raise ValueError(f"unknown delay {key!r} (known: {sorted(NO_DELAYS)})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{key}: a number of seconds >= 0, got {value!r}")
+        with self.lock:
+            self.delays.update({k: float(v) for k, v in spec.items()})
+            return dict(self.delays)
+
+    def deleted_volumes(self, among: Container[str]) -> list[str]:
+        """The `deleting` volumes of `among` (a region's) whose time is up; forgotten here, the caller removes
+        them."""
+        now = time.monotonic()
+        with self.lock:
+            done = [v for v, at in self.deleting.items() if at <= now and v in among]
+            for v in done:
+                del self.deleting[v]
+            return done
 
     def worker_slots(self, instance_id: str) -> threading.BoundedSemaphore:
         with self.lock:
@@ -72,6 +107,8 @@ class Runtime:
         self.faults.clear()
         self.spot_notices.clear()
         self.sessions.clear()
+        self.deleting.clear()
+        self.delays = dict(self.delay_defaults)
         self.calls.reset()
         self.faulted.reset()
         self.requests.reset()

@@ -172,6 +172,15 @@ class SortieMiddleware:
             except (ValueError, KeyError, TypeError) as e:
                 return _json(start_response, 400, {"error": f"POST {{\"token\", \"expires_in\"}}: {e}"})
             return _json(start_response, 201, {"token": spec["token"]})
+        if path == "/_sortie/delays":
+            if method == "GET":
+                return _json(start_response, 200, rt.delays)
+            if method == "POST":
+                try:
+                    return _json(start_response, 200, rt.set_delays(_read_json(environ)))
+                except ValueError as e:
+                    return _json(start_response, 400, {"error": str(e)})
+            return _json(start_response, 405, {"error": "GET or POST"})
         if path.startswith("/_sortie/imds/"):
             return self.imds(environ, start_response, path, method)
         if path.startswith("/_sortie/spot-notice/"):

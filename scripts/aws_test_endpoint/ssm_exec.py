@@ -681,12 +681,16 @@ def _instance_has_profile(ec2: Any, instance: Any) -> bool:
 
 def managed_instances(account_id: str, region: str) -> list[tuple[Any, str]]:
     """(instance, PingStatus) for every instance SSM knows: running -> Online,
-    stopped/stopping -> ConnectionLost; pending/terminated instances are not listed."""
+    stopped/stopping -> ConnectionLost; pending/terminated instances are not listed, nor, with an SSM
+    registration delay, one launched less than that long ago (its agent has not registered yet)."""
     rt = runtime.get()
     ec2 = ec2_backends[account_id][region]
+    now = utcnow()
     out = []
     for inst in ec2.all_instances():
         if rt.require_instance_profile and not _instance_has_profile(ec2, inst):
+            continue
+        if (now - inst.launch_time).total_seconds() < rt.delays["ssm_registration"]:
             continue
         state = inst.state
         if state == "running":

@@ -664,10 +664,11 @@ def test_int_second_endpoint_port_zero_env_and_required_profile(tmp_path):
     """--port 0 picks a free port; --env reaches commands; with --require-instance-profile an
     instance without an IAM instance profile is not managed by SSM (as in AWS)."""
     proc, line = _start(["--port", "0", "--sandbox", str(tmp_path), "--require-instance-profile",
-                         "--env", "SORTIE_TEST_FLAG=on"])
+                         "--env", "SORTIE_TEST_FLAG=on", "--root-volume-deletion-delay", "7"])
     try:
         assert line.startswith("listening on http://127.0.0.1:") and line.endswith("\n")
         ep = Endpoint(proc, line.split()[-1], tmp_path)
+        assert ep.control("GET", "/_sortie/delays") == {"ssm_registration": 0.0, "root_volume_deletion": 7.0}
         ec2, ssm, iam = ep.client("ec2"), ep.client("ssm"), ep.client("iam")
         iam.create_role(RoleName="p", AssumeRolePolicyDocument="{}")
         iam.create_instance_profile(InstanceProfileName="p")
@@ -785,3 +786,70 @@ def test_int_presigned_urls_expire_and_die_with_their_session(endpoint, s3):
     time.sleep(1.5)
     status, body = _put_status(long)
     assert status == 400 and "<Code>ExpiredToken</Code>" in body, body
+
+
+def _delays(endpoint, **delays: float) -> None:
+    endpoint.control("POST", "/_sortie/delays", delays)
+
+
+def test_int_ssm_registration_delay_hides_a_new_instance_from_ssm(endpoint, ec2, ssm):
+    # AWS: a node is listed only once its agent registered, and SendCommand to an unregistered one is
+    # InvalidInstanceId ("SSM Agent isn't registered with the SSM endpoint").
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        _delays(endpoint, ssm_registration=-1)
+    assert bad.value.code == 400
+    _delays(endpoint, ssm_registration=2)
+    try:
+        (a,) = _launch(ec2, ssm)
+        launched = time.monotonic()
+        assert ec2.describe_instances(InstanceIds=[a])["Reservations"][0]["Instances"][0]["State"]["Name"] == "running"
+        listed = lambda: ssm.describe_instance_information(  # noqa: E731
+            Filters=[{"Key": "InstanceIds", "Values": [a]}])["InstanceInformationList"]
+        assert listed() == []
+        with pytest.raises(ClientError) as e:
+            _send(ssm, [a], ["true"])
+        assert _error(e) == ("InvalidInstanceId", 400)
+        while not listed():
+            assert time.monotonic() - launched < 10, "never registered"
+            time.sleep(0.1)
+        assert time.monotonic() - launched >= 1.5
+        assert listed()[0]["PingStatus"] == "Online"
+        assert _wait(ssm, _send(ssm, [a], ["echo registered"]), a)["StandardOutputContent"] == "registered\n"
+    finally:
+        _delays(endpoint, ssm_registration=0)
+
+
+def test_int_root_volume_stays_deleting_for_the_delay_after_termination(endpoint, ec2, ssm):
+    # AWS deletes a DeleteOnTermination volume when its instance terminates, and a volume can stay `deleting`
+    # for several minutes (DeleteVolume); a volume that is not DeleteOnTermination is only detached.
+    _delays(endpoint, root_volume_deletion=2)
+    try:
+        (a,) = _launch(ec2, ssm)
+        described = ec2.describe_instances(InstanceIds=[a])["Reservations"][0]["Instances"][0]
+        root = described["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        data = ec2.create_volume(Size=1, AvailabilityZone=described["Placement"]["AvailabilityZone"])["VolumeId"]
+        ec2.attach_volume(VolumeId=data, InstanceId=a, Device="/dev/sdf")
+        image = endpoint.sandbox / "_volumes" / f"{root}.img"
+        assert image.exists()
+        ec2.terminate_instances(InstanceIds=[a])
+        terminated = time.monotonic()
+        states = {v["VolumeId"]: v for v in ec2.describe_volumes(VolumeIds=[root, data])["Volumes"]}
+        assert states[root]["State"] == "deleting" and states[root]["Attachments"] == []
+        assert states[data]["State"] == "available"
+        deleting = ec2.describe_volumes(Filters=[{"Name": "status", "Values": ["deleting"]}])["Volumes"]
+        assert [v["VolumeId"] for v in deleting] == [root]
+        ec2.delete_volume(VolumeId=root)  # already going: changes nothing
+        assert ec2.describe_volumes(VolumeIds=[root])["Volumes"][0]["State"] == "deleting"
+        while True:
+            try:
+                ec2.describe_volumes(VolumeIds=[root])
+            except ClientError as e:
+                assert e.response["Error"]["Code"] == "InvalidVolume.NotFound"
+                break
+            assert time.monotonic() - terminated < 10, "never deleted"
+            time.sleep(0.1)
+        assert time.monotonic() - terminated >= 1.5
+        assert not image.exists()
+        ec2.delete_volume(VolumeId=data)
+    finally:
+        _delays(endpoint, root_volume_deletion=0)
