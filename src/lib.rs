@@ -20,6 +20,7 @@ pub mod doctor;
 pub mod error;
 pub mod event;
 pub mod gc;
+pub mod heartbeat;
 pub mod lifetime_check;
 pub mod loader;
 pub mod local_host;

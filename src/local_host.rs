@@ -211,14 +211,9 @@ impl LocalHost {
         } else {
             "failed"
         };
-        let progress = read("heartbeat.json")
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|h| {
-                h["progress"]
-                    .as_str()
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_string)
-            });
+        let progress = crate::heartbeat::Heartbeat::read(&dir.join("heartbeat.json"))
+            .map(|h| h.progress)
+            .filter(|p| !p.is_empty());
         Some(HostStatus {
             state: state.into(),
             attempt: Some(attempt),

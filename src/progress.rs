@@ -39,20 +39,19 @@ pub fn fraction(progress: &str) -> Option<(u64, u64)> {
 }
 
 /// Reads a heartbeat document (docs/HOST_PROTOCOL.md, "Heartbeat").
-pub fn from_heartbeat(beat: &serde_json::Value) -> Live {
-    let text = |k: &str| beat[k].as_str().unwrap_or_default().to_string();
-    let progress = text("progress");
+pub fn from_heartbeat(beat: &crate::heartbeat::Heartbeat) -> Live {
+    let progress = beat.progress.clone();
     let mut live = Live {
-        metrics: metrics(&text("metrics")),
+        metrics: metrics(&beat.metrics),
         ..Live::default()
     };
     if let Some((done, total)) = fraction(&progress) {
         live.done = Some(done);
         live.total = Some(total);
         live.percent = Some((done as f64 * 1000.0 / total as f64).round() / 10.0);
-        let first = fraction(&text("first_progress")).map(|(d, _)| d);
-        let since = text("first_at").parse::<f64>().ok();
-        let now = beat["ts"].as_f64();
+        let first = fraction(&beat.first_progress).map(|(d, _)| d);
+        let since = beat.first_at.parse::<f64>().ok();
+        let now = beat.ts;
         if let (Some(first), Some(since), Some(now)) = (first, since, now) {
             if done > first && now > since {
                 let rate = (done - first) as f64 / (now - since);
@@ -114,13 +113,17 @@ mod tests {
         assert_eq!(fraction("/"), None);
     }
 
+    fn hb(v: serde_json::Value) -> crate::heartbeat::Heartbeat {
+        serde_json::from_value(v).expect("a heartbeat")
+    }
+
     #[test]
     fn rate_and_eta_count_only_this_attempt() {
         // Resumed at 1000: 200 steps in 100 s is 2/s, and 29,769 left is about 4h08m.
-        let beat = serde_json::json!({
+        let beat = hb(serde_json::json!({
             "ts": 1_000_100, "progress": "step 1200/30969", "metrics": "{'loss': 0.83} loss=0.83 lr=2e-4",
             "first_progress": "step 1000/30969", "first_at": "1000000"
-        });
+        }));
         let live = from_heartbeat(&beat);
         assert_eq!(live.done, Some(1200));
         assert_eq!(live.percent, Some(3.9));
@@ -135,12 +138,12 @@ mod tests {
 
     #[test]
     fn no_rate_before_the_second_sample() {
-        let beat = serde_json::json!({
+        let beat = hb(serde_json::json!({
             "ts": 1_000_000, "progress": "3/10", "first_progress": "3/10", "first_at": "1000000"
-        });
+        }));
         let live = from_heartbeat(&beat);
         assert_eq!((live.rate, live.eta_secs), (None, None));
         assert_eq!(live.cell(), "3/10 (30.0%)");
-        assert_eq!(from_heartbeat(&serde_json::json!({})).cell(), "");
+        assert_eq!(from_heartbeat(&hb(serde_json::json!({}))).cell(), "");
     }
 }

@@ -14,16 +14,16 @@ pub struct Beat {
 }
 
 impl Beat {
-    pub fn parse(json: &str) -> Option<Beat> {
-        Beat::from_value(&serde_json::from_str(json).ok()?)
+    /// What a heartbeat says, if it says how long the log is.
+    pub fn of(h: &crate::heartbeat::Heartbeat) -> Option<Beat> {
+        Some(Beat {
+            log_bytes: h.log_bytes?,
+            ts: h.ts.map(|t| t as u64),
+        })
     }
 
-    /// The same, from a heartbeat document already parsed.
-    pub fn from_value(v: &serde_json::Value) -> Option<Beat> {
-        Some(Beat {
-            log_bytes: v["log_bytes"].as_u64()?,
-            ts: v["ts"].as_u64(),
-        })
+    pub fn parse(json: &str) -> Option<Beat> {
+        Beat::of(&crate::heartbeat::Heartbeat::parse(json.as_bytes())?)
     }
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::heartbeat::Heartbeat;
 use crate::plan::Plan;
 use crate::reporter::OutputFormat;
 use crate::session::{require, store, RunSelector};
@@ -70,7 +71,7 @@ async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result
             .unwrap_or_default();
         let age = beat
             .as_ref()
-            .and_then(|b| b["ts"].as_f64())
+            .and_then(|b| b.ts)
             .map(|ts| format!("{} ago", fmt_secs(now - ts)))
             .unwrap_or_default();
         rows.push(vec![
@@ -126,16 +127,9 @@ async fn status_json(
 }
 
 /// The heartbeat JSON of a running step, if it can be read.
-async fn heartbeat(
-    plan: &Plan,
-    run: &str,
-    step: &str,
-    st: &StepState,
-) -> Option<serde_json::Value> {
+async fn heartbeat(plan: &Plan, run: &str, step: &str, st: &StepState) -> Option<Heartbeat> {
     if let Some(dir) = st.handle.get("status_dir") {
-        let text =
-            std::fs::read_to_string(std::path::Path::new(dir).join("heartbeat.json")).ok()?;
-        return serde_json::from_str(&text).ok();
+        return Heartbeat::read(&std::path::Path::new(dir).join("heartbeat.json"));
     }
     let key = crate::aws_steps::heartbeat_key(&plan.state, &plan.name, run, step)?;
     let crate::plan::StateLocation::S3 { bucket, .. } = &plan.state else {
@@ -143,7 +137,7 @@ async fn heartbeat(
     };
     let s3 = crate::aws::s3_client(&crate::aws::sdk_config(&plan.target).await);
     let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
-    serde_json::from_slice(&got.body.collect().await.ok()?.into_bytes()).ok()
+    Heartbeat::parse(&got.body.collect().await.ok()?.into_bytes())
 }
 
 pub async fn runs(plan: &Plan) -> Result<String> {

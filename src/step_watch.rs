@@ -264,11 +264,11 @@ struct Uploaded {
 async fn fetch_beat(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Uploaded> {
     let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
     let bytes = got.body.collect().await.ok()?.into_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let h = crate::heartbeat::Heartbeat::parse(&bytes)?;
     Some(Uploaded {
-        beat: Beat::from_value(&value)?,
-        ended: value["ended"].as_bool() == Some(true),
-        reclaimed: value["spot_notice"].as_str().is_some_and(|n| !n.is_empty()),
-        eta_secs: crate::progress::from_heartbeat(&value).eta_secs,
+        beat: Beat::of(&h)?,
+        ended: h.ended,
+        reclaimed: !h.spot_notice.is_empty(),
+        eta_secs: crate::progress::from_heartbeat(&h).eta_secs,
     })
 }
