@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use crate::aws_endpoint::Endpoint;
-use crate::test_builder::Test;
 
 /// SSM's limit, the document's own content included (docs/TEST_ENDPOINT.md).
 const LIMIT: usize = 64 * 1024;
@@ -56,16 +55,11 @@ fn launch_of<'a>(commands: &'a [(String, String)], step: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_e2e_aws_launch_over_the_ssm_size_limit_travels_through_s3() {
-    let endpoint =
-        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
-    endpoint.create_bucket("size-state").await;
+    let endpoint = Endpoint::ready("size-state", &[]).await;
     let padding = "x".repeat(36 * 1024);
     // Inline, the script's base64 alone is 48 KiB, and the wrapper's another 21 KiB: over the limit.
     assert!(padding.len() * 4 / 3 + 21 * 1024 > LIMIT);
-    let t = Test::new()
-        .file("p.yaml", plan(&padding))
-        .env("SORTIE_POLL_INTERVAL", "100ms")
-        .envs(endpoint.env());
+    let t = endpoint.plan_test(&plan(&padding));
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::from(t.command())

@@ -29,33 +29,9 @@ steps:
 
 /// An endpoint with `delay` (launcher options), the plan's bucket, and a `plan` for it.
 async fn setup(delay: &[&str]) -> (Endpoint, Test) {
-    let mut args = vec!["--seed-profile", "sortie-ssm", "--require-instance-profile"];
-    args.extend(delay);
-    let endpoint = Endpoint::start_with(&args);
-    endpoint.create_bucket("delay-state").await;
-    let t = Test::new()
-        .file("p.yaml", PLAN)
-        .env("SORTIE_POLL_INTERVAL", "100ms")
-        .envs(endpoint.env());
+    let endpoint = Endpoint::ready("delay-state", delay).await;
+    let t = endpoint.plan_test(PLAN);
     (endpoint, t)
-}
-
-/// `plan apply p.yaml --output json`, which must succeed; its events.
-fn apply_ok(t: &Test, endpoint: &Endpoint) -> Vec<serde_json::Value> {
-    let out = t
-        .command()
-        .args(["apply", "p.yaml", "--output", "json"])
-        .output()
-        .expect("apply");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stdout:\n{stdout}\nstderr:\n{}\nendpoint log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        endpoint.log()
-    );
-    crate::apply::events(&stdout)
 }
 
 fn output(events: &[serde_json::Value], step: &str, key: &str) -> String {
@@ -71,7 +47,7 @@ fn output(events: &[serde_json::Value], step: &str, key: &str) -> String {
 async fn test_e2e_apply_waits_until_the_instance_registers_with_ssm() {
     let (endpoint, t) = setup(&["--ssm-registration-delay", "8"]).await;
     let started = Instant::now();
-    let events = apply_ok(&t, &endpoint);
+    let events = endpoint.apply_ok(&t);
     let took = started.elapsed();
     let instance = output(&events, "host", "instance_id");
     // Running at once, registered 8 s later: the apply cannot have sent its command sooner.
@@ -92,7 +68,7 @@ async fn test_e2e_apply_waits_until_the_instance_registers_with_ssm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_e2e_root_volume_still_deleting_after_teardown_is_no_leak() {
     let (endpoint, t) = setup(&["--root-volume-deletion-delay", "10"]).await;
-    let events = apply_ok(&t, &endpoint);
+    let events = endpoint.apply_ok(&t);
     let run = events[0]["run"].as_str().expect("run id").to_string();
 
     // The root volume (tagged with the run, as the instance) is still there, going away by itself.

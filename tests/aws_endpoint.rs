@@ -47,7 +47,45 @@ pub fn launcher() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/aws-test-endpoint"))
 }
 
+/// The launcher options of an account ready for sortie: the `sortie-ssm` instance profile exists, and RunInstances
+/// requires one, as SSM does.
+pub const READY: [&str; 3] = ["--seed-profile", "sortie-ssm", "--require-instance-profile"];
+
 impl Endpoint {
+    /// A ready account (`READY`, then `extra` launcher options) with the state bucket `bucket`.
+    pub async fn ready(bucket: &str, extra: &[&str]) -> Endpoint {
+        let mut args = READY.to_vec();
+        args.extend(extra);
+        let endpoint = Endpoint::start_with(&args);
+        endpoint.create_bucket(bucket).await;
+        endpoint
+    }
+
+    /// A test directory with `plan` as `p.yaml`, whose `plan` talks to this endpoint and polls fast.
+    pub fn plan_test(&self, plan: &str) -> crate::test_builder::Test {
+        crate::test_builder::Test::new()
+            .file("p.yaml", plan)
+            .env("SORTIE_POLL_INTERVAL", "100ms")
+            .envs(self.env())
+    }
+
+    /// `plan apply p.yaml --output json` in `t`, which must succeed: its events (schema-checked).
+    pub fn apply_ok(&self, t: &crate::test_builder::Test) -> Vec<serde_json::Value> {
+        let out = t
+            .command()
+            .args(["apply", "p.yaml", "--output", "json"])
+            .output()
+            .expect("apply");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stdout:\n{stdout}\nstderr:\n{}\nendpoint log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        crate::apply::events(&stdout)
+    }
     /// Starts a server on a free port and waits (at most 30 s) until it accepts connections.
     pub fn start() -> Endpoint {
         Endpoint::start_with(&[])

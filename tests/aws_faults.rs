@@ -144,11 +144,16 @@ fn report(row: &str) {
     }
 }
 
-/// Applies until the run finishes (at most 3 times); the exit code of the last and how many it took.
-fn finish(t: &Test, log: &mut String) -> (Option<i32>, u32) {
+/// Applies until the run finishes (at most 3 times); the exit code of the last and how many it took. With `run`,
+/// that run is continued: a kill just after the run was recorded finished must not start another one.
+fn finish(t: &Test, run: Option<&str>, log: &mut String) -> (Option<i32>, u32) {
     let mut last = None;
     for n in 1..=3 {
-        let out = apply(t).output().expect("apply");
+        let mut cmd = apply(t);
+        if let Some(run) = run {
+            cmd.args(["--run", run]);
+        }
+        let out = cmd.output().expect("apply");
         log.push_str(&format!("\n--- apply {n}\n"));
         log.push_str(&String::from_utf8_lossy(&out.stdout));
         log.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -182,7 +187,7 @@ async fn test_e2e_aws_mistral_apply_completes_with_a_tenth_of_all_calls_throttle
     let t = test(&endpoint);
     let started = Instant::now();
     let mut log = String::new();
-    let (code, applies) = finish(&t, &mut log);
+    let (code, applies) = finish(&t, None, &mut log);
     let took = started.elapsed().as_secs_f64();
     let (_, body) = endpoint.http("GET", "/_sortie/faulted", None);
     let faulted: Value = serde_json::from_str(&body).expect("faulted");
@@ -269,7 +274,7 @@ async fn test_e2e_aws_mistral_apply_killed_at_seeded_points_finishes_exactly_onc
         let first = live.kill9();
         let run = crate::apply::run_id(&first);
         let mut log = first.join("\n");
-        let (code, applies) = finish(&t, &mut log);
+        let (code, applies) = finish(&t, Some(&run), &mut log);
         let took = started.elapsed().as_secs_f64();
         let mut found = problems(&endpoint, &t, &run, creates).await;
         if code != Some(0) {

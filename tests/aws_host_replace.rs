@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use crate::apply::Live;
 use crate::aws_endpoint::Endpoint;
-use crate::test_builder::Test;
 
 const PLAN: &str = r#"plan: replace
 target: { provider: aws, region: us-east-1 }
@@ -58,13 +57,8 @@ fn outputs<'a>(events: &'a [Value], step: &str, key: &str) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_e2e_aws_host_lost_mid_step_is_re_provisioned_beside_its_volume() {
-    let endpoint =
-        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
-    endpoint.create_bucket("sortie-state").await;
-    let t = Test::new()
-        .file("p.yaml", PLAN)
-        .env("SORTIE_POLL_INTERVAL", "100ms")
-        .envs(endpoint.env());
+    let endpoint = Endpoint::ready("sortie-state", &[]).await;
+    let t = endpoint.plan_test(PLAN);
     let mut cmd = t.command();
     cmd.args(["apply", "p.yaml", "--output", "json"]);
     let mut live = Live::start(cmd);

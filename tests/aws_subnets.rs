@@ -67,17 +67,12 @@ async fn network(endpoint: &Endpoint) -> (String, String, String) {
 }
 
 fn test(endpoint: &Endpoint) -> Test {
-    Test::new()
-        .file("p.yaml", PLAN)
-        .env("SORTIE_POLL_INTERVAL", "100ms")
-        .envs(endpoint.env())
+    endpoint.plan_test(PLAN)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_e2e_aws_subnets_fail_over_in_order_with_the_security_groups() {
-    let endpoint =
-        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
-    endpoint.create_bucket("net-state").await;
+    let endpoint = Endpoint::ready("net-state", &[]).await;
     let (a, b, sg) = network(&endpoint).await;
     endpoint.add_fault(&format!(
         r#"{{"action":"RunInstances","match":{{"SubnetId":"{a}"}},"error":{{"code":"InsufficientInstanceCapacity","message":"no capacity in {a}","status":500}},"times":-1}}"#
@@ -133,9 +128,7 @@ async fn test_e2e_aws_subnets_fail_over_in_order_with_the_security_groups() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_e2e_doctor_subnets_must_exist_and_share_a_vpc_with_the_security_groups() {
-    let endpoint =
-        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
-    endpoint.create_bucket("net-state").await;
+    let endpoint = Endpoint::ready("net-state", &[]).await;
     let (a, b, sg) = network(&endpoint).await;
     let doctor = |a: &str, b: &str, sg: &str| -> Value {
         let out = test(&endpoint)
@@ -224,8 +217,7 @@ fn good_vpc(check: &Value) -> Option<&str> {
 /// one region: a state bucket in another region is refused by `plan apply` before anything is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_e2e_aws_state_bucket_in_another_region_is_refused_before_anything_is_created() {
-    let endpoint =
-        Endpoint::start_with(&["--seed-profile", "sortie-ssm", "--require-instance-profile"]);
+    let endpoint = Endpoint::start_with(&crate::aws_endpoint::READY);
     let s3 = endpoint.s3_client().await;
     s3.create_bucket()
         .bucket("net-state")
