@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_s3::primitives::ByteStream;
+use serde::{Deserialize, Serialize};
 
 /// How long a lock object is valid after its last renewal. `SORTIE_S3_LOCK_TTL` shortens it (tests).
 pub fn ttl() -> Duration {
@@ -21,12 +22,30 @@ pub fn skew_margin() -> Duration {
     ttl() / 12
 }
 
-/// True when the lock's `expires` (RFC 3339) lies more than the skew margin in the past.
-pub fn expired(held: &serde_json::Value, now: SystemTime) -> bool {
-    held["expires"]
-        .as_str()
-        .and_then(|e| humantime::parse_rfc3339(e).ok())
-        .is_some_and(|t| t + skew_margin() <= now)
+/// The body of a lock object (`lock.json`, `plan-lock.json`). Read back it is untrusted (another process, another
+/// version of sortie): a missing field is empty, and a body that does not parse is no lock document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LockDoc {
+    /// Random, per acquisition: who may renew and release it.
+    pub owner: String,
+    pub pid: u32,
+    pub host: String,
+    /// RFC 3339.
+    pub since: String,
+    /// RFC 3339: renewed while held, taken over once past (with the skew margin).
+    pub expires: String,
+}
+
+impl LockDoc {
+    pub fn parse(bytes: &[u8]) -> Option<LockDoc> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// True when `expires` lies more than the skew margin in the past.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        humantime::parse_rfc3339(&self.expires).is_ok_and(|t| t + skew_margin() <= now)
+    }
 }
 
 /// Renews the lock at a third of its TTL: the same document with a later `expires`, written only over the
@@ -35,7 +54,7 @@ pub fn spawn_renewal(
     client: aws_sdk_s3::Client,
     bucket: String,
     key: String,
-    mut doc: serde_json::Value,
+    mut doc: LockDoc,
     mut etag: Option<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -43,9 +62,7 @@ pub fn spawn_renewal(
         loop {
             tokio::time::sleep(every).await;
             let now = SystemTime::now();
-            doc["expires"] = humantime::format_rfc3339_seconds(now + ttl())
-                .to_string()
-                .into();
+            doc.expires = humantime::format_rfc3339_seconds(now + ttl()).to_string();
             let Ok(body) = serde_json::to_vec_pretty(&doc) else {
                 return;
             };

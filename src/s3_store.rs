@@ -13,9 +13,9 @@ use std::time::SystemTime;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::s3_lock_lease::LockDoc;
 use crate::state::RunState;
 
 const STATE_FILE: &str = "state.json";
@@ -59,16 +59,6 @@ impl Drop for S3Lock {
             task.abort();
         }
     }
-}
-
-/// The body of `lock.json`.
-#[derive(Debug, Serialize, Deserialize)]
-struct LockDoc {
-    owner: String,
-    pid: u32,
-    host: String,
-    since: String,
-    expires: String,
 }
 
 impl S3Store {
@@ -307,23 +297,20 @@ impl S3Store {
             let Some((bytes, etag)) = self.get(&key).await? else {
                 continue;
             };
-            match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                Ok(held) if held["owner"].as_str() == Some(owner.as_str()) => {
+            match LockDoc::parse(&bytes) {
+                Some(held) if held.owner == owner => {
                     return Ok(Ok(self.held_lock(key, owner, &body, etag.as_deref())))
                 }
                 // A holder on this very host whose process is gone (kill -9, a crashed CI job) can never
                 // release it: break it, but only the exact object we read (If-Match), then try again.
-                Ok(held)
-                    if holder_is_dead_here(&held)
-                        || crate::s3_lock_lease::expired(&held, SystemTime::now()) =>
-                {
+                Some(held) if holder_is_dead_here(&held) || held.expired(SystemTime::now()) => {
                     tracing::warn!(
                         "breaking the lock {}: its holder (pid {} on {}) is gone, or its lease expired at {} \
                          and was not renewed",
                         self.url(&key),
-                        held["pid"],
-                        held["host"].as_str().unwrap_or("?"),
-                        held["expires"].as_str().unwrap_or("?")
+                        held.pid,
+                        held.host,
+                        held.expires
                     );
                     let mut delete = self.client.delete_object().bucket(&self.bucket).key(&key);
                     if let Some(etag) = &etag {
@@ -335,8 +322,8 @@ impl S3Store {
                         .map_err(|e| self.sdk_error("DeleteObject", &key, e))?;
                     continue;
                 }
-                Ok(held) => holder = Some(describe_holder(&held, SystemTime::now())),
-                Err(_) => {
+                Some(held) => holder = Some(describe_holder(&held, SystemTime::now())),
+                None => {
                     holder = Some(format!(
                         "an unknown process (the lock object {} is unreadable)",
                         self.url(&key)
@@ -350,7 +337,7 @@ impl S3Store {
 
     /// A lock we hold, with its lease renewed in the background until it is released or dropped.
     fn held_lock(&self, key: String, owner: String, body: &[u8], etag: Option<&str>) -> S3Lock {
-        let doc = serde_json::from_slice(body).unwrap_or_default();
+        let doc = LockDoc::parse(body).unwrap_or_default();
         let renewal = tokio::runtime::Handle::try_current().ok().map(|_| {
             crate::s3_lock_lease::spawn_renewal(
                 self.client.clone(),
@@ -540,9 +527,7 @@ impl S3Lock {
             .await
             .map_err(|e| fail("GetObject", &e))?
             .into_bytes();
-        let owner = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v["owner"].as_str().map(str::to_string));
+        let owner = LockDoc::parse(&bytes).map(|d| d.owner);
         if owner.as_deref() != Some(self.owner.as_str()) {
             tracing::warn!(
                 "lock {url} is no longer ours (it was broken and taken again); left alone"
@@ -596,23 +581,33 @@ pub(crate) fn is_precondition_failure<E: ProvideErrorMetadata>(e: &SdkError<E>) 
 }
 
 /// `pid P on HOST since T (expires E[, expired])`.
-fn describe_holder(held: &serde_json::Value, now: SystemTime) -> String {
-    let text = |k: &str| held[k].as_str().unwrap_or("?").to_string();
-    let expires = text("expires");
-    let expired = humantime::parse_rfc3339(&expires).is_ok_and(|t| t <= now);
+fn describe_holder(held: &LockDoc, now: SystemTime) -> String {
+    let text = |t: &str| {
+        if t.is_empty() {
+            "?".to_string()
+        } else {
+            t.to_string()
+        }
+    };
+    let expired = humantime::parse_rfc3339(&held.expires).is_ok_and(|t| t <= now);
+    let pid = if held.pid == 0 {
+        "?".to_string()
+    } else {
+        held.pid.to_string()
+    };
     format!(
-        "pid {} on {} since {} (expires {expires}{})",
-        held["pid"],
-        text("host"),
-        text("since"),
+        "pid {pid} on {} since {} (expires {}{})",
+        text(&held.host),
+        text(&held.since),
+        text(&held.expires),
         if expired { ", expired" } else { "" }
     )
 }
 
 /// Whether a lock's holder ran on this host and its process no longer exists.
-fn holder_is_dead_here(held: &serde_json::Value) -> bool {
-    let same_host = held["host"].as_str() == Some(crate::state_store::hostname().as_str());
-    let pid = held["pid"].as_u64().and_then(|p| i32::try_from(p).ok());
+fn holder_is_dead_here(held: &LockDoc) -> bool {
+    let same_host = held.host == crate::state_store::hostname();
+    let pid = i32::try_from(held.pid).ok();
     match (same_host, pid) {
         (true, Some(pid)) if pid > 0 => {
             matches!(
@@ -653,10 +648,11 @@ mod tests {
 
     #[test]
     fn holder_says_when_the_lock_expired() {
-        let held = serde_json::json!({
-            "owner": "x", "pid": 42, "host": "h",
-            "since": "2024-01-01T00:00:00Z", "expires": "2024-01-01T01:00:00Z",
-        });
+        let held = LockDoc::parse(
+            br#"{"owner": "x", "pid": 42, "host": "h",
+                 "since": "2024-01-01T00:00:00Z", "expires": "2024-01-01T01:00:00Z"}"#,
+        )
+        .expect("a lock document");
         let before = humantime::parse_rfc3339("2024-01-01T00:30:00Z").expect("time");
         let after = humantime::parse_rfc3339("2024-01-01T02:00:00Z").expect("time");
         assert_eq!(
