@@ -33,6 +33,7 @@ mod host_watch;
 mod injection;
 mod invalid_plans;
 mod notify;
+mod output_snapshots;
 mod properties;
 mod quickstart;
 mod reentry;
