@@ -6,6 +6,7 @@ use aws_sdk_ec2::types::Filter;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PROFILE: &str = "sortie-ssm";
 
@@ -130,7 +131,7 @@ fn apply_ok(t: &Test) -> Vec<serde_json::Value> {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),
@@ -160,7 +161,7 @@ async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -174,7 +175,7 @@ async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
     let status = t
         .command()
         .args(["status", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("status");
     let state: serde_json::Value = serde_json::from_slice(&status.stdout).expect("state");
     for step in [
@@ -218,7 +219,7 @@ async fn test_e2e_aws_quickstart_leaves_nothing_behind() {
     let logs = t
         .command()
         .args(["logs", "p.yaml", "train"])
-        .output()
+        .output_within(DEADLINE)
         .expect("logs");
     assert_eq!(
         logs.status.code(),
@@ -258,7 +259,7 @@ async fn test_e2e_aws_failing_step_still_tears_down() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),
@@ -365,7 +366,11 @@ async fn test_e2e_aws_gc_collects_resources_of_a_lost_run() {
         "instance, its root volume and the data volume"
     );
 
-    let listed = t.command().args(["gc", "p.yaml"]).output().expect("gc");
+    let listed = t
+        .command()
+        .args(["gc", "p.yaml"])
+        .output_within(DEADLINE)
+        .expect("gc");
     let text = String::from_utf8_lossy(&listed.stdout);
     assert_eq!(
         listed.status.code(),
@@ -387,7 +392,7 @@ async fn test_e2e_aws_gc_collects_resources_of_a_lost_run() {
     let removed = t
         .command()
         .args(["gc", "p.yaml", "--yes"])
-        .output()
+        .output_within(DEADLINE)
         .expect("gc --yes");
     assert_eq!(
         removed.status.code(),
@@ -400,7 +405,7 @@ async fn test_e2e_aws_gc_collects_resources_of_a_lost_run() {
     let again = t
         .command()
         .args(["gc", "p.yaml"])
-        .output()
+        .output_within(DEADLINE)
         .expect("gc again");
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("no resources tagged sortie:plan=awsquick")
@@ -445,7 +450,7 @@ async fn test_e2e_aws_examples_quickstart_runs_on_aws() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),
@@ -497,7 +502,7 @@ steps:
     let first = t
         .command()
         .args(["apply", "p.yaml", "--no-wait"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         first.status.code(),
@@ -512,7 +517,7 @@ steps:
         let status = t
             .command()
             .args(["status", "p.yaml"])
-            .output()
+            .output_within(DEADLINE)
             .expect("status");
         seen = String::from_utf8_lossy(&status.stdout).to_string();
         if seen.lines().any(|l| {
@@ -532,7 +537,7 @@ steps:
     let second = t
         .command()
         .args(["apply", "p.yaml"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply again");
     assert_eq!(
         second.status.code(),

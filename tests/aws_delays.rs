@@ -9,6 +9,7 @@ use aws_sdk_ec2::types::Filter;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PLAN: &str = "plan: delayplan
 target: { provider: aws, region: us-east-1 }
@@ -101,7 +102,7 @@ async fn test_e2e_root_volume_still_deleting_after_teardown_is_no_leak() {
             .command()
             .args(["gc", "p.yaml"])
             .args(args)
-            .output()
+            .output_within(DEADLINE)
             .expect("plan gc");
         let text = format!(
             "{}{}",

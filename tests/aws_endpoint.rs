@@ -20,6 +20,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::test_builder::{Deadline as _, DEADLINE};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
 
@@ -74,7 +75,7 @@ impl Endpoint {
         let out = t
             .command()
             .args(["apply", "p.yaml", "--output", "json"])
-            .output()
+            .output_within(DEADLINE)
             .expect("apply");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(

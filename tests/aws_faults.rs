@@ -17,6 +17,7 @@ use crate::apply::Live;
 use crate::aws_endpoint::Endpoint;
 use crate::aws_mistral::{mistral_apply_args, mistral_endpoint};
 use crate::test_builder::{repo, Test};
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 /// A small seeded generator (splitmix64): the same seed picks the same kill points on every machine.
 struct Seeded(u64);
@@ -62,7 +63,7 @@ async fn problems(endpoint: &Endpoint, t: &Test, run: &str, creates: (u64, u64))
         ])
         .args(["--var-file", &vars.to_string_lossy(), "--run", run])
         .args(["--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("plan status");
     let mut found = Vec::new();
     let state: Value = match serde_json::from_slice(&out.stdout) {
@@ -153,7 +154,7 @@ fn finish(t: &Test, run: Option<&str>, log: &mut String) -> (Option<i32>, u32) {
         if let Some(run) = run {
             cmd.args(["--run", run]);
         }
-        let out = cmd.output().expect("apply");
+        let out = cmd.output_within(DEADLINE).expect("apply");
         log.push_str(&format!("\n--- apply {n}\n"));
         log.push_str(&String::from_utf8_lossy(&out.stdout));
         log.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -228,7 +229,7 @@ async fn test_e2e_aws_mistral_apply_killed_at_seeded_points_finishes_exactly_onc
     let endpoint = mistral_endpoint().await;
     let t = test(&endpoint);
     // A clean apply first: the events a run goes through, where the kill points are picked.
-    let out = apply(&t).output().expect("apply");
+    let out = apply(&t).output_within(DEADLINE).expect("apply");
     assert_eq!(
         out.status.code(),
         Some(0),

@@ -8,6 +8,7 @@ use aws_sdk_ec2::types::Filter;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PLAN: &str = "plan: gcplan
 target: { provider: aws, region: us-east-1 }
@@ -52,7 +53,7 @@ impl Gc {
             .command()
             .args(["gc", "p.yaml"])
             .args(args)
-            .output()
+            .output_within(DEADLINE)
             .expect("plan gc");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -93,7 +94,7 @@ async fn test_e2e_aws_gc_collects_abandoned_running_runs_and_keeps_kept_volumes(
     let out =
         g.t.command()
             .args(["apply", "p.yaml", "--no-wait", "--output", "json"])
-            .output()
+            .output_within(DEADLINE)
             .expect("apply");
     assert_eq!(
         out.status.code(),

@@ -4,6 +4,7 @@
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 fn plan() -> String {
     let mut text = String::from(
@@ -49,7 +50,7 @@ async fn test_e2e_aws_at_most_three_steps_run_at_once_on_one_host() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),

@@ -29,6 +29,7 @@ use serde_json::Value;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
@@ -408,7 +409,11 @@ async fn test_e2e_aws_iam_documented_policy_allows_every_request_plan_makes() {
         .env("SORTIE_POLL_INTERVAL", "100ms")
         .envs(orchestrator);
     let run = |args: &[&str]| {
-        let out = t.command().args(args).output().expect("plan");
+        let out = t
+            .command()
+            .args(args)
+            .output_within(DEADLINE)
+            .expect("plan");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -507,7 +512,7 @@ async fn test_e2e_aws_state_get_denied_names_the_list_bucket_grant() {
     let out = t
         .command()
         .args(["apply", "p.yaml"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PLAN: &str = "plan: follow
 target: { provider: aws, region: us-east-1 }
@@ -43,7 +44,7 @@ async fn test_e2e_aws_logs_follow_shows_output_while_the_step_runs() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--no-wait"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),
@@ -54,7 +55,7 @@ async fn test_e2e_aws_logs_follow_shows_output_while_the_step_runs() {
     let status = t
         .command()
         .args(["status", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("status");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     let instance = status["steps"]["host"]["outputs"]["instance_id"]
@@ -92,7 +93,7 @@ async fn test_e2e_aws_logs_follow_shows_output_while_the_step_runs() {
     let out = t
         .command()
         .args(["apply", "p.yaml"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),

@@ -9,6 +9,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use crate::apply::events;
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::{repo, Test};
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 async fn upload_tree(s3: &aws_sdk_s3::Client, root: &Path, dir: &Path, bucket: &str, prefix: &str) {
     for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
@@ -104,7 +105,7 @@ async fn test_e2e_aws_mistral_plan_runs_end_to_end_on_the_test_endpoint() {
     let out = t
         .command()
         .args(mistral_apply_args())
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PROFILE: &str = "sortie-ssm";
 const AL2023: &str = "ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64";
@@ -266,7 +267,7 @@ async fn test_e2e_aws_production_pacing_sees_a_short_step_end_promptly() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let wall = started.elapsed();
     let stdout = String::from_utf8_lossy(&out.stdout);

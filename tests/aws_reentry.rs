@@ -9,6 +9,7 @@ use aws_sdk_ec2::types::Filter;
 use crate::apply::Live;
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PROFILE: &str = "sortie-ssm";
 
@@ -88,7 +89,7 @@ async fn crash_and_recover(point: Point) {
         let out = t
             .command()
             .args(["apply", "p.yaml", "--output", "json"])
-            .output()
+            .output_within(DEADLINE)
             .expect("apply");
         log.push_str("\n--- re-apply\n");
         log.push_str(&String::from_utf8_lossy(&out.stdout));

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PLAN: &str = r#"plan: subnets
 target: { provider: aws, region: us-east-1 }
@@ -83,7 +84,7 @@ async fn test_e2e_aws_subnets_fail_over_in_order_with_the_security_groups() {
         .args(["apply", "p.yaml", "--output", "json", "--var"])
         .arg(format!("a={a}"))
         .args(["--var", &format!("b={b}"), "--var", &format!("sg={sg}")])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
@@ -136,7 +137,7 @@ async fn test_e2e_doctor_subnets_must_exist_and_share_a_vpc_with_the_security_gr
             .args(["doctor", "p.yaml", "--output", "json"])
             .args(["--var", &format!("a={a}"), "--var", &format!("b={b}")])
             .args(["--var", &format!("sg={sg}")])
-            .output()
+            .output_within(DEADLINE)
             .expect("doctor");
         let report: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
@@ -235,7 +236,7 @@ async fn test_e2e_aws_state_bucket_in_another_region_is_refused_before_anything_
         .args(["apply", "p.yaml", "--yes"])
         .args(["--var", &format!("a={a}"), "--var", &format!("b={b}")])
         .args(["--var", &format!("sg={sg}")])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

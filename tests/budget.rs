@@ -3,6 +3,7 @@
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PROFILE: &str = "sortie-ssm";
 
@@ -125,7 +126,7 @@ steps:
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::apply::{leftover_processes, plan_cmd, run_cmd, sandbox, status_json, Ran};
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::{repo, Test};
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -231,8 +232,9 @@ async fn boot(endpoint: &Endpoint, instance: &str, stubs: &Path) -> PathBuf {
                 std::env::var("PATH").unwrap_or_default()
             ),
         )
-        .status()
-        .expect("run the user data");
+        .output_within(DEADLINE)
+        .expect("run the user data")
+        .status;
     assert!(status.success(), "the ttl user data failed:\n{ttl_part}");
     root
 }
@@ -264,7 +266,11 @@ async fn test_e2e_aws_dev_env_example_connect_extend_and_ttl_shutdown() {
     let run = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend(vars);
-        let out = t.command().args(&all).output().expect("plan");
+        let out = t
+            .command()
+            .args(&all)
+            .output_within(DEADLINE)
+            .expect("plan");
         Ran {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PROFILE: &str = "sortie-ssm";
 const BUCKET: &str = "sortie-state";
@@ -80,7 +81,7 @@ fn doctor(ep: &Endpoint, text: &str, extra: &[&str]) -> Ran {
         .command()
         .args(["doctor", "p.yaml"])
         .args(extra)
-        .output()
+        .output_within(DEADLINE)
         .expect("plan doctor");
     Ran {
         code: out.status.code(),
@@ -304,7 +305,7 @@ async fn test_e2e_doctor_missing_bucket_and_profile_fail_and_apply_stops_before_
     let out = t
         .command()
         .args(["apply", "p.yaml"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -485,7 +486,7 @@ async fn test_e2e_doctor_without_credentials_stops_at_identity() {
         .env_remove("AWS_SESSION_TOKEN")
         .env_remove("AWS_PROFILE")
         .args(["doctor", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("doctor");
     assert_eq!(out.status.code(), Some(1));
     let report: Value = serde_json::from_slice(&out.stdout).expect("json");

@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 
 use crate::apply::{events, plan_cmd, run_cmd, sandbox};
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 /// The plan lives in `plans/` and ships `../pipeline`, as the issue's example does.
 const PLAN: &str = "plan: ship
@@ -174,7 +175,7 @@ async fn test_e2e_aws_files_ship_through_s3_and_a_corrupted_archive_fails_the_st
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let show = |o: &std::process::Output| {
         format!(
@@ -190,7 +191,7 @@ async fn test_e2e_aws_files_ship_through_s3_and_a_corrupted_archive_fails_the_st
     let status = t
         .command()
         .args(["status", "p.yaml", "--run", &run, "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("status");
     let state: Json = serde_json::from_slice(&status.stdout).expect("state");
     assert_eq!(
@@ -229,7 +230,7 @@ async fn test_e2e_aws_files_ship_through_s3_and_a_corrupted_archive_fails_the_st
     let out = t
         .command()
         .args(["apply", "p.yaml", "--run", &run, "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let evs = events(&String::from_utf8_lossy(&out.stdout));
@@ -247,7 +248,7 @@ async fn test_e2e_aws_files_ship_through_s3_and_a_corrupted_archive_fails_the_st
     let out = t
         .command()
         .args(["apply", "p.yaml", "--run", &run, "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
 }

@@ -1,6 +1,7 @@
 //! `plan graph` in its three formats: deterministic, topological, levels shown.
 
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const DIAMOND: &str = "plan: diamond
 target: { provider: local }
@@ -84,8 +85,11 @@ fn test_e2e_graph_is_deterministic() {
     let t = Test::new()
         .file("p.yaml", DIAMOND)
         .args(["graph", "p.yaml", "--format", "dot"]);
-    let first = t.command().output().expect("run").stdout;
+    let first = t.command().output_within(DEADLINE).expect("run").stdout;
     for _ in 0..5 {
-        assert_eq!(t.command().output().expect("run").stdout, first);
+        assert_eq!(
+            t.command().output_within(DEADLINE).expect("run").stdout,
+            first
+        );
     }
 }

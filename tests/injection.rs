@@ -10,6 +10,7 @@ use serde_json::Value as Json;
 
 use crate::apply::{run_plan, status_json};
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 /// A shell context: the script lines that store `{{ vars.X }}` in `got`, and what `got` then holds.
 struct Context {
@@ -350,8 +351,9 @@ v=`printf '%s' {{ vars.x }}; echo .`; printf '%s' \"$v\" > backticks
                 .arg("-c")
                 .arg(&rendered)
                 .current_dir(dir.path())
-                .status()
-                .expect("sh");
+                .output_within(DEADLINE)
+                .expect("sh")
+                .status;
             prop_assert!(
                 status.success(),
                 "script failed for {:?}:\n{}",

@@ -4,13 +4,14 @@
 use std::path::Path;
 
 use crate::test_builder::{repo, Test};
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 fn check_fixture(dir: &Path, name: &str) -> Result<(), String> {
     let output = Test::new()
         .current_dir(dir)
         .args(["validate", name])
         .command()
-        .output()
+        .output_within(DEADLINE)
         .map_err(|e| e.to_string())?;
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     let expected_path = dir.join(name).with_extension("stderr");

@@ -9,6 +9,7 @@ use serde_json::Value as Json;
 
 use crate::apply::{leftover_processes, plan_cmd, run_plan, status_json, Live, Reaper};
 use crate::test_builder::{repo, Test};
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -156,8 +157,9 @@ fn test_e2e_quickstart_resumes_training_from_the_last_checkpoint_after_kill_9() 
     let pid = std::fs::read_to_string(status_dir.join("pid")).expect("trainer pid");
     let killed = std::process::Command::new("kill")
         .args(["-9", pid.trim()])
-        .status()
-        .expect("kill");
+        .output_within(DEADLINE)
+        .expect("kill")
+        .status;
     assert!(killed.success());
     let deadline = Instant::now() + MINUTE;
     while !status_dir.join("exit_code").exists() {
@@ -217,7 +219,7 @@ fn test_e2e_every_rendered_pipeline_script_passes_shellcheck() {
         let out = std::process::Command::new("shellcheck")
             .args(["--shell=sh", "--severity=style"])
             .arg(&script)
-            .output()
+            .output_within(DEADLINE)
             .expect("shellcheck is installed by scripts/setup-test-env");
         assert!(
             out.status.success(),

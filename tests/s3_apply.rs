@@ -3,6 +3,7 @@
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const PLAN: &str = "plan: s3state
 state: s3://sortie-state/runs
@@ -48,7 +49,7 @@ async fn test_e2e_apply_with_s3_state() {
     let second = t
         .command()
         .args(["apply", "p.yaml", "--run", &run_id])
-        .output()
+        .output_within(DEADLINE)
         .expect("second apply");
     assert_eq!(
         second.status.code(),
@@ -77,7 +78,11 @@ async fn test_e2e_apply_with_s3_state() {
     assert_eq!(state["run_id"], run_id.as_str());
     assert_eq!(state["status"], "succeeded");
     assert_eq!(state["steps"]["a"]["outputs"]["v"], "1");
-    let runs = t.command().args(["runs", "p.yaml"]).output().expect("runs");
+    let runs = t
+        .command()
+        .args(["runs", "p.yaml"])
+        .output_within(DEADLINE)
+        .expect("runs");
     assert!(String::from_utf8_lossy(&runs.stdout).contains(&run_id));
 }
 
@@ -96,7 +101,7 @@ async fn test_e2e_s3_state_write_whose_answer_was_lost_is_not_a_conflict() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),
@@ -149,7 +154,7 @@ async fn test_e2e_s3_expired_lock_of_a_dead_machine_is_taken_over() {
     let held = t
         .command()
         .args(["apply", "p.yaml"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let err = String::from_utf8_lossy(&held.stderr);
     assert_eq!(held.status.code(), Some(3), "{err}");
@@ -159,7 +164,7 @@ async fn test_e2e_s3_expired_lock_of_a_dead_machine_is_taken_over() {
     let out = t
         .command()
         .args(["apply", "p.yaml"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
@@ -192,7 +197,7 @@ async fn test_e2e_s3_lock_is_renewed_while_its_apply_runs() {
     let second = t
         .command()
         .args(["apply", "p.yaml", "--run", &run])
-        .output()
+        .output_within(DEADLINE)
         .expect("second apply");
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(3), "{err}");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::apply::{run_cmd, sandbox, status_json, Ran};
 use crate::test_builder::{repo, PLAN};
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -152,7 +153,7 @@ fn test_int_schedule_examples_invoke_advance_sh_on_a_valid_plan() {
     // shellcheck, where the test environment has it (scripts/setup-test-env installs it).
     if let Ok(out) = Command::new("shellcheck")
         .arg(repo().join("examples/schedule/advance.sh"))
-        .output()
+        .output_within(DEADLINE)
     {
         assert!(
             out.status.success(),

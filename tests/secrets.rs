@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::apply::{plan_cmd, run_cmd, run_plan, sandbox};
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -236,7 +237,7 @@ steps:
     let apply = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     let text = |o: &std::process::Output| {
         String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
@@ -248,7 +249,11 @@ steps:
         vec!["status", "p.yaml", "--output", "json"],
         vec!["logs", "p.yaml", "leak"],
     ] {
-        let out = t.command().args(&args).output().expect("plan");
+        let out = t
+            .command()
+            .args(&args)
+            .output_within(DEADLINE)
+            .expect("plan");
         assert_eq!(
             out.status.code(),
             Some(0),

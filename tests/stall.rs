@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::aws_endpoint::Endpoint;
 use crate::test_builder::Test;
+use crate::test_builder::{Deadline as _, DEADLINE};
 
 const LOCAL: &str = "plan: stall
 steps:
@@ -24,7 +25,7 @@ fn test_e2e_local_stalled_step_is_cancelled_and_fails() {
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert_eq!(
         out.status.code(),
@@ -118,7 +119,7 @@ steps:
     let out = t
         .command()
         .args(["apply", "p.yaml", "--output", "json"])
-        .output()
+        .output_within(DEADLINE)
         .expect("apply");
     assert!(
         started.elapsed() < Duration::from_secs(60),

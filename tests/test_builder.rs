@@ -6,6 +6,63 @@ use std::process::{Command, Output};
 
 pub const PLAN: &str = env!("CARGO_BIN_EXE_plan");
 
+/// How long any subprocess of a test may run: a hung `plan` fails its test, instead of holding CI until its limit.
+pub const DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// `output()` with a deadline (issue 9: every subprocess in the tests has one).
+pub trait Deadline {
+    /// Runs the command to its end, capturing stdout and stderr; past `limit` it is killed and the test fails,
+    /// naming the command.
+    fn output_within(&mut self, limit: std::time::Duration) -> std::io::Result<Output>;
+}
+
+impl Deadline for Command {
+    fn output_within(&mut self, limit: std::time::Duration) -> std::io::Result<Output> {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut child = self.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        // Read both pipes beside the wait: a child that fills one would otherwise never exit.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{self:?} did not finish within {limit:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        Ok(Output {
+            status,
+            stdout: out.join().unwrap_or_default(),
+            stderr: err.join().unwrap_or_default(),
+        })
+    }
+}
+
 /// The repository root, for tests that use its plans and examples.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -83,7 +140,7 @@ impl Test {
 
     /// Runs the binary and checks status, stdout and stderr (those that were set).
     pub fn run(self) -> Output {
-        let output = self.command().output().expect("run plan");
+        let output = self.command().output_within(DEADLINE).expect("run plan");
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(
@@ -121,7 +178,7 @@ impl Test {
         let out = self
             .command()
             .args(["status", file, "--output", "json"])
-            .output()
+            .output_within(DEADLINE)
             .expect("plan status");
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
