@@ -484,6 +484,14 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// Whether step `i`'s attempt that just ended may be followed by another: retries left, and the run neither
+    /// stopping nor over its budget.
+    fn may_retry(&self, i: usize) -> bool {
+        self.state.step(self.id(i)).attempt <= self.plan.steps[i].retries
+            && self.stopping == 0
+            && self.over_budget.is_none()
+    }
+
     async fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
         if let Outcome::Failed { error } = &outcome {
             // Announced at once, even when a retry follows: a stalled 15-hour step is what an operator must
@@ -511,7 +519,7 @@ impl Walker<'_> {
             other => (other, false),
         };
         let step = self.plan.steps[i].clone();
-        let retries = step.retries;
+        let may_retry = self.may_retry(i);
         let st = self.state.step_mut(&step.id);
         let duration = st.started_at.map_or(0.0, |t| state::now() - t);
         let attempt = st.attempt;
@@ -572,12 +580,7 @@ impl Walker<'_> {
                     }
                 }
             }
-            Outcome::Failed { error }
-                if attempt <= retries
-                    && !final_failure
-                    && self.stopping == 0
-                    && self.over_budget.is_none() =>
-            {
+            Outcome::Failed { error } if !final_failure && may_retry => {
                 // Exponential backoff with full jitter: base * 2^(attempt-1), scaled by a random factor in [0.5, 1).
                 let delay =
                     crate::backoff::Backoff::new(step.backoff, 2.0, Duration::from_secs(600))

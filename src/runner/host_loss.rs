@@ -31,8 +31,7 @@ impl Walker<'_> {
         let StepKind::Run(run) = &step.kind else {
             return Ok((error, false));
         };
-        let attempt = self.state.step(&step.id).attempt;
-        if attempt > step.retries || self.stopping > 0 || self.over_budget.is_some() {
+        if !self.may_retry(i) {
             return Ok((error, false));
         }
         let Some(host) = self.plan.steps.iter().position(|s| s.id == run.on) else {
