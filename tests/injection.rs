@@ -335,8 +335,9 @@ v=`printf '%s' {{ vars.x }}; echo .`; printf '%s' \"$v\" > backticks
     let values = proptest::collection::vec(shellish, 0..40)
         .prop_map(|cs| cs.into_iter().collect::<String>())
         .prop_filter(
-            "a line equal to the delimiter is refused, not escaped",
-            |v| !v.split('\n').any(|l| l == "EOF"),
+            "a line equal to the delimiter is refused, not escaped; so is, in the quoted heredoc, a line that \
+             starts like the delimiter and goes on with a non-ASCII character (dash corrupts it)",
+            |v| !v.split('\n').any(|l| l == "EOF" || starts_like_eof_then_non_ascii(l)),
         );
     let mut runner = TestRunner::new(Config {
         cases: 64,
@@ -373,4 +374,15 @@ v=`printf '%s' {{ vars.x }}; echo .`; printf '%s' \"$v\" > backticks
             Ok(())
         })
         .expect("property");
+}
+
+/// `Eé`, `EOé`: what the escaper refuses in a quoted heredoc before `EOF` (src/shell_escape.rs,
+/// `dash_heredoc_hazard`; refused, and tested, in the injection matrix).
+fn starts_like_eof_then_non_ascii(line: &str) -> bool {
+    let common = line
+        .bytes()
+        .zip("EOF".bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    common >= 1 && line.as_bytes().get(common).is_some_and(|b| *b >= 0x80)
 }
