@@ -49,6 +49,7 @@ fn run_state(plan: &sortie::plan::Plan, succeeded: usize) -> RunState {
         steps,
         plan_file: None,
         run_key: None,
+        changed: Default::default(),
     }
 }
 

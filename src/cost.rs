@@ -591,6 +591,7 @@ steps:
                 .collect(),
             plan_file: None,
             run_key: None,
+            changed: Default::default(),
         }
     }
 

@@ -10,6 +10,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
 use crate::state::RunState;
+use crate::state_journal::{self, Appended, Cursor};
 
 const STATE_FILE: &str = "state.json";
 /// Who holds the plan's lock (beside the run directories; not a run: it has no state.json).
@@ -18,6 +19,8 @@ const PLAN_LOCK_HOLDER: &str = ".plan-lock.json";
 pub struct DirStore {
     root: PathBuf,
     plan: String,
+    /// The journal this process appends checkpoints to, while a walk runs (state_journal.rs).
+    journal: std::sync::Mutex<Option<Cursor>>,
 }
 
 /// Held while an apply (or destroy) owns a run; released when dropped or when the process dies.
@@ -30,6 +33,7 @@ impl DirStore {
         DirStore {
             root: root.join(plan),
             plan: plan.to_string(),
+            journal: std::sync::Mutex::new(None),
         }
     }
 
@@ -74,8 +78,11 @@ impl DirStore {
             path: path.clone(),
             reason,
         };
-        let state: RunState = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let mut state: RunState =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         crate::state::check_document(&state, &self.plan, run).map_err(corrupt)?;
+        state_journal::replay(&path, &mut state)
+            .map_err(|(path, reason)| Error::CorruptState { path, reason })?;
         Ok(Some(state))
     }
 
@@ -183,7 +190,35 @@ impl DirStore {
             state.serial -= 1;
             return Err(Error::in_state_dir(&dir)(e));
         }
+        // The snapshot holds everything now: a journal beside it would only repeat older serials.
+        state_journal::remove(&path)?;
+        state.changed.0.clear();
         Ok(())
+    }
+
+    /// Checkpoints into the journal when one is open for this run (see state_journal.rs).
+    pub fn append(&self, state: &mut RunState) -> Result<Appended> {
+        let mut cursor = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        match cursor.as_mut() {
+            Some(c) => c.append(state),
+            None => Ok(Appended::No),
+        }
+    }
+
+    /// From now on, checkpoints of `state` (just saved whole) are appended to a journal.
+    pub fn begin_journal(&self, state: &RunState) -> Result<()> {
+        let cursor = Cursor::open(&self.state_path(&state.run_id), state)?;
+        *self.journal.lock().unwrap_or_else(|e| e.into_inner()) = Some(cursor);
+        Ok(())
+    }
+
+    /// Stops journaling (true if a journal was open); the next save writes `state.json` whole and removes it.
+    pub fn end_journal(&self) -> bool {
+        self.journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
     }
 }
 

@@ -53,6 +53,7 @@ pub mod ssm_host;
 pub mod ssm_poll;
 pub mod stall;
 pub mod state;
+pub mod state_journal;
 pub mod state_store;
 pub mod status;
 pub mod step_exec;

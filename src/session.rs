@@ -91,6 +91,7 @@ fn fresh_state(plan: &Plan, run_id: String) -> RunState {
             .collect(),
         plan_file: Some(plan_file_name(plan)),
         run_key: None,
+        changed: Default::default(),
     }
 }
 

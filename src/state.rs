@@ -165,6 +165,20 @@ pub struct RunState {
     /// The key that names the run (`--run-key`, `run_key:`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_key: Option<String>,
+    /// The steps changed since the last save (never stored): what a journal record holds.
+    #[serde(skip)]
+    pub changed: Changed,
+}
+
+/// Ids of the steps `step_mut` handed out since the last save. It takes no part in equality: two states with
+/// the same content are equal whatever was saved when.
+#[derive(Debug, Clone, Default)]
+pub struct Changed(pub indexmap::IndexSet<String>);
+
+impl PartialEq for Changed {
+    fn eq(&self, _: &Changed) -> bool {
+        true
+    }
 }
 
 impl RunState {
@@ -176,6 +190,9 @@ impl RunState {
     }
 
     pub fn step_mut(&mut self, id: &str) -> &mut StepState {
+        if !self.changed.0.contains(id) {
+            self.changed.0.insert(id.to_string());
+        }
         self.steps
             .entry(id.to_string())
             .or_insert_with(StepState::pending)

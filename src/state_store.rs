@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::plan::{Plan, StateLocation};
 use crate::s3_store::{S3Lock, S3Store};
 use crate::state::RunState;
+use crate::state_journal::Appended;
 
 pub use crate::dir_store::{hostname, write_atomic};
 
@@ -131,8 +132,52 @@ impl Store {
         }
     }
 
-    /// Writes state (serial + 1); a concurrent change is a conflict, never overwritten.
+    /// Writes state (serial + 1); a concurrent change is a conflict, never overwritten. While a journal is open
+    /// (directory store, large runs), only what changed is appended; it is folded into the document once it has
+    /// grown past it.
     pub async fn save(&self, state: &mut RunState) -> Result<()> {
+        if let Store::Dir(s) = self {
+            match s.append(state)? {
+                Appended::Yes => return Ok(()),
+                Appended::No => {}
+                Appended::Compact => {
+                    s.end_journal();
+                    self.save_whole(state).await?;
+                    return s.begin_journal(state);
+                }
+            }
+        }
+        self.save_whole(state).await
+    }
+
+    /// Journals the checkpoints of a walk over `state` (just saved) when the run is large enough to gain from it.
+    pub fn begin_journal(&self, state: &RunState) -> Result<()> {
+        match self {
+            Store::Dir(s) if crate::state_journal::wanted(state.steps.len()) => {
+                s.begin_journal(state)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `begin_journal` whatever the run's size (tests).
+    #[cfg(test)]
+    pub fn begin_journal_always(&self, state: &RunState) -> Result<()> {
+        match self {
+            Store::Dir(s) => s.begin_journal(state),
+            Store::S3(_) => Ok(()),
+        }
+    }
+
+    /// Ends the walk's journal, if it had one: `state` is written whole, so `state.json` alone is the run again.
+    pub async fn end_journal(&self, state: &mut RunState) -> Result<()> {
+        match self {
+            Store::Dir(s) if s.end_journal() => self.save_whole(state).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn save_whole(&self, state: &mut RunState) -> Result<()> {
         // What is stored has every known secret value scrubbed (a failing step's error may quote one).
         let mut clean = crate::scrub::current()
             .value(&*state)
@@ -142,6 +187,9 @@ impl Store {
             Store::S3(s) => s.save(&mut clean).await,
         };
         state.serial = clean.serial;
+        if saved.is_ok() {
+            state.changed.0.clear();
+        }
         saved
     }
 }

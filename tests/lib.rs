@@ -46,6 +46,7 @@ mod schedule_examples;
 mod schema;
 mod secrets;
 mod stall;
+mod state_journal;
 mod status_live;
 mod store_suite;
 mod variables;

@@ -82,10 +82,32 @@ fn marker_lines(markers: &Path, step: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// The step's status as stored: `state.json`, then the lines of its journal when the run has one
+/// (docs/DESIGN.md, "State and re-entry": a record's `steps` replace those steps).
 fn state_status(dir: &Path, step: &str) -> Option<String> {
     let path = state_files(dir, "reentry").pop()?;
-    let state: Json = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    state["steps"][step]["status"].as_str().map(String::from)
+    let state: Json = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    let mut status = state["steps"][step]["status"].as_str().map(String::from);
+    let journal = std::fs::read_to_string(path.with_file_name("journal.jsonl")).unwrap_or_default();
+    for line in journal.lines() {
+        let Ok(record) = serde_json::from_str::<Json>(line) else {
+            break; // a torn last line
+        };
+        if record["serial"].as_u64() > state["serial"].as_u64() {
+            if let Some(s) = record["steps"][step]["status"].as_str() {
+                status = Some(s.to_string());
+            }
+        }
+    }
+    status
+}
+
+/// Whether the run's checkpoints are in a journal beside `state.json` (with at least one line in it).
+fn journaled(dir: &Path) -> bool {
+    state_files(dir, "reentry").pop().is_some_and(|p| {
+        std::fs::read_to_string(p.with_file_name("journal.jsonl"))
+            .is_ok_and(|j| j.lines().count() > 0)
+    })
 }
 
 /// Kills a running `plan apply --output json` at `at`; returns its events.
@@ -152,6 +174,12 @@ fn wait_finished_on_host(dir: &Path, step: &str) {
 /// host) `plan apply` is run until it exits 0. Checks exactly-once and cleanliness; returns the events of every
 /// apply after the last kill.
 fn crash_and_resume(kills: &[KillAt], settle: Option<&str>) -> Vec<Vec<Json>> {
+    crash_and_resume_in(kills, settle, false)
+}
+
+/// `crash_and_resume`, with `journal`: every apply keeps its checkpoints in the state journal (a plan this small
+/// rewrites `state.json` by default), and the first kill must leave a journal behind.
+fn crash_and_resume_in(kills: &[KillAt], settle: Option<&str>, journal: bool) -> Vec<Vec<Json>> {
     let (t, _reaper) = sandbox("p.yaml", PLAN);
     let dir = t.dir.path();
     let markers = dir.join("markers");
@@ -159,6 +187,9 @@ fn crash_and_resume(kills: &[KillAt], settle: Option<&str>) -> Vec<Vec<Json>> {
     let cmd = || {
         let mut c = plan_cmd(dir, &["apply", "p.yaml", "--output", "json"]);
         c.env("MARKERS", &markers);
+        if journal {
+            c.env("SORTIE_JOURNAL_MIN_STEPS", "0");
+        }
         c
     };
 
@@ -175,6 +206,10 @@ fn crash_and_resume(kills: &[KillAt], settle: Option<&str>) -> Vec<Vec<Json>> {
             ALL_STEPS.map(|s| (s, state_status(dir, s))),
             killed.join("\n")
         ));
+        assert!(
+            !journal || k > 0 || journaled(dir) || matches!(at, KillAt::RunStarted),
+            "{at:?}: no journal was written before the kill\n{context}"
+        );
     }
     if let Some(step) = settle {
         wait_finished_on_host(dir, step);
@@ -321,6 +356,21 @@ fn test_e2e_reentry_killed_after_the_detached_step() {
 #[test]
 fn test_e2e_reentry_killed_before_teardown_finishes() {
     crash_and_resume(&[KillAt::Started("teardown")], None);
+}
+
+/// The same crash points with the checkpoints in the state journal (what runs of more than 64 steps use): a
+/// kill -9 between two appends, or in the middle of one, loses nothing and runs nothing twice.
+#[test]
+fn test_e2e_reentry_from_a_journaled_state() {
+    for at in [
+        KillAt::Finished("s1"),
+        KillAt::StateRunning("s1"),
+        KillAt::Running("s2"),
+        KillAt::Running("train"),
+        KillAt::Started("teardown"),
+    ] {
+        crash_and_resume_in(&[at], None, true);
+    }
 }
 
 #[test]

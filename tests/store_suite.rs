@@ -149,6 +149,7 @@ fn new_state(run: &str) -> RunState {
         steps: IndexMap::new(),
         plan_file: None,
         run_key: None,
+        changed: Default::default(),
     }
 }
 
