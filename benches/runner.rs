@@ -53,11 +53,14 @@ fn run_state(plan: &sortie::plan::Plan, succeeded: usize) -> RunState {
     }
 }
 
-fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // 999 steps in a chain after the host, so the last one is the only step left to run.
-    let mut text = String::from("plan: reentry\nsteps:\n  host: { kind: instance }\n");
-    for i in 1..1000 {
+fn compile_chain(
+    dir: &std::path::Path,
+    name: &str,
+    n: usize,
+) -> (std::path::PathBuf, sortie::plan::Plan) {
+    // n - 1 steps in a chain after the host.
+    let mut text = format!("plan: {name}\nsteps:\n  host: {{ kind: instance }}\n");
+    for i in 1..n {
         let needs = if i > 1 {
             format!("needs: [s{}], ", i - 1)
         } else {
@@ -67,24 +70,33 @@ fn main() {
             "  s{i}: {{ kind: run, {needs}run: 'echo {i}' }}\n"
         ));
     }
-    let path = dir.path().join("reentry.yaml");
+    let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, &text).expect("write");
     let plan = compile(&path, &Overrides::default())
         .map_err(|e| e.render())
         .expect("valid")
         .plan;
-    let store = DirStore::new(dir.path().join("state"), &plan.name);
-    let mut seed = run_state(&plan, 999);
+    (path, plan)
+}
+
+/// Re-entry into an n-step run with all but the last step succeeded: compile, lock, load, decide, until the
+/// first new step is chosen. Also reports the part after compilation (lock, load, decide).
+fn reentry(dir: &std::path::Path, n: usize, samples: usize) {
+    let name = format!("reentry{n}");
+    let (path, plan) = compile_chain(dir, &name, n);
+    let store = DirStore::new(dir.join(format!("state-{name}")), &plan.name);
+    let mut seed = run_state(&plan, n - 1);
     store.lock("run-1", &path).expect("lock");
     store.save(&mut seed).expect("seed state");
-
-    let mut samples = Vec::new();
-    for _ in 0..20 {
+    let last = format!("s{}", n - 1);
+    let (mut whole, mut after_compile) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
         let start = Instant::now();
         let plan = compile(&path, &Overrides::default())
             .map_err(|e| e.render())
             .expect("valid")
             .plan;
+        let compiled = Instant::now();
         let _lock = store.lock("run-1", &path).expect("lock");
         let loaded = store.load("run-1").expect("load").expect("state");
         let decisions = decide(&plan, &loaded, None);
@@ -94,44 +106,78 @@ fn main() {
             .iter()
             .find(|&&i| decisions[i].0 != Decision::Skip)
             .copied();
-        samples.push(start.elapsed());
-        assert_eq!(first.map(|i| plan.steps[i].id.as_str()), Some("s999"));
+        whole.push(start.elapsed());
+        after_compile.push(compiled.elapsed());
+        assert_eq!(
+            first.map(|i| plan.steps[i].id.as_str()),
+            Some(last.as_str())
+        );
+        // Dropped outside the timing, as `plan` exits without freeing them.
+        std::mem::forget(plan);
+        std::mem::forget(loaded);
     }
-    samples.sort();
+    whole.sort();
+    after_compile.sort();
     println!(
-        "re-entry, 1000 steps / 999 succeeded, until the first new step is chosen: p50 {:?}  p99 {:?}  (n={})",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99),
-        samples.len()
+        "re-entry, {n} steps / {} succeeded, until the first new step is chosen: p50 {:?}  p99 {:?}  \
+         (of which lock+load+decide p50 {:?}; n={samples})",
+        n - 1,
+        percentile(&whole, 0.5),
+        percentile(&whole, 0.99),
+        percentile(&after_compile, 0.5),
     );
+}
 
-    for n in [8usize, 200] {
-        let mut text = String::from("plan: ckpt\nsteps:\n  host: { kind: instance }\n");
-        for i in 1..n {
-            text.push_str(&format!("  s{i}: {{ kind: run, run: 'true' }}\n"));
-        }
-        let path = dir.path().join(format!("ckpt{n}.yaml"));
-        std::fs::write(&path, &text).expect("write");
-        let plan = compile(&path, &Overrides::default())
-            .map_err(|e| e.render())
-            .expect("valid")
-            .plan;
-        let store = DirStore::new(dir.path().join(format!("state{n}")), &plan.name);
-        let mut run = run_state(&plan, n / 2);
-        let _lock = store.lock("run-1", &path).expect("lock");
+/// Checkpoint latency of the directory store for an n-step state: the whole document (temp, fsync, rename,
+/// directory fsync), and a journal append (one changed step, fsync).
+fn checkpoints(dir: &std::path::Path, n: usize, writes: usize) {
+    let name = format!("ckpt{n}");
+    let (path, plan) = compile_chain(dir, &name, n);
+    let store = DirStore::new(dir.join(format!("state-{name}")), &plan.name);
+    let mut run = run_state(&plan, n / 2);
+    let _lock = store.lock("run-1", &path).expect("lock");
+    let ids: Vec<String> = plan.steps.iter().map(|s| s.id.clone()).collect();
+    let mut time = |journal: bool, run: &mut RunState| {
         let mut samples = Vec::new();
-        for i in 0..300 {
-            run.steps[i % n].attempt += 1;
+        for i in 0..writes {
+            run.step_mut(&ids[i % n]).attempt += 1;
             let start = Instant::now();
-            store.save(&mut run).expect("save");
+            if journal {
+                match store.append(run).expect("append") {
+                    sortie::state_journal::Appended::Yes => {}
+                    _ => panic!("the journal did not take the checkpoint"),
+                }
+            } else {
+                store.save(run).expect("save");
+            }
             samples.push(start.elapsed());
         }
         samples.sort();
-        println!(
-            "checkpoint write, directory store, {n}-step state: p50 {:?}  p99 {:?}  (n={})",
-            percentile(&samples, 0.5),
-            percentile(&samples, 0.99),
-            samples.len()
-        );
+        samples
+    };
+    let whole = time(false, &mut run);
+    store.begin_journal(&run).expect("journal");
+    let appended = time(true, &mut run);
+    println!(
+        "checkpoint, directory store, {n}-step state: whole document p50 {:?} p99 {:?}; journal append p50 {:?} \
+         p99 {:?}  (n={writes})",
+        percentile(&whole, 0.5),
+        percentile(&whole, 0.99),
+        percentile(&appended, 0.5),
+        percentile(&appended, 0.99),
+    );
+}
+
+fn main() {
+    // `cargo bench --bench runner -- quick`: the small sizes only.
+    let quick = std::env::args().any(|a| a == "quick");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sizes: &[usize] = if quick { &[1000] } else { &[1000, 10_000] };
+    for &n in sizes {
+        reentry(dir.path(), n, if n > 1000 { 5 } else { 20 });
+    }
+    let sizes: &[usize] = if quick { &[200] } else { &[200, 2000, 10_000] };
+    for &n in sizes {
+        checkpoints(dir.path(), n, if n > 2000 { 30 } else { 200 });
     }
 }
