@@ -137,7 +137,7 @@ fn checkpoints(dir: &std::path::Path, n: usize, writes: usize) {
     let mut run = run_state(&plan, n / 2);
     let _lock = store.lock("run-1", &path).expect("lock");
     let ids: Vec<String> = plan.steps.iter().map(|s| s.id.clone()).collect();
-    let mut time = |journal: bool, run: &mut RunState| {
+    let time = |journal: bool, run: &mut RunState| {
         let mut samples = Vec::new();
         for i in 0..writes {
             run.step_mut(&ids[i % n]).attempt += 1;
