@@ -83,10 +83,11 @@ impl AwsProvider {
         on_event: &mut (dyn FnMut(ProvisionEvent) + Send),
     ) -> Result<(String, &'static str)> {
         if spec.instance_types.is_empty() {
-            return Err(Error::Runtime(format!(
-                "instance step {} has no instance_types\n  = help: list at least one, e.g. `instance_types: [g5.2xlarge]`",
+            return Err(Error::runtime(format!(
+                "instance step {} has no instance_types",
                 tags.step
-            )));
+            ))
+            .with_help("list at least one, e.g. `instance_types: [g5.2xlarge]`"));
         }
         let image = self
             .resolve_image(spec.image.as_deref(), &tags.step)
@@ -152,9 +153,7 @@ impl AwsProvider {
                                 .first()
                                 .and_then(|i| i.instance_id())
                                 .ok_or_else(|| {
-                                    Error::Runtime(
-                                        "RunInstances answered without an instance".into(),
-                                    )
+                                    Error::runtime("RunInstances answered without an instance")
                                 })?;
                             tracing::info!(instance = %id, %instance_type, ?slot, market, "launched");
                             return Ok((id.to_string(), market));
@@ -208,10 +207,8 @@ impl AwsProvider {
                 }
             }
         }
-        Err(Error::Runtime(format!(
-            "no capacity for instance step {}: every instance type, availability zone and market was tried:\n{}\n  \
-             = help: add instance types (or availability zones, or subnets in other zones) to the step, use `market: spot-then-on-demand`, \
-             ask AWS for a higher quota if a limit was hit, or apply again later",
+        Err(Error::runtime(format!(
+            "no capacity for instance step {}: every instance type, availability zone and market was tried:\n{}",
             tags.step,
             attempts
                 .iter()
@@ -223,7 +220,11 @@ impl AwsProvider {
                 ))
                 .collect::<Vec<_>>()
                 .join("\n")
-        )))
+        ))
+        .with_help(
+            "add instance types (or availability zones, or subnets in other zones) to the step, use `market: \
+             spot-then-on-demand`, ask AWS for a higher quota if a limit was hit, or apply again later",
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -300,10 +301,12 @@ impl AwsProvider {
     /// An AMI id as is; `ssm:/path` through GetParameter.
     async fn resolve_image(&self, image: Option<&str>, step: &str) -> Result<String> {
         let Some(image) = image else {
-            return Err(Error::Runtime(format!(
-                "instance step {step} has no image\n  = help: give an AMI id or `ssm:/path` of a public parameter, \
-                 e.g. `ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`"
-            )));
+            return Err(
+                Error::runtime(format!("instance step {step} has no image")).with_help(
+                    "give an AMI id or `ssm:/path` of a public parameter, \
+                 e.g. `ssm:/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64`",
+                ),
+            );
         };
         let Some(name) = image.strip_prefix("ssm:") else {
             return Ok(image.to_string());
@@ -319,7 +322,7 @@ impl AwsProvider {
         out.parameter()
             .and_then(|p| p.value())
             .map(str::to_string)
-            .ok_or_else(|| Error::Runtime(format!("SSM parameter {name} has no value")))
+            .ok_or_else(|| Error::runtime(format!("SSM parameter {name} has no value")))
     }
 
     /// The image's root device name (where the encrypted gp3 root goes), else `/dev/sda1`.

@@ -14,8 +14,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata};
-use aws_sdk_ec2::operation::RequestId;
+use aws_sdk_ec2::error::ProvideErrorMetadata;
 use aws_sdk_ec2::types::{
     Filter, Instance, InstanceLifecycleType, InstanceStateName, ResourceType, Tag,
     TagSpecification, Volume, VolumeAttachmentState, VolumeState, VolumeType,
@@ -283,11 +282,13 @@ impl AwsProvider {
                 let id = found.volume_id().unwrap_or_default().to_string();
                 let found_az = found.availability_zone().unwrap_or_default();
                 if found_az != az {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::runtime(format!(
                         "volume {id} (tagged with this step's token {}) is in {found_az}, but instance \
-                         {instance_id} is in {az}\n  = help: delete or move the volume (snapshot it and restore \
-                         the snapshot in {az}), then apply again",
+                         {instance_id} is in {az}",
                         tags.token
+                    ))
+                    .with_help(format!(
+                        "delete or move the volume (snapshot it and restore the snapshot in {az}), then apply again"
                     )));
                 }
                 tracing::info!(volume = %id, token = %tags.token, "adopting the volume tagged with this step's token");
@@ -319,10 +320,12 @@ impl AwsProvider {
                     let other = other.instance_id().unwrap_or("?").to_string();
                     // A volume that outlived its host (re-provisioned): EC2 detaches it as the old one terminates.
                     if !self.is_terminating(&other).await? {
-                        return Err(Error::Runtime(format!(
-                            "volume {volume_id} is attached to instance {other}, not to {instance_id}\n  = help: \
-                             detach it from there (or terminate that instance), then apply again"
-                        )));
+                        return Err(Error::runtime(format!(
+                            "volume {volume_id} is attached to instance {other}, not to {instance_id}"
+                        ))
+                        .with_help(
+                            "detach it from there (or terminate that instance), then apply again",
+                        ));
                     }
                     self.wait_volume_detached(&volume_id).await?;
                 }
@@ -336,7 +339,7 @@ impl AwsProvider {
             "check the volume and the instance in the EC2 console; apply again adopts the volume",
             || async {
                 let Some(v) = self.describe_volume(&volume_id).await? else {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::runtime(format!(
                         "volume {volume_id} disappeared while it was being attached to {instance_id}"
                     )));
                 };
@@ -612,10 +615,11 @@ impl AwsProvider {
                                   profile may be unusable; apply again to launch a new one"
                                 .to_string(),
                         };
-                        Err(Error::Runtime(format!(
-                            "instance {instance_id} is {} instead of running: {reason}\n  = help: {help}",
+                        Err(Error::runtime(format!(
+                            "instance {instance_id} is {} instead of running: {reason}",
                             state_str(other)
-                        )))
+                        ))
+                        .with_help(help))
                     }
                 }
             },
@@ -649,7 +653,7 @@ impl AwsProvider {
                     .values(instance_id)
                     .build()
                     .map_err(|e| {
-                        Error::Runtime(format!("DescribeInstanceInformation filter: {e}"))
+                        Error::runtime(format!("DescribeInstanceInformation filter: {e}"))
                     })?;
                 let out = match self
                     .ssm
@@ -712,7 +716,7 @@ impl AwsProvider {
             })?;
         let id = out
             .volume_id()
-            .ok_or_else(|| Error::Runtime("CreateVolume answered without a volume id".into()))?;
+            .ok_or_else(|| Error::runtime("CreateVolume answered without a volume id"))?;
         tracing::info!(volume = %id, %az, size_gib = size, "created volume");
         Ok(id.to_string())
     }
@@ -788,7 +792,7 @@ impl AwsProvider {
             "check the volume in the EC2 console; apply again adopts it by its token tag",
             || async {
                 let Some(v) = self.describe_volume(volume_id).await? else {
-                    return Err(Error::Runtime(format!("volume {volume_id} disappeared")));
+                    return Err(Error::runtime(format!("volume {volume_id} disappeared")));
                 };
                 Ok(if v.state() == Some(&VolumeState::Available) {
                     Probe::Done(())
@@ -812,11 +816,11 @@ impl AwsProvider {
                 match v.state() {
                     Some(VolumeState::Available | VolumeState::InUse) => Ok(Probe::Done(v)),
                     Some(VolumeState::Creating) | None => Ok(Probe::Wait("creating".into())),
-                    Some(other) => Err(Error::Runtime(format!(
-                        "volume {volume_id} is {} instead of available\n  = help: an `error` volume cannot be \
-                         used: delete it and apply again",
+                    Some(other) => Err(Error::runtime(format!(
+                        "volume {volume_id} is {} instead of available",
                         other.as_str()
-                    ))),
+                    ))
+                    .with_help("an `error` volume cannot be used: delete it and apply again")),
                 }
             },
         )
@@ -877,10 +881,10 @@ impl AwsProvider {
     /// The first of /dev/sdf../dev/sdp that the instance does not use (under any of its names), nor `taken`.
     async fn free_device(&self, instance_id: &str, taken: &[String]) -> Result<String> {
         let Some(instance) = self.describe_instance(instance_id).await? else {
-            return Err(Error::Runtime(format!(
-                "instance {instance_id} does not exist, so no volume can be attached to it\n  = help: apply again: \
-                 the instance step runs again first"
-            )));
+            return Err(Error::runtime(format!(
+                "instance {instance_id} does not exist, so no volume can be attached to it"
+            ))
+            .with_help("apply again: the instance step runs again first"));
         };
         let used: Vec<&str> = instance
             .block_device_mappings()
@@ -890,10 +894,10 @@ impl AwsProvider {
             .chain(taken.iter().map(String::as_str))
             .collect();
         pick_device(&used).ok_or_else(|| {
-            Error::Runtime(format!(
-                "instance {instance_id} has no free device name left in /dev/sdf../dev/sdp\n  = help: detach \
-                 volumes it no longer needs"
+            Error::runtime(format!(
+                "instance {instance_id} has no free device name left in /dev/sdf../dev/sdp"
             ))
+            .with_help("detach volumes it no longer needs")
         })
     }
 
@@ -922,10 +926,11 @@ impl AwsProvider {
             };
             let elapsed = start.elapsed();
             if elapsed >= timeout {
-                return Err(Error::Runtime(format!(
-                    "timed out after {} ({polls} polls) waiting for {what}; last seen: {last}\n  = help: {help}",
+                return Err(Error::runtime(format!(
+                    "timed out after {} ({polls} polls) waiting for {what}; last seen: {last}",
                     humantime::format_duration(Duration::from_millis(elapsed.as_millis() as u64))
-                )));
+                ))
+                .with_help(help));
             }
             let delay = delays.next().unwrap_or(self.poll.max);
             tracing::debug!(%what, state = %last, ?delay, "waiting");
@@ -943,24 +948,14 @@ fn is_not_found(code: Option<&str>) -> bool {
     )
 }
 
-/// An SDK error as `what: CODE: message (request id …)`: EC2 errors are unmodeled, and DisplayErrorContext
-/// would print the whole raw response for them. Errors without a code (no answer: network, timeout,
-/// credentials) keep DisplayErrorContext's chain of causes.
+/// An SDK error as `what: CODE: message (request id …)` with `help` (aws_error.rs).
 pub(crate) fn aws_error<E>(what: &str, err: &aws_sdk_ec2::error::SdkError<E>, help: &str) -> Error
 where
     E: std::error::Error + ProvideErrorMetadata + 'static,
 {
-    let cause = match (err.as_service_error(), err.code()) {
-        (Some(_), Some(code)) => {
-            let mut text = format!("{code}: {}", err.message().unwrap_or("(no message)"));
-            if let Some(id) = err.request_id() {
-                text.push_str(&format!(" (request id {id})"));
-            }
-            text
-        }
-        _ => DisplayErrorContext(err).to_string(),
-    };
-    Error::Runtime(format!("{what}: {cause}\n  = help: {help}"))
+    crate::aws_error::AwsError::from_sdk(what, err)
+        .with_help(help)
+        .into()
 }
 
 pub(crate) fn filter<'a>(name: &str, values: impl IntoIterator<Item = &'a str>) -> Filter {

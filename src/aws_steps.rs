@@ -116,7 +116,7 @@ impl Job {
             .and_then(|o| o.get(key))
             .cloned()
             .ok_or_else(|| {
-                Error::Runtime(format!(
+                Error::runtime(format!(
                     "step `{step}` has no output `{key}` (has it succeeded in this run?)"
                 ))
             })
@@ -135,7 +135,7 @@ impl Job {
 
     pub(crate) async fn aws_instance(&self) -> Result<Outcome> {
         let StepKind::Instance(spec) = &self.step.kind else {
-            return Err(Error::Runtime("not an instance step".into()));
+            return Err(Error::runtime("not an instance step"));
         };
         self.begin(IndexMap::from([("token".to_string(), self.token.clone())]))
             .await;
@@ -209,7 +209,7 @@ impl Job {
 
     pub(crate) async fn aws_volume(&self) -> Result<Outcome> {
         let StepKind::Volume(spec) = &self.step.kind else {
-            return Err(Error::Runtime("not a volume step".into()));
+            return Err(Error::runtime("not a volume step"));
         };
         let instance_id = self.output_of(&spec.attach_to, "instance_id")?;
         let az = self.output_of(&spec.attach_to, "availability_zone")?;
@@ -241,7 +241,7 @@ impl Job {
         );
         let inv = host.run(&script, Duration::from_secs(600)).await?;
         if !inv.succeeded() {
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "cannot mount volume {} at {mount}: {}",
                 vol.volume_id,
                 inv.describe()
@@ -262,14 +262,14 @@ impl Job {
     /// because the instance is gone) is a lost host, with EC2's reason.
     pub(crate) async fn aws_run(&self, script: String, launch: LaunchSpec) -> Result<Outcome> {
         let StepKind::Run(spec) = &self.step.kind else {
-            return Err(Error::Runtime("not a run step".into()));
+            return Err(Error::runtime("not a run step"));
         };
         let error = match self.aws_run_on(spec, script, launch).await {
-            Err(Error::Runtime(error)) => error,
+            Err(error @ (Error::Runtime { .. } | Error::Aws(_))) => error,
             other => return other,
         };
         let Ok(instance_id) = self.output_of(&spec.on, "instance_id") else {
-            return Err(Error::Runtime(error));
+            return Err(error);
         };
         let config = crate::aws::sdk_config(&self.target).await;
         let ec2 = aws_sdk_ec2::Client::new(&config);
@@ -278,7 +278,7 @@ impl Job {
                 instance_id,
                 error: reason,
             }),
-            None => Err(Error::Runtime(error)),
+            None => Err(error),
         }
     }
 
@@ -332,6 +332,7 @@ impl Job {
             if status.is_finished() && status.state == "failed" && status.exit_code == Some(75) {
                 return Ok(Outcome::Failed {
                     error: status.error.unwrap_or_else(|| "lock busy".into()),
+                    help: None,
                 });
             }
         }
@@ -373,7 +374,7 @@ impl Job {
                                 Some(Verdict::Stalled(reason)) => {
                                     host.cancel(&id, Duration::from_secs(30)).await?;
                                     host.cancel_command(&command).await;
-                                    return Ok(Outcome::Failed { error: reason });
+                                    return Ok(Outcome::Failed { error: reason, help: None });
                                 }
                                 Some(Verdict::HostGone(reason)) => {
                                     host.cancel_command(&command).await;
@@ -439,7 +440,7 @@ impl Job {
             Ok(Some(ssm_host::Bundle { archive, dests }))
         })
         .await
-        .map_err(|e| Error::Runtime(format!("packing files: {e}")))?
+        .map_err(|e| Error::runtime(format!("packing files: {e}")))?
     }
 
     /// What the step printed is in S3 (the wait command's output, the heartbeat), written by SSM and the host:
@@ -555,7 +556,7 @@ impl Job {
             })
             .collect();
         if !left.is_empty() {
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "teardown finished but these resources of run {} still exist: {}",
                 self.run_id,
                 left.iter()
@@ -654,6 +655,7 @@ fn outcome_of(
                     .map(|t| humantime::format_duration(t).to_string())
                     .unwrap_or_default()
             ),
+            help: None,
         },
         "cancelled" => Outcome::Cancelled,
         "failed" => Outcome::Failed {
@@ -668,15 +670,18 @@ fn outcome_of(
                     .map(|e| format!(": {e}"))
                     .unwrap_or_default()
             ),
+            help: None,
         },
         "lost" => Outcome::Failed {
             error: "the step's processes vanished without an exit code (instance rebooted?)".into(),
+            help: None,
         },
         _ => Outcome::Failed {
             error: format!(
                 "the wait on the host ended without a result: {}",
                 inv.describe()
             ),
+            help: None,
         },
     }
 }
@@ -701,7 +706,7 @@ pub async fn destroy_aws(
                 aws_provider::KIND_INSTANCE => instances.push((step.clone(), r.id.clone())),
                 aws_provider::KIND_VOLUME => volumes.push((step.clone(), r.clone())),
                 other => {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::runtime(format!(
                         "cannot destroy a `{other}` resource on the aws target"
                     )))
                 }

@@ -294,7 +294,7 @@ pub fn main() -> i32 {
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            let text = e.to_string();
+            let text = e.render();
             eprint!("{text}");
             if !text.ends_with('\n') {
                 eprintln!();

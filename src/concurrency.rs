@@ -25,7 +25,7 @@ pub async fn unfinished(store: &Store) -> Result<Vec<RunState>> {
             Ok(Some(run)) if !run.status.is_finished() => found.push(run),
             Ok(_) => {}
             Err(e @ Error::CorruptState { .. }) => {
-                tracing::warn!("{}", e.to_string().trim_start_matches("error: "));
+                tracing::warn!("{e}");
             }
             Err(e) => return Err(e),
         }

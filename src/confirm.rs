@@ -14,10 +14,7 @@ pub fn asks(plan: &Plan) -> bool {
 /// Shows `preview` and asks on the terminal. True only for `yes` (or `y`); anything else, or end of input, is no.
 pub fn ask(plan: &Plan, preview: &str) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
-        return Err(Error::Usage(format!(
-            "plan apply on AWS shows what it will create and asks before it spends money, and there is no terminal to ask on\n  = help: see what it would do with `plan preview {file}`, then pass --yes (as a CI job does)",
-            file = plan.file.display()
-        )));
+        return Err(Error::Usage("plan apply on AWS shows what it will create and asks before it spends money, and there is no terminal to ask on".into()).with_help(format!("see what it would do with `plan preview {file}`, then pass --yes (as a CI job does)", file = plan.file.display())));
     }
     let mut err = std::io::stderr().lock();
     let _ = write!(

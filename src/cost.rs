@@ -398,16 +398,8 @@ pub fn check_new_run(plan: &Plan) -> Result<()> {
     let file = plan.file.display();
     match cost.total_usd {
         Some(total) if total <= budget => Ok(()),
-        Some(total) => Err(Error::Usage(format!(
-            "{file}: the estimated cost of a new run, {}, is above its budget of {}; nothing was started\n  = help: the estimate is an upper bound (on-demand prices × the longest chain of step timeouts on each instance); `plan preview {file}` itemises it. Lower the timeouts, pick cheaper `instance_types`, or raise `budget:`",
-            usd(total),
-            usd(budget)
-        ))),
-        None => Err(Error::Usage(format!(
-            "{file}: cannot estimate the cost of a new run ({}), so it cannot be held to its budget of {}; nothing was started\n  = help: add the price to prices/aws.yaml, give every run step a `timeout`, or remove `budget:`",
-            cost.unknown.join("; "),
-            usd(budget)
-        ))),
+        Some(total) => Err(Error::Usage(format!("{file}: the estimated cost of a new run, {}, is above its budget of {}; nothing was started", usd(total), usd(budget))).with_help(format!("the estimate is an upper bound (on-demand prices × the longest chain of step timeouts on each instance); `plan preview {file}` itemises it. Lower the timeouts, pick cheaper `instance_types`, or raise `budget:`"))),
+        None => Err(Error::Usage(format!("{file}: cannot estimate the cost of a new run ({}), so it cannot be held to its budget of {}; nothing was started", cost.unknown.join("; "), usd(budget))).with_help("add the price to prices/aws.yaml, give every run step a `timeout`, or remove `budget:`")),
     }
 }
 

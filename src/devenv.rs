@@ -39,12 +39,12 @@ fn instance_step<'p>(plan: &'p Plan, step: Option<&str>) -> Result<(&'p Step, &'
             many => {
                 let names: Vec<&str> = many.iter().map(|s| s.id.as_str()).collect();
                 return Err(Error::Usage(format!(
-                    "{}: plan `{}` has several instance steps ({}); name one\n  = help: pass --step {}",
+                    "{}: plan `{}` has several instance steps ({}); name one",
                     plan.file.display(),
                     plan.name,
-                    names.join(", "),
-                    names[0]
-                )));
+                    names.join(", ")
+                ))
+                .with_help(format!("pass --step {}", names[0])));
             }
         },
     };
@@ -65,7 +65,7 @@ fn live_host(plan: &Plan, run: &RunState, step: &Step) -> Result<String> {
     match st.outputs.get(key) {
         Some(id) if up => Ok(id.clone()),
         _ => Err(Error::Usage(format!(
-            "host `{}` of run {} is not up (step {}{})\n  = help: `plan apply {}` creates it",
+            "host `{}` of run {} is not up (step {}{})",
             step.id,
             run.run_id,
             st.status.as_str(),
@@ -74,8 +74,8 @@ fn live_host(plan: &Plan, run: &RunState, step: &Step) -> Result<String> {
             } else {
                 ""
             },
-            plan.file.display()
-        ))),
+        ))
+        .with_help(format!("`plan apply {}` creates it", plan.file.display()))),
     }
 }
 
@@ -160,10 +160,11 @@ pub async fn connect(
         let err = std::os::unix::process::CommandExt::exec(
             std::process::Command::new(&shell[0]).args(&shell[1..]),
         );
-        return Err(Error::Usage(format!(
-            "cannot run `{}`: {err}\n  = help: install the AWS CLI and its Session Manager plugin (session-manager-plugin)",
-            shell[0]
-        )));
+        return Err(
+            Error::Usage(format!("cannot run `{}`: {err}", shell[0])).with_help(
+                "install the AWS CLI and its Session Manager plugin (session-manager-plugin)",
+            ),
+        );
     }
     let mut out = format!(
         "# a shell on `{}` (run {}{expires})\n{}\n",
@@ -194,10 +195,11 @@ pub async fn extend(
     let (step, spec) = instance_step(plan, step)?;
     if spec.ttl.is_none() {
         return Err(Error::Usage(format!(
-            "{}: instance step `{}` has no `ttl`, so nothing on it expires\n  = help: add e.g. `ttl: 8h` to the step (it applies to hosts created after that)",
+            "{}: instance step `{}` has no `ttl`, so nothing on it expires",
             plan.file.display(),
             step.id
-        )));
+        ))
+        .with_help("add e.g. `ttl: 8h` to the step (it applies to hosts created after that)"));
     }
     let run = session::require_run(plan, sel).await?;
     let host = live_host(plan, &run, step)?;
@@ -223,7 +225,7 @@ pub async fn extend(
                 )
                 .await?;
             if !done.succeeded() {
-                return Err(Error::Runtime(format!(
+                return Err(Error::runtime(format!(
                     "could not move the deadline on {host}: {}",
                     done.describe()
                 )));

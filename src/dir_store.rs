@@ -185,7 +185,7 @@ impl DirStore {
         })?;
         state.serial += 1;
         let bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| Error::Runtime(format!("cannot encode state: {e}")))?;
+            .map_err(|e| Error::runtime(format!("cannot encode state: {e}")))?;
         if let Err(e) = write_atomic(&path, &bytes) {
             state.serial -= 1;
             return Err(Error::in_state_dir(&dir)(e));

@@ -243,10 +243,9 @@ pub(crate) fn sdk_error<E>(err: &SdkError<E>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    match (err.as_service_error(), err.code()) {
-        (Some(_), Some(code)) => format!("{code}: {}", err.message().unwrap_or("(no message)")),
-        _ => aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
-    }
+    let mut e = crate::aws_error::AwsError::from_sdk("", err);
+    e.request_id = None; // a check's detail names what failed, not the request
+    e.cause()
 }
 
 /// The error code of an SDK error, if a service answered with one.

@@ -86,6 +86,10 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schemars(with = "String")]
         error: Option<String>,
+        /// What to do about it, when sortie knows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "String")]
+        help: Option<String>,
     },
     /// Anything else worth a line (a warning, a detached step left running).
     Notice { message: String },

@@ -179,7 +179,7 @@ async fn remove(
     if failed.is_empty() {
         Ok(out)
     } else {
-        Err(Error::Runtime(format!(
+        Err(Error::runtime(format!(
             "{out}could not remove:\n  {}",
             failed.join("\n  ")
         )))

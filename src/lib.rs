@@ -3,6 +3,7 @@
 //! See docs/ARCHITECTURE.md for the map of modules.
 
 pub mod aws;
+pub mod aws_error;
 pub mod aws_launch;
 pub mod aws_provider;
 pub mod aws_steps;

@@ -167,7 +167,7 @@ impl LocalHost {
         let status = parse_status(&String::from_utf8_lossy(&out.stdout));
         match out.status.code() {
             Some(0) => Ok(status),
-            code => Err(Error::Runtime(format!(
+            code => Err(Error::runtime(format!(
                 "the host wrapper refused to launch step `{step}` (exit {}): {}",
                 code.unwrap_or(-1),
                 String::from_utf8_lossy(&out.stderr).trim()

@@ -46,7 +46,7 @@ impl LogTail {
                     "no log tail at s3://{}/{} yet: {}",
                     self.bucket,
                     self.key,
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                    crate::aws_error::AwsError::from_sdk("", &e).cause()
                 );
                 return String::new();
             }

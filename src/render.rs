@@ -47,7 +47,7 @@ pub async fn render(plan: &Plan, sel: &RunSelector, step: &str) -> Result<Render
         ),
     };
     let script = step_exec::render_run_script(spec, &ctx)
-        .map_err(|e| Error::Runtime(format!("{}: step `{step}`: {e}", plan.file.display())))?;
+        .map_err(|e| Error::runtime(format!("{}: step `{step}`: {e}", plan.file.display())))?;
     // Like every command's output: the values of secret-named variables never reach the terminal.
     Ok(Rendered {
         script: crate::scrub::text(&script),
@@ -64,17 +64,18 @@ fn run_spec<'p>(plan: &'p Plan, step: &str) -> Result<&'p RunSpec> {
         .filter(|s| matches!(s.kind, StepKind::Run(_)))
         .map(|s| s.id.as_str())
         .collect();
-    let help = format!("\n  = help: its run steps are: {}", runs.join(", "));
+    let help = format!("its run steps are: {}", runs.join(", "));
     match plan.step(step).map(|s| &s.kind) {
         Some(StepKind::Run(spec)) => Ok(spec),
         Some(_) => Err(Error::Usage(format!(
-            "{file}: step `{step}` is of kind `{}`; only `run` steps have a script to render{help}",
+            "{file}: step `{step}` is of kind `{}`; only `run` steps have a script to render",
             plan.step(step).map_or("", |s| s.kind_name().as_str())
-        ))),
-        None => Err(Error::Usage(format!(
-            "{file}: plan `{}` has no step `{step}`{help}",
-            plan.name
-        ))),
+        ))
+        .with_help(help)),
+        None => Err(
+            Error::Usage(format!("{file}: plan `{}` has no step `{step}`", plan.name))
+                .with_help(help),
+        ),
     }
 }
 

@@ -195,11 +195,17 @@ fn human(event: &Event) -> String {
             status,
             duration_secs,
             error,
+            help,
             ..
-        } => match error {
-            Some(e) => format!("  {status:<8} {step} after {duration_secs:.1}s: {e}"),
-            None => format!("  {status:<8} {step} ({duration_secs:.1}s)"),
-        },
+        } => {
+            match (error, help) {
+                (Some(e), Some(h)) => {
+                    format!("  {status:<8} {step} after {duration_secs:.1}s: {e}\n           = help: {h}")
+                }
+                (Some(e), None) => format!("  {status:<8} {step} after {duration_secs:.1}s: {e}"),
+                (None, _) => format!("  {status:<8} {step} ({duration_secs:.1}s)"),
+            }
+        }
         Event::Notice { message } => message.clone(),
         Event::RunFinished {
             run,

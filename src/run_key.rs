@@ -50,9 +50,8 @@ pub fn resolve(plan: &Plan, flag: Option<&str>) -> Result<Option<String>> {
         None
     };
     match problem {
-        Some(p) => Err(Error::Usage(format!(
-            "the run key from {origin} {p}\n  = help: a run key names one run: a commit SHA, a date, a ticket"
-        ))),
+        Some(p) => Err(Error::Usage(format!("the run key from {origin} {p}"))
+            .with_help("a run key names one run: a commit SHA, a date, a ticket")),
         None => Ok(Some(key)),
     }
 }
@@ -76,10 +75,7 @@ fn render(plan: &Plan, text: &str) -> Result<String> {
                 environment.insert(name.to_string(), v);
             }
             Err(_) => {
-                return Err(Error::Usage(format!(
-                    "{}: run_key uses `env.{name}`, which is not set (or not UTF-8) in this environment\n  = help: set {name}, or name the run with `--run-key KEY`",
-                    plan.file.display()
-                )))
+                return Err(Error::Usage(format!("{}: run_key uses `env.{name}`, which is not set (or not UTF-8) in this environment", plan.file.display())).with_help(format!("set {name}, or name the run with `--run-key KEY`")))
             }
         }
     }
@@ -121,7 +117,7 @@ pub async fn record(store: &Store, key: &str, run: &str) -> Result<()> {
         run: run.to_string(),
     };
     let bytes = serde_json::to_vec_pretty(&doc)
-        .map_err(|e| Error::Runtime(format!("cannot encode the run-key index: {e}")))?;
+        .map_err(|e| Error::runtime(format!("cannot encode the run-key index: {e}")))?;
     store.write_doc(&doc_name(key), &bytes).await
 }
 

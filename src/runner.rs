@@ -91,6 +91,7 @@ pub async fn walk(
                 cancel_first[i] = st.status == StepStatus::Running;
                 st.status = StepStatus::Pending;
                 st.error = None;
+                st.help = None;
                 st.progress = None;
             }
         }
@@ -281,6 +282,7 @@ impl Walker<'_> {
                 attempt: st.attempt,
                 duration_secs: 0.0,
                 error: Some(message.clone()),
+                help: None,
             });
             self.frontier.ended(self.plan, &self.state, i);
         }
@@ -327,6 +329,7 @@ impl Walker<'_> {
                     attempt: st.attempt,
                     duration_secs: 0.0,
                     error: Some(reason),
+                    help: None,
                 });
                 self.frontier.ended(self.plan, &self.state, i);
                 self.checkpoint().await?;
@@ -524,7 +527,7 @@ impl Walker<'_> {
     }
 
     async fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
-        if let Outcome::Failed { error } = &outcome {
+        if let Outcome::Failed { error, .. } = &outcome {
             // Announced at once, even when a retry follows: a stalled 15-hour step is what an operator must
             // hear of.
             if crate::stall::is_stall(error) {
@@ -546,7 +549,7 @@ impl Walker<'_> {
         let (outcome, final_failure) = match outcome {
             Outcome::HostLost { instance_id, error } => {
                 let (error, again) = self.host_lost(i, &instance_id, error).await?;
-                (Outcome::Failed { error }, !again)
+                (Outcome::Failed { error, help: None }, !again)
             }
             other => (other, false),
         };
@@ -556,18 +559,21 @@ impl Walker<'_> {
         let duration = st.started_at.map_or(0.0, |t| state::now() - t);
         let attempt = st.attempt;
         let mut events = Vec::new();
-        let finished = |status: &str, error: Option<String>| Event::StepFinished {
-            step: step.id.clone(),
-            status: status.into(),
-            attempt,
-            duration_secs: duration,
-            error,
-        };
+        let finished =
+            |status: &str, error: Option<String>, help: Option<String>| Event::StepFinished {
+                step: step.id.clone(),
+                status: status.into(),
+                attempt,
+                duration_secs: duration,
+                error,
+                help,
+            };
         match outcome {
             Outcome::Succeeded { outputs, resources } => {
                 st.status = StepStatus::Succeeded;
                 st.finished_at = Some(state::now());
                 st.error = None;
+                st.help = None;
                 for (k, v) in &outputs {
                     events.push(Event::StepOutput {
                         step: step.id.clone(),
@@ -596,12 +602,12 @@ impl Walker<'_> {
                 if !resources.is_empty() {
                     st.resources = resources;
                 }
-                events.push(finished("succeeded", None));
+                events.push(finished("succeeded", None, None));
             }
             Outcome::Destroyed { steps } => {
                 st.status = StepStatus::Succeeded;
                 st.finished_at = Some(state::now());
-                events.push(finished("succeeded", None));
+                events.push(finished("succeeded", None, None));
                 let at = state::now();
                 for s in steps {
                     for r in &mut self.state.step_mut(&s).resources {
@@ -612,7 +618,7 @@ impl Walker<'_> {
                     }
                 }
             }
-            Outcome::Failed { error } if !final_failure && may_retry => {
+            Outcome::Failed { error, help } if !final_failure && may_retry => {
                 // Exponential backoff with full jitter: base * 2^(attempt-1), scaled by a random factor in [0.5, 1).
                 let delay =
                     crate::backoff::Backoff::new(step.backoff, 2.0, Duration::from_secs(600))
@@ -620,6 +626,7 @@ impl Walker<'_> {
                         .as_secs_f64();
                 st.status = StepStatus::Pending;
                 st.error = Some(error.clone());
+                st.help = help;
                 self.retry_at.insert(
                     i,
                     tokio::time::Instant::now() + Duration::from_secs_f64(delay),
@@ -632,11 +639,19 @@ impl Walker<'_> {
                 });
             }
             // (A lost host is a Failed by now.)
-            Outcome::Failed { error } | Outcome::HostLost { error, .. } => {
+            // (A lost host is a Failed by now; the match must still name it.)
+            Outcome::Failed { error, help } => {
                 st.status = StepStatus::Failed;
                 st.finished_at = Some(state::now());
                 st.error = Some(error.clone());
-                events.push(finished("failed", Some(error)));
+                st.help = help.clone();
+                events.push(finished("failed", Some(error), help));
+            }
+            Outcome::HostLost { error, .. } => {
+                st.status = StepStatus::Failed;
+                st.finished_at = Some(state::now());
+                st.error = Some(error.clone());
+                events.push(finished("failed", Some(error), None));
             }
             Outcome::Cancelled => {
                 st.status = StepStatus::Cancelled;
@@ -645,7 +660,7 @@ impl Walker<'_> {
                     Some(why) => format!("cancelled: {why}"),
                     None => "cancelled".into(),
                 });
-                events.push(finished("cancelled", None));
+                events.push(finished("cancelled", None, None));
             }
             Outcome::LeftRunning => {
                 self.left_running = true;

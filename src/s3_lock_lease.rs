@@ -86,7 +86,7 @@ pub fn spawn_renewal(
                 }
                 Err(e) => tracing::warn!(
                     "renewing the lock s3://{bucket}/{key}: {}; trying again in {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e),
+                    crate::aws_error::AwsError::from_sdk("", &e).cause(),
                     humantime::format_duration(every)
                 ),
             }

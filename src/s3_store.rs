@@ -87,13 +87,9 @@ impl S3Store {
 
     fn sdk_error<E>(&self, op: &str, key: &str, e: SdkError<E>) -> Error
     where
-        E: std::error::Error + 'static,
+        E: std::error::Error + ProvideErrorMetadata + 'static,
     {
-        Error::Runtime(format!(
-            "S3 {op} {} failed: {}",
-            self.url(key),
-            DisplayErrorContext(&e)
-        ))
+        crate::aws_error::AwsError::from_sdk(format!("S3 {op} {}", self.url(key)), &e).into()
     }
 
     /// A 403 on a GET. S3 answers a missing key with 403 instead of 404 when the caller may not list the
@@ -103,15 +99,10 @@ impl S3Store {
         E: std::error::Error + ProvideErrorMetadata + 'static,
     {
         let code = e.code().unwrap_or("AccessDenied").to_string();
-        Error::Runtime(format!(
-            "S3 denied GetObject {} ({code}, HTTP 403). If the object does not exist yet (a new run's state), \
-             S3 answers 403 instead of 404 because this identity may not list the bucket: {}\n  = help: grant \
+        Error::runtime(format!("S3 denied GetObject {} ({code}, HTTP 403). If the object does not exist yet (a new run's state), \
+             S3 answers 403 instead of 404 because this identity may not list the bucket: {}", self.url(key), DisplayErrorContext(&e))).with_help(format!("grant \
              s3:ListBucket on arn:aws:s3:::{} with no s3:prefix condition, and s3:GetObject on the state prefix \
-             (docs/IAM.md, statements StateList and State)",
-            self.url(key),
-            DisplayErrorContext(&e),
-            self.bucket
-        ))
+             (docs/IAM.md, statements StateList and State)", self.bucket))
     }
 
     /// Run ids, oldest first (ids sort by creation time). Only runs with a state document count, as in the
@@ -201,7 +192,7 @@ impl S3Store {
             .collect()
             .await
             .map_err(|e| {
-                Error::Runtime(format!(
+                Error::runtime(format!(
                     "S3 GetObject {} failed while reading the body: {}",
                     self.url(key),
                     DisplayErrorContext(&e)
@@ -275,7 +266,7 @@ impl S3Store {
                 .to_string(),
         };
         let body = serde_json::to_vec_pretty(&doc)
-            .map_err(|e| Error::Runtime(format!("cannot encode lock: {e}")))?;
+            .map_err(|e| Error::runtime(format!("cannot encode lock: {e}")))?;
         let mut holder = None;
         for _ in 0..LOCK_ATTEMPTS {
             let put = self
@@ -447,7 +438,7 @@ impl S3Store {
             Ok(b) => b,
             Err(e) => {
                 state.serial -= 1;
-                return Err(Error::Runtime(format!("cannot encode state: {e}")));
+                return Err(Error::runtime(format!("cannot encode state: {e}")));
             }
         };
         let put = self
@@ -503,7 +494,7 @@ impl S3Lock {
         }
         let url = format!("s3://{}/{}", self.bucket, self.key);
         let fail = |op: &str, e: &dyn std::error::Error| {
-            Error::Runtime(format!("S3 {op} {url} failed: {}", DisplayErrorContext(e)))
+            Error::runtime(format!("S3 {op} {url} failed: {}", DisplayErrorContext(e)))
         };
         let out = match self
             .client

@@ -236,6 +236,7 @@ mod tests {
                 attempt: 1,
                 duration_secs: 1.0,
                 error: None,
+                help: Some(step()),
             },
             Event::RunFinished {
                 run: step(),

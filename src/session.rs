@@ -362,16 +362,14 @@ fn check_resumable(plan: &Plan, run: &RunState, from: Option<usize>) -> Result<(
         .as_deref()
         .filter(|f| *f != plan_file_name(plan))
     {
-        return Err(Error::Usage(format!(
-            "run {} belongs to the plan file `{owner}`, not {file} (both are plan `{}` and share its state)\n  = help: apply `{owner}` to continue it, or give this plan its own `plan:` name",
-            run.run_id, plan.name
-        )));
+        return Err(Error::Usage(format!("run {} belongs to the plan file `{owner}`, not {file} (both are plan `{}` and share its state)", run.run_id, plan.name)).with_help(format!("apply `{owner}` to continue it, or give this plan its own `plan:` name")));
     }
     if run.status == RunStatus::Destroyed {
         return Err(Error::Usage(format!(
-            "run {} was destroyed and cannot be continued\n  = help: start a new run with `plan apply {file}`",
+            "run {} was destroyed and cannot be continued",
             run.run_id
-        )));
+        ))
+        .with_help(format!("start a new run with `plan apply {file}`")));
     }
     let Some(from) = from else { return Ok(()) };
     // A step that will not rerun but whose resources are gone: the steps that rerun would find no host.
@@ -388,10 +386,7 @@ fn check_resumable(plan: &Plan, run: &RunState, from: Option<usize>) -> Result<(
         matches!(d, Decision::Skip) && run.step(&s.id).resources.iter().any(|r| r.destroyed)
     });
     match gone {
-        Some((s, _)) => Err(Error::Usage(format!(
-            "--from {}: the resources of step `{}` in run {} were torn down, and rerunning from `{}` would not re-create them\n  = help: rerun from `{}` to re-create them, or start a new run with `plan apply {file}`",
-            plan.steps[from].id, s.id, run.run_id, plan.steps[from].id, s.id
-        ))),
+        Some((s, _)) => Err(Error::Usage(format!("--from {}: the resources of step `{}` in run {} were torn down, and rerunning from `{}` would not re-create them", plan.steps[from].id, s.id, run.run_id, plan.steps[from].id)).with_help(format!("rerun from `{}` to re-create them, or start a new run with `plan apply {file}`", s.id))),
         None => Ok(()),
     }
 }

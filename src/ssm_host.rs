@@ -115,7 +115,7 @@ impl SsmHost {
         let secs = timeout.as_secs().clamp(60, MAX_EXECUTION.as_secs());
         let size = crate::ssm_command_size::parameters_size(script, secs);
         if size > crate::ssm_command_size::PARAMETERS_BUDGET {
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "the command for {} is {size} bytes, over the {} bytes sortie keeps an SSM command under \
                  (SSM's limit is 64 KB, its document included)",
                 self.instance_id,
@@ -136,16 +136,15 @@ impl SsmHost {
                 .output_s3_key_prefix(&out.prefix);
         }
         let sent = req.send().await.map_err(|e| {
-            Error::Runtime(format!(
-                "SSM SendCommand to {} failed: {}",
-                self.instance_id,
-                aws_sdk_ssm::error::DisplayErrorContext(&e)
-            ))
+            crate::aws_error::AwsError::from_sdk(
+                format!("SSM SendCommand to {}", self.instance_id),
+                &e,
+            )
         })?;
         sent.command()
             .and_then(|c| c.command_id())
             .map(str::to_string)
-            .ok_or_else(|| Error::Runtime("SSM SendCommand returned no command id".into()))
+            .ok_or_else(|| Error::runtime("SSM SendCommand returned no command id"))
     }
 
     /// Polls a command until it ends. `cancel` turns into CancelCommand; `pace` (from the step's watcher) changes
@@ -240,11 +239,14 @@ impl SsmHost {
             {
                 Ok(None)
             }
-            Err(e) => Err(Error::Runtime(format!(
-                "SSM GetCommandInvocation {command_id} on {} failed: {}",
-                self.instance_id,
-                aws_sdk_ssm::error::DisplayErrorContext(&e)
-            ))),
+            Err(e) => Err(crate::aws_error::AwsError::from_sdk(
+                format!(
+                    "SSM GetCommandInvocation {command_id} on {}",
+                    self.instance_id
+                ),
+                &e,
+            )
+            .into()),
         }
     }
 
@@ -411,7 +413,7 @@ impl SsmHost {
             staging = match staging.more() {
                 Some(more) => more,
                 None => {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::runtime(format!(
                         "the launch command of `{step}` is {} bytes even with its script and environment in S3, \
                          over the {} bytes SSM takes (64 KB, its document included)",
                         crate::ssm_command_size::parameters_size(&command, timeout),
@@ -471,7 +473,7 @@ impl SsmHost {
                 // The staged archive is bad: drop it so the next attempt uploads it again.
                 self.unstage(&format!("files/{}.tar.gz", d.sha256)).await;
             }
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "cannot start step `{step}` on {}: {}",
                 self.instance_id,
                 inv.describe()
@@ -485,7 +487,7 @@ impl SsmHost {
             .run(&Self::status_script(step), Duration::from_secs(120))
             .await?;
         if !inv.succeeded() {
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "cannot read the status of step `{step}`: {}",
                 inv.describe()
             )));
@@ -518,17 +520,16 @@ impl SsmHost {
                     .send()
                     .await
                     .map_err(|e| {
-                        Error::Runtime(format!(
-                            "cannot read the log at s3://{}/{key}: {}",
-                            out.bucket,
-                            aws_sdk_s3::error::DisplayErrorContext(&e)
-                        ))
+                        crate::aws_error::AwsError::from_sdk(
+                            format!("S3 GetObject s3://{}/{key} (the log)", out.bucket),
+                            &e,
+                        )
                     })?;
                 let bytes = got
                     .body
                     .collect()
                     .await
-                    .map_err(|e| Error::Runtime(format!("cannot read the log: {e}")))?;
+                    .map_err(|e| Error::runtime(format!("cannot read the log: {e}")))?;
                 String::from_utf8_lossy(&bytes.into_bytes()).into_owned()
             }
             None => {
@@ -540,10 +541,10 @@ impl SsmHost {
                     .send()
                     .await
                     .map_err(|e| {
-                        Error::Runtime(format!(
-                            "cannot read command {command_id}: {}",
-                            aws_sdk_ssm::error::DisplayErrorContext(&e)
-                        ))
+                        crate::aws_error::AwsError::from_sdk(
+                            format!("SSM GetCommandInvocation {command_id}"),
+                            &e,
+                        )
                     })?;
                 inv.standard_output_content()
                     .unwrap_or_default()
@@ -571,7 +572,7 @@ impl SsmHost {
     /// GET the host fetches with curl: the host needs no S3 permission.
     async fn stage(&self, what: &str, key: &str, body: Vec<u8>, reuse: bool) -> Result<String> {
         let out = self.output.as_ref().ok_or_else(|| {
-            Error::Runtime(format!("{what} must travel through S3, and there is no S3 bucket to stage it in (keep state in S3)"))
+            Error::runtime(format!("{what} must travel through S3, and there is no S3 bucket to stage it in (keep state in S3)"))
         })?;
         let key = format!("{}/{key}", out.prefix.trim_end_matches('/'));
         let there = reuse
@@ -592,16 +593,15 @@ impl SsmHost {
                 .send()
                 .await
                 .map_err(|e| {
-                    Error::Runtime(format!(
-                        "cannot upload {what} to s3://{}/{key}: {}",
-                        out.bucket,
-                        aws_sdk_s3::error::DisplayErrorContext(&e)
-                    ))
+                    crate::aws_error::AwsError::from_sdk(
+                        format!("S3 PutObject s3://{}/{key} ({what})", out.bucket),
+                        &e,
+                    )
                 })?;
         }
         let presign =
             aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
-                .map_err(|e| Error::Runtime(format!("cannot presign: {e}")))?;
+                .map_err(|e| Error::runtime(format!("cannot presign: {e}")))?;
         let req = self
             .s3
             .get_object()
@@ -610,7 +610,7 @@ impl SsmHost {
             .presigned(presign)
             .await
             .map_err(|e| {
-                Error::Runtime(format!(
+                Error::runtime(format!(
                     "cannot presign s3://{}/{key}: {}",
                     out.bucket,
                     aws_sdk_s3::error::DisplayErrorContext(&e)

@@ -117,6 +117,9 @@ pub struct StepState {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What to do about `error`, when sortie knows (kept apart from the message, as in `Error::help`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub help: Option<String>,
     /// Latest progress reported by the host (heartbeat).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
@@ -135,6 +138,7 @@ impl StepState {
             handle: IndexMap::new(),
             token: None,
             error: None,
+            help: None,
             progress: None,
         }
     }

@@ -107,7 +107,7 @@ impl Cursor {
             let _ = dir.sync_all();
         }
         let snapshot_stamp = Stamp::of(snapshot).ok_or_else(|| {
-            Error::Runtime(format!(
+            Error::runtime(format!(
                 "{} vanished while starting its journal",
                 snapshot.display()
             ))
@@ -151,10 +151,10 @@ impl Cursor {
         };
         // Scrubbed like the whole document would be: only what changed goes through the scrubber.
         let mut json = serde_json::to_value(&record)
-            .map_err(|e| Error::Runtime(format!("cannot encode a journal record: {e}")))?;
+            .map_err(|e| Error::runtime(format!("cannot encode a journal record: {e}")))?;
         crate::scrub::current().json(&mut json);
         let mut line = serde_json::to_vec(&json)
-            .map_err(|e| Error::Runtime(format!("cannot encode a journal record: {e}")))?;
+            .map_err(|e| Error::runtime(format!("cannot encode a journal record: {e}")))?;
         line.push(b'\n');
         let fail = |e| Error::io(format!("cannot write {}", self.path.display()), e);
         self.file.write_all(&line).map_err(fail)?;

@@ -92,6 +92,12 @@ async fn status_text(plan: &Plan, run: RunState, output: OutputFormat) -> Result
         run.status.as_str()
     );
     out.push_str(&table(&rows));
+    // Advice is kept apart from the error, so it goes below the table instead of breaking its rows.
+    for (id, st) in &run.steps {
+        if let (Some(help), true) = (&st.help, st.error.is_some()) {
+            out.push_str(&format!("  = help ({id}): {help}\n"));
+        }
+    }
     if let Some(spent) = &spent {
         out.push_str(&crate::cost::status_line(plan, spent));
     }
@@ -105,7 +111,7 @@ async fn status_json(
     run: &RunState,
     spent: Option<&crate::cost::Cost>,
 ) -> Result<String> {
-    let mut doc = serde_json::to_value(run).map_err(|e| Error::Runtime(e.to_string()))?;
+    let mut doc = serde_json::to_value(run).map_err(|e| Error::runtime(e.to_string()))?;
     if let (Some(spent), Some(map)) = (spent, doc.as_object_mut()) {
         map.insert("cost".into(), crate::cost::status_json(plan, spent));
     }
@@ -123,7 +129,7 @@ async fn status_json(
     if let Some(obj) = doc.as_object_mut() {
         obj.insert("live".into(), serde_json::Value::Object(live));
     }
-    serde_json::to_string_pretty(&doc).map_err(|e| Error::Runtime(e.to_string()))
+    serde_json::to_string_pretty(&doc).map_err(|e| Error::runtime(e.to_string()))
 }
 
 /// The heartbeat JSON of a running step, if it can be read.
@@ -151,7 +157,7 @@ pub async fn runs(plan: &Plan) -> Result<String> {
             Ok(Some(run)) => run,
             Ok(None) => continue,
             Err(e @ Error::CorruptState { .. }) => {
-                tracing::warn!("{}", e.to_string().trim_start_matches("error: "));
+                tracing::warn!("{e}");
                 rows.push(vec![id, "corrupt".into(), String::new(), String::new()]);
                 continue;
             }

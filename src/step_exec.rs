@@ -41,6 +41,8 @@ pub enum Outcome {
     },
     Failed {
         error: String,
+        /// What to do about it (`Error::help`), stored beside the error.
+        help: Option<String>,
     },
     /// Teardown and destroy: these resources are gone now.
     Destroyed {
@@ -131,7 +133,8 @@ impl Job {
             (StepKind::Teardown(t), true) => self.aws_destroy(&t.destroys).await,
         };
         let outcome = outcome.unwrap_or_else(|e| Outcome::Failed {
-            error: e.to_string().trim_start_matches("error: ").to_string(),
+            error: e.to_string(),
+            help: e.help(),
         });
         let _ = self.tx.send(Msg::Done {
             step: self.index,
@@ -181,7 +184,7 @@ impl Job {
         )]))
         .await;
         if !host.exists() {
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "host `{attach_to}` is gone ({})",
                 host.home.display()
             )));
@@ -225,7 +228,7 @@ impl Job {
             &self.context(None),
         )
         .map_err(|e| {
-            Error::Runtime(format!(
+            Error::runtime(format!(
                 "cannot render `{field}`: {}",
                 template::error_message(&e)
             ))
@@ -234,7 +237,7 @@ impl Job {
 
     async fn run(&self) -> Result<Outcome> {
         let StepKind::Run(spec) = &self.step.kind else {
-            return Err(Error::Runtime("not a run step".into()));
+            return Err(Error::runtime("not a run step"));
         };
         if let Target::Aws { .. } = self.target {
             let host = host_context(
@@ -249,7 +252,7 @@ impl Job {
         }
         let host = self.host_of(&spec.on);
         if !host.exists() {
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "host `{}` is gone ({})",
                 spec.on,
                 host.home.display()
@@ -336,7 +339,10 @@ impl Job {
                         .and_then(|t| crate::stall::Beat::parse(&t));
                     if let Some(reason) = watch.observe(beat, std::time::Instant::now()) {
                         host.cancel(&id, Duration::from_secs(5)).await?;
-                        return Ok(Outcome::Failed { error: reason });
+                        return Ok(Outcome::Failed {
+                            error: reason,
+                            help: None,
+                        });
                     }
                 }
             }
@@ -369,11 +375,13 @@ impl Job {
                         .map(|t| humantime::format_duration(t).to_string())
                         .unwrap_or_default()
                 ),
+                help: None,
             }),
             "cancelled" => Ok(Outcome::Cancelled),
             "lost" => Ok(Outcome::Failed {
                 error: "the step's processes vanished without an exit code (host restarted?)"
                     .into(),
+                help: None,
             }),
             _ => {
                 let code = status
@@ -388,6 +396,7 @@ impl Job {
                 };
                 Ok(Outcome::Failed {
                     error: format!("exit code {code}{detail}{tail}"),
+                    help: None,
                 })
             }
         }
@@ -416,7 +425,7 @@ impl Job {
         home: Option<String>,
     ) -> Result<(String, LaunchSpec)> {
         let StepKind::Run(spec) = &self.step.kind else {
-            return Err(Error::Runtime("not a run step".into()));
+            return Err(Error::runtime("not a run step"));
         };
         let mut sources = vec![(spec.script.name.clone(), spec.script.source.clone())];
         sources.extend(
@@ -426,13 +435,13 @@ impl Job {
                 .map(|(k, v)| (format!("env.{k}"), v.clone())),
         );
         if let Some((id, key)) = crate::secret_outputs::unavailable(&self.outputs, &sources) {
-            return Err(Error::Runtime(crate::secret_outputs::message(
+            return Err(Error::runtime(crate::secret_outputs::message(
                 &self.step.id,
                 &id,
                 &key,
             )));
         }
-        let script = render_run_script(spec, &self.context(Some(host))).map_err(Error::Runtime)?;
+        let script = render_run_script(spec, &self.context(Some(host))).map_err(Error::runtime)?;
         let mut env: Vec<(String, String)> = home
             .map(|h| ("SORTIE_HOME".to_string(), h))
             .into_iter()
@@ -569,7 +578,7 @@ pub async fn destroy_resources(
                     }
                 }
                 other => {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::runtime(format!(
                         "cannot destroy a `{other}` resource on this target"
                     )))
                 }

@@ -257,13 +257,13 @@ pub fn rescan(
     let mut all = Vec::new();
     for s in ships {
         let entries = scan(&s.source, &Limits::default())
-            .map_err(|e| Error::Runtime(format!("files of step `{step}`: `{}` {e}", s.name)))?;
+            .map_err(|e| Error::runtime(format!("files of step `{step}`: `{}` {e}", s.name)))?;
         all.push((s.clone(), entries));
     }
     let now = digest(&all)
         .map_err(|e| Error::io(format!("cannot read the files of step `{step}`"), e))?;
     if now != expected {
-        return Err(Error::Runtime(format!(
+        return Err(Error::runtime(format!(
             "the files of step `{step}` changed after the plan was read; apply again"
         )));
     }
@@ -291,7 +291,7 @@ pub fn copy_local(all: &[(Shipment, Vec<Entry>)], home: &Path, cwd: &Path) -> Re
         std::fs::create_dir_all(parent).map_err(fail)?;
         let parent_real = std::fs::canonicalize(parent).map_err(fail)?;
         if !parent_real.starts_with(&home_real) {
-            return Err(Error::Runtime(format!(
+            return Err(Error::runtime(format!(
                 "cannot ship `{}`: {} leads outside the sandbox",
                 ship.name,
                 parent.display()

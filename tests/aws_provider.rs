@@ -495,7 +495,7 @@ async fn no_capacity_anywhere_names_every_attempt(w: &World) {
     let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
     spec.availability_zones = vec!["us-east-1a".into(), "us-east-1b".into()];
     let (out, events) = create(w, &spec, &tags("run-none", "instance")).await;
-    let err = out.expect_err("no capacity anywhere").to_string();
+    let err = out.expect_err("no capacity anywhere").render();
     assert_eq!(events.len(), 4, "{events:?}");
     assert!(
         err.contains("no capacity for instance step instance"),
@@ -518,7 +518,7 @@ async fn other_launch_errors_do_not_fail_over(w: &World) {
     let mut spec = spec(&["g5.2xlarge", "g6.2xlarge"]);
     spec.profile = Some("no-such-profile".into());
     let (out, events) = create(w, &spec, &tags("run-bad-profile", "instance")).await;
-    let err = out.expect_err("an unknown instance profile").to_string();
+    let err = out.expect_err("an unknown instance profile").render();
     assert!(events.is_empty(), "{events:?}");
     assert!(
         err.contains("could not launch g5.2xlarge in us-east-1a (on-demand)"),
@@ -585,7 +585,7 @@ async fn create_instance_is_idempotent_by_token(w: &World) {
         .await
         .0
         .expect_err("a stopped instance is not usable")
-        .to_string();
+        .render();
     assert!(
         err.contains(&format!("instance {} is stopped", third.instance_id)),
         "{err}"
@@ -778,7 +778,7 @@ async fn volume_in_another_zone_is_refused(w: &World) {
         )
         .await
         .expect_err("a volume in another zone cannot be attached")
-        .to_string();
+        .render();
     assert!(err.contains("is in us-east-1d, but instance"), "{err}");
     assert_eq!(calls(&w.ep, "ec2:AttachVolume"), 0);
 }
@@ -795,7 +795,7 @@ async fn ssm_online_timeout_names_the_usual_causes(w: &World) {
     let out = provider
         .create_instance(&spec, &tags("run-offline", "instance"), &mut |_| {})
         .await;
-    let err = out.expect_err("never Online").to_string();
+    let err = out.expect_err("never Online").render();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the wait is bounded"
