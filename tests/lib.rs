@@ -48,6 +48,7 @@ mod secrets;
 mod stall;
 mod state_journal;
 mod status_live;
+mod step_errors;
 mod store_suite;
 mod variables;
 mod wait_deadline;
