@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use sortie::compiler::compile;
-use sortie::dir_store::DirStore;
 use sortie::runner::{decide, Decision};
+use sortie::state::dir_store::DirStore;
 use sortie::state::{self, RunState, RunStatus, StepState, StepStatus};
 use sortie::variables::Overrides;
 
@@ -144,7 +144,7 @@ fn checkpoints(dir: &std::path::Path, n: usize, writes: usize) {
             let start = Instant::now();
             if journal {
                 match store.append(run).expect("append") {
-                    sortie::state_journal::Appended::Yes => {}
+                    sortie::state::journal::Appended::Yes => {}
                     _ => panic!("the journal did not take the checkpoint"),
                 }
             } else {

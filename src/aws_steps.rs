@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 
-use crate::aws_provider::{self, AwsProvider, PollConfig, ProvisionEvent, Tags};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::local_host::{HostStatus, LaunchSpec};
@@ -15,6 +14,7 @@ use crate::state::Resource;
 use crate::step_exec::{Job, Msg, Outcome};
 use crate::step_files;
 use crate::step_watch::{HeartbeatProbe, StepWatch, Verdict};
+use crate::target::aws::{self, AwsProvider, PollConfig, ProvisionEvent, Tags};
 
 /// The volume script (docs/HOST_PROTOCOL.md): find the NVMe device by volume id, mkfs only when empty, mount, fstab.
 pub const VOLUME_SCRIPT: &str = include_str!("host/volume.sh");
@@ -123,10 +123,10 @@ impl Job {
     }
 
     async fn ssm_host(&self, host_step: &str) -> Result<SsmHost> {
-        let config = crate::aws::sdk_config(&self.target).await;
+        let config = crate::target::aws::config::sdk_config(&self.target).await;
         Ok(SsmHost {
             ssm: aws_sdk_ssm::Client::new(&config),
-            s3: crate::aws::s3_client(&config),
+            s3: crate::target::aws::config::s3_client(&config),
             instance_id: self.output_of(host_step, "instance_id")?,
             output: output_location(&self.state_location, &self.plan_name, &self.run_id),
             poll: ssm_poll(),
@@ -200,7 +200,7 @@ impl Job {
             outputs.insert("expires_at".into(), crate::ttl::rfc3339(deadline));
         }
         let resources = vec![Resource {
-            kind: aws_provider::KIND_INSTANCE.into(),
+            kind: aws::KIND_INSTANCE.into(),
             id: out.instance_id,
             ..Resource::default()
         }];
@@ -222,9 +222,9 @@ impl Job {
         let host = self.ssm_host(&spec.attach_to).await?;
         let mount = self.render_plain("mount", &spec.mount)?;
         let kind = if spec.keep {
-            format!("{}-kept", aws_provider::KIND_VOLUME)
+            format!("{}-kept", aws::KIND_VOLUME)
         } else {
-            aws_provider::KIND_VOLUME.to_string()
+            aws::KIND_VOLUME.to_string()
         };
         let resources = vec![Resource {
             kind,
@@ -271,7 +271,7 @@ impl Job {
         let Ok(instance_id) = self.output_of(&spec.on, "instance_id") else {
             return Err(error);
         };
-        let config = crate::aws::sdk_config(&self.target).await;
+        let config = crate::target::aws::config::sdk_config(&self.target).await;
         let ec2 = aws_sdk_ec2::Client::new(&config);
         match crate::step_watch::host_gone(&ec2, &instance_id).await {
             Some(reason) => Ok(Outcome::HostLost {
@@ -489,7 +489,7 @@ impl Job {
                 key,
             }
         });
-        let config = crate::aws::sdk_config(&self.target).await;
+        let config = crate::target::aws::config::sdk_config(&self.target).await;
         let host_every = poll_override().unwrap_or(Duration::from_secs(300));
         StepWatch::new(
             heartbeat,
@@ -573,7 +573,7 @@ impl Job {
 async fn unmount(config: &aws_config::SdkConfig, instance: &str, mount: &str) {
     let host = SsmHost {
         ssm: aws_sdk_ssm::Client::new(config),
-        s3: crate::aws::s3_client(config),
+        s3: crate::target::aws::config::s3_client(config),
         instance_id: instance.to_string(),
         output: None,
         poll: ssm_poll(),
@@ -703,8 +703,8 @@ pub async fn destroy_aws(
             .filter(|r| !r.destroyed && !r.kind.ends_with("-kept"))
         {
             match r.kind.as_str() {
-                aws_provider::KIND_INSTANCE => instances.push((step.clone(), r.id.clone())),
-                aws_provider::KIND_VOLUME => volumes.push((step.clone(), r.clone())),
+                aws::KIND_INSTANCE => instances.push((step.clone(), r.id.clone())),
+                aws::KIND_VOLUME => volumes.push((step.clone(), r.clone())),
                 other => {
                     return Err(Error::runtime(format!(
                         "cannot destroy a `{other}` resource on the aws target"
@@ -714,7 +714,7 @@ pub async fn destroy_aws(
         }
     }
     let provider = AwsProvider::new(target, provider_poll()).await;
-    let config = crate::aws::sdk_config(target).await;
+    let config = crate::target::aws::config::sdk_config(target).await;
     for (_, r) in &volumes {
         if let (Some(instance), Some(mount)) = (&r.host, &r.mount) {
             unmount(&config, instance, mount).await;
@@ -750,10 +750,10 @@ pub(crate) async fn ssm_host_for(
     run_id: &str,
     instance_id: &str,
 ) -> SsmHost {
-    let config = crate::aws::sdk_config(&plan.target).await;
+    let config = crate::target::aws::config::sdk_config(&plan.target).await;
     SsmHost {
         ssm: aws_sdk_ssm::Client::new(&config),
-        s3: crate::aws::s3_client(&config),
+        s3: crate::target::aws::config::s3_client(&config),
         instance_id: instance_id.to_string(),
         output: output_location(&plan.state, &plan.name, run_id),
         poll: crate::ssm_host::SsmPoll::default(),

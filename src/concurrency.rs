@@ -5,8 +5,8 @@
 use crate::error::{Error, Result};
 use crate::plan::Plan;
 use crate::plan_file::Concurrency;
+use crate::state::store::Store;
 use crate::state::RunState;
-use crate::state_store::Store;
 
 /// May a new run start?
 pub enum Admission {

@@ -96,7 +96,7 @@ fn ebs(
     hours: f64,
     cost: &mut Cost,
 ) -> Option<f64> {
-    let gib = crate::aws_provider::gib_ceil(bytes) as f64;
+    let gib = crate::target::aws::gib_ceil(bytes) as f64;
     match table.ebs_gb_month(volume_type) {
         Some(p) => Some(gib * p * hours / HOURS_PER_MONTH),
         None => {
@@ -170,7 +170,7 @@ fn estimate_with(plan: &Plan, table: &PriceTable) -> Option<Cost> {
 }
 
 fn gib(bytes: u64) -> i32 {
-    crate::aws_provider::gib_ceil(bytes)
+    crate::target::aws::gib_ceil(bytes)
 }
 
 fn extras_note(v: &crate::plan::VolumeSpec, cost: &mut Cost) {

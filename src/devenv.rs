@@ -89,7 +89,7 @@ async fn aws_cli_scope(plan: &Plan) -> Vec<String> {
     else {
         return Vec::new();
     };
-    let config = crate::aws::sdk_config(&plan.target).await;
+    let config = crate::target::aws::config::sdk_config(&plan.target).await;
     let mut out = Vec::new();
     if let Some(region) = config.region() {
         out.extend(["--region".to_string(), region.to_string()]);

@@ -223,7 +223,7 @@ async fn run(plan: &Plan, depth: Depth) -> Report {
         );
         return Report::new(plan, None, vec![check]);
     }
-    let config = crate::aws::sdk_config(&plan.target).await;
+    let config = crate::target::aws::config::sdk_config(&plan.target).await;
     let region = config.region().map(|r| r.to_string());
     let mut checks = account::identity(&config).await;
     // Without working credentials every other call fails the same way: one failure says it.
@@ -243,7 +243,7 @@ pub(crate) fn sdk_error<E>(err: &SdkError<E>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let mut e = crate::aws_error::AwsError::from_sdk("", err);
+    let mut e = crate::target::aws::error::AwsError::from_sdk("", err);
     e.request_id = None; // a check's detail names what failed, not the request
     e.cause()
 }

@@ -70,7 +70,7 @@ pub enum Error {
     },
     /// An AWS API call that failed (aws_error.rs).
     #[error(transparent)]
-    Aws(#[from] crate::aws_error::AwsError),
+    Aws(#[from] crate::target::aws::error::AwsError),
     /// A required account check of `plan doctor` failed before `plan apply` created anything.
     #[error("{0}")]
     NotReady(String),

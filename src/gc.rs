@@ -10,12 +10,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::aws_provider::{self, AwsProvider, TaggedResource};
 use crate::aws_steps::provider_poll;
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Target};
+use crate::state::store::Store;
 use crate::state::RunState;
-use crate::state_store::Store;
+use crate::target::aws::{self, AwsProvider, TaggedResource};
 
 /// What `plan gc` is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -38,10 +38,11 @@ fn verdict(
     if state.status.is_finished() {
         return ("its run is finished".into(), true);
     }
-    let gone =
-        state.steps.values().flat_map(|s| &s.resources).find(|r| {
-            r.kind == aws_provider::KIND_INSTANCE && !live_instances.contains(r.id.as_str())
-        });
+    let gone = state
+        .steps
+        .values()
+        .flat_map(|s| &s.resources)
+        .find(|r| r.kind == aws::KIND_INSTANCE && !live_instances.contains(r.id.as_str()));
     if let Some(instance) = gone {
         return (
             format!(
@@ -97,15 +98,13 @@ pub async fn gc(plan: &Plan, opts: GcOptions) -> Result<String> {
     }
     let store = Store::open(plan).await?;
     let provider = AwsProvider::new(&plan.target, provider_poll()).await;
-    let found = provider
-        .resources_tagged(aws_provider::TAG_PLAN, &plan.name)
-        .await?;
+    let found = provider.resources_tagged(aws::TAG_PLAN, &plan.name).await?;
     if found.is_empty() {
         return Ok(format!("no resources tagged sortie:plan={}\n", plan.name));
     }
     let live: HashSet<&str> = found
         .iter()
-        .filter(|r| r.kind == aws_provider::KIND_INSTANCE)
+        .filter(|r| r.kind == aws::KIND_INSTANCE)
         .map(|r| r.id.as_str())
         .collect();
     // Each run's state, read once however many of its resources are found.
@@ -163,10 +162,10 @@ async fn remove(
     mut garbage: Vec<&TaggedResource>,
     mut out: String,
 ) -> Result<String> {
-    garbage.sort_by_key(|r| r.kind != aws_provider::KIND_INSTANCE);
+    garbage.sort_by_key(|r| r.kind != aws::KIND_INSTANCE);
     let mut failed = Vec::new();
     for r in &garbage {
-        let done = if r.kind == aws_provider::KIND_INSTANCE {
+        let done = if r.kind == aws::KIND_INSTANCE {
             provider.terminate_instance(&r.id).await
         } else {
             provider.delete_volume(&r.id).await

@@ -109,7 +109,7 @@ impl LocalHost {
     fn wrapper(&self) -> Result<PathBuf> {
         let path = self.home.join(".sortie").join("wrapper.sh");
         if std::fs::read_to_string(&path).ok().as_deref() != Some(WRAPPER) {
-            crate::state_store::write_atomic(&path, WRAPPER.as_bytes())?;
+            crate::state::store::write_atomic(&path, WRAPPER.as_bytes())?;
         }
         Ok(path)
     }
@@ -149,7 +149,7 @@ impl LocalHost {
             .home
             .join(".sortie")
             .join(format!("{step}.{attempt}.script"));
-        crate::state_store::write_atomic(&script_path, script.as_bytes())?;
+        crate::state::store::write_atomic(&script_path, script.as_bytes())?;
         let mut env = spec.wrapper_env(5);
         env.push(("SORTIE_KILL_GRACE".into(), "5".into()));
         let dir_s = dir.to_string_lossy().to_string();

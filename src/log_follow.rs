@@ -21,7 +21,9 @@ impl LogTail {
             return None;
         };
         let key = crate::aws_steps::log_tail_key(&plan.state, &plan.name, run, step)?;
-        let s3 = crate::aws::s3_client(&crate::aws::sdk_config(&plan.target).await);
+        let s3 = crate::target::aws::config::s3_client(
+            &crate::target::aws::config::sdk_config(&plan.target).await,
+        );
         Some(LogTail {
             s3,
             bucket: bucket.clone(),
@@ -46,7 +48,7 @@ impl LogTail {
                     "no log tail at s3://{}/{} yet: {}",
                     self.bucket,
                     self.key,
-                    crate::aws_error::AwsError::from_sdk("", &e).cause()
+                    crate::target::aws::error::AwsError::from_sdk("", &e).cause()
                 );
                 return String::new();
             }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::error::{exit, Error, Result};
 use crate::plan::{Plan, Target};
 use crate::session::{require, store, RunSelector};
+use crate::state::store::Store;
 use crate::state::RunState;
-use crate::state_store::Store;
 
 pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> Result<i32> {
     let store = store(plan).await?;

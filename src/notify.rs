@@ -171,7 +171,7 @@ async fn publish(target: &crate::plan::Target, arn: &str, text: &str) -> Option<
             profile: None,
         },
     };
-    let config = crate::aws::sdk_config(&target).await;
+    let config = crate::target::aws::config::sdk_config(&target).await;
     let subject: String = text
         .lines()
         .next()

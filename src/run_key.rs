@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::plan::Plan;
-use crate::state_store::Store;
+use crate::state::store::Store;
 use crate::template;
 
 /// Longer keys are refused: a key is shown in tables and messages, and a digest names its index.

@@ -14,8 +14,8 @@ use crate::event::Event;
 use crate::plan::{Plan, StepKind};
 use crate::plan_file::When;
 use crate::reporter::Reporter;
+use crate::state::store::Store;
 use crate::state::{self, RunState, RunStatus, StepStatus};
-use crate::state_store::Store;
 use crate::step_exec::{self, Job, Msg, Outcome};
 
 pub use crate::reentry::{decide, Decision};

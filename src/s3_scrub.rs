@@ -21,7 +21,7 @@ pub async fn scrub_prefix(s3: &Client, bucket: &str, prefix: &str) {
             Err(e) => {
                 tracing::warn!(
                     "cannot list s3://{bucket}/{prefix} to scrub secrets: {}",
-                    crate::aws_error::AwsError::from_sdk("", &e).cause()
+                    crate::target::aws::error::AwsError::from_sdk("", &e).cause()
                 );
                 return;
             }
@@ -59,7 +59,7 @@ pub async fn scrub_object(s3: &Client, bucket: &str, key: &str) {
     {
         tracing::warn!(
             "cannot rewrite s3://{bucket}/{key} without its secrets: {}",
-            crate::aws_error::AwsError::from_sdk("", &e).cause()
+            crate::target::aws::error::AwsError::from_sdk("", &e).cause()
         );
     }
 }

@@ -7,8 +7,8 @@ use crate::error::{exit, Error, Result};
 use crate::plan::Plan;
 use crate::reporter::{OutputFormat, Reporter};
 use crate::runner::{self, Decision, RunOptions};
+use crate::state::store::{RunLock, Store};
 use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
-use crate::state_store::{RunLock, Store};
 use crate::step_exec;
 
 pub use crate::logs::logs;

@@ -136,7 +136,7 @@ impl SsmHost {
                 .output_s3_key_prefix(&out.prefix);
         }
         let sent = req.send().await.map_err(|e| {
-            crate::aws_error::AwsError::from_sdk(
+            crate::target::aws::error::AwsError::from_sdk(
                 format!("SSM SendCommand to {}", self.instance_id),
                 &e,
             )
@@ -239,7 +239,7 @@ impl SsmHost {
             {
                 Ok(None)
             }
-            Err(e) => Err(crate::aws_error::AwsError::from_sdk(
+            Err(e) => Err(crate::target::aws::error::AwsError::from_sdk(
                 format!(
                     "SSM GetCommandInvocation {command_id} on {}",
                     self.instance_id
@@ -520,7 +520,7 @@ impl SsmHost {
                     .send()
                     .await
                     .map_err(|e| {
-                        crate::aws_error::AwsError::from_sdk(
+                        crate::target::aws::error::AwsError::from_sdk(
                             format!("S3 GetObject s3://{}/{key} (the log)", out.bucket),
                             &e,
                         )
@@ -541,7 +541,7 @@ impl SsmHost {
                     .send()
                     .await
                     .map_err(|e| {
-                        crate::aws_error::AwsError::from_sdk(
+                        crate::target::aws::error::AwsError::from_sdk(
                             format!("SSM GetCommandInvocation {command_id}"),
                             &e,
                         )
@@ -593,7 +593,7 @@ impl SsmHost {
                 .send()
                 .await
                 .map_err(|e| {
-                    crate::aws_error::AwsError::from_sdk(
+                    crate::target::aws::error::AwsError::from_sdk(
                         format!("S3 PutObject s3://{}/{key} ({what})", out.bucket),
                         &e,
                     )

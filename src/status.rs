@@ -141,7 +141,9 @@ async fn heartbeat(plan: &Plan, run: &str, step: &str, st: &StepState) -> Option
     let crate::plan::StateLocation::S3 { bucket, .. } = &plan.state else {
         return None;
     };
-    let s3 = crate::aws::s3_client(&crate::aws::sdk_config(&plan.target).await);
+    let s3 = crate::target::aws::config::s3_client(
+        &crate::target::aws::config::sdk_config(&plan.target).await,
+    );
     let got = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
     Heartbeat::parse(&got.body.collect().await.ok()?.into_bytes())
 }

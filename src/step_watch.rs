@@ -177,7 +177,7 @@ pub async fn host_gone(ec2: &aws_sdk_ec2::Client, instance_id: &str) -> Option<S
         Err(e) => {
             tracing::warn!(
                 "checking host {instance_id}: {}",
-                crate::aws_error::AwsError::from_sdk("", &e).cause()
+                crate::target::aws::error::AwsError::from_sdk("", &e).cause()
             );
             return None;
         }

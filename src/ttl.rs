@@ -73,7 +73,7 @@ pub fn local_file(home: &Path) -> PathBuf {
 
 /// Writes a deadline atomically (the watcher may read at any moment).
 pub fn write_local(home: &Path, deadline: u64) -> Result<()> {
-    crate::state_store::write_atomic(&local_file(home), format!("{deadline}\n").as_bytes())
+    crate::state::store::write_atomic(&local_file(home), format!("{deadline}\n").as_bytes())
 }
 
 /// Arms a local host's ttl: keeps a deadline already there (an adopted host, perhaps extended), and starts the
@@ -115,7 +115,7 @@ fn watcher_pid(home: &Path) -> Option<i32> {
 fn spawn_local(home: &Path) -> Result<()> {
     let dir = home.join(".sortie");
     let watcher = dir.join("ttl.sh");
-    crate::state_store::write_atomic(&watcher, WATCHER.as_bytes())?;
+    crate::state::store::write_atomic(&watcher, WATCHER.as_bytes())?;
     let expire = r#"for d in "$1"/.sortie/steps/*/; do
     [ -d "$d" ] && sh "$1/.sortie/wrapper.sh" cancel "${d%/}" 5 >/dev/null 2>&1 || :
 done
@@ -136,7 +136,7 @@ exit 0"#;
     let child = cmd
         .spawn()
         .map_err(|e| Error::io("cannot start the ttl watcher", e))?;
-    crate::state_store::write_atomic(&dir.join("ttl.pid"), format!("{}\n", child.id()).as_bytes())
+    crate::state::store::write_atomic(&dir.join("ttl.pid"), format!("{}\n", child.id()).as_bytes())
 }
 
 /// Stops a local host's watcher (its teardown): only a process that still runs our watcher on this host.

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, Instance, InstanceAttributeName, Volume};
 use serde_json::Value;
-use sortie::aws_provider::{
-    AwsProvider, InstanceOutputs, PollConfig, ProvisionEvent, Tags, KIND_INSTANCE, KIND_VOLUME,
-};
 use sortie::plan::{InstanceSpec, VolumeSpec};
 use sortie::plan_file::Market;
+use sortie::target::aws::{
+    AwsProvider, InstanceOutputs, PollConfig, ProvisionEvent, Tags, KIND_INSTANCE, KIND_VOLUME,
+};
 
 use crate::aws_endpoint::Endpoint;
 

@@ -1,4 +1,4 @@
-//! One suite for both state stores, through `sortie::state_store::Store`: every case runs against a directory
+//! One suite for both state stores, through `sortie::state::store::Store`: every case runs against a directory
 //! store (`..._dir`) and an S3 store on the local test endpoint (`..._s3`). Cases that only make sense for S3
 //! (concurrent writers without a lock, breaking a lock object) run for S3 only.
 
@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde_json::Value as Json;
-use sortie::dir_store::DirStore;
 use sortie::error::Error;
-use sortie::s3_store::S3Store;
+use sortie::state::dir_store::DirStore;
+use sortie::state::s3_store::S3Store;
+use sortie::state::store::Store;
 use sortie::state::{RunState, RunStatus, StepStatus};
-use sortie::state_store::Store;
 
 use crate::aws_endpoint::Endpoint;
 
@@ -378,7 +378,7 @@ async fn second_lock_fails(backend: &Backend) {
             let expected = format!(
                 "pid {} on {} since ",
                 std::process::id(),
-                sortie::state_store::hostname()
+                sortie::state::store::hostname()
             );
             assert!(holder.starts_with(&expected), "holder: {holder}");
             if backend.is_s3() {

@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use sortie::compiler::{compile, valid_name};
-use sortie::dir_store::DirStore;
 use sortie::plan::Plan;
 use sortie::script_template::{self, Interpreter};
+use sortie::state::dir_store::DirStore;
 use sortie::state::{is_run_id, RunState};
 use sortie::template;
 use sortie::variables::Overrides;

@@ -52,7 +52,7 @@ pub async fn state_bucket(config: &SdkConfig, plan: &Plan, write: bool) -> Vec<C
             format!("state is kept in the directory {}, not on S3", plan.state),
         )];
     };
-    let s3 = crate::aws::s3_client(config);
+    let s3 = crate::target::aws::config::s3_client(config);
     let region = config.region().map(|r| r.to_string()).unwrap_or_default();
     let name = "state-bucket";
     let found = match s3.head_bucket().bucket(bucket).send().await {

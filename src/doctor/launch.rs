@@ -10,8 +10,8 @@ use aws_sdk_ssm::types::ParameterStringFilter;
 
 use super::quotas::{markets, quota_for};
 use super::{code_of, sdk_error, Check, Status};
-use crate::aws_provider::{gib_ceil, AwsProvider, PollConfig, Tags};
 use crate::plan::{InstanceSpec, Plan, StepKind};
+use crate::target::aws::{gib_ceil, AwsProvider, PollConfig, Tags};
 
 struct Clients {
     ec2: aws_sdk_ec2::Client,

@@ -9,11 +9,11 @@
 //! on the new host within their own budgets.
 
 use super::Walker;
-use crate::aws_provider::AwsProvider;
 use crate::error::Result;
 use crate::event::Event;
 use crate::plan::StepKind;
 use crate::state::{self, StepStatus};
+use crate::target::aws::AwsProvider;
 
 /// Re-provisions of one host in one apply, at most: a zone that keeps losing hosts will not keep the next.
 const MAX_REPLACEMENTS: u32 = 2;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::error::{Error, Result};
+use crate::state::journal::{self, Appended, Cursor};
 use crate::state::RunState;
-use crate::state_journal::{self, Appended, Cursor};
 
 const STATE_FILE: &str = "state.json";
 /// Who holds the plan's lock (beside the run directories; not a run: it has no state.json).
@@ -81,7 +81,7 @@ impl DirStore {
         let mut state: RunState =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         crate::state::check_document(&state, &self.plan, run).map_err(corrupt)?;
-        state_journal::replay(&path, &mut state)
+        journal::replay(&path, &mut state)
             .map_err(|(path, reason)| Error::CorruptState { path, reason })?;
         Ok(Some(state))
     }
@@ -110,7 +110,7 @@ impl DirStore {
             Err((file, _)) => {
                 // lock.json may name a dead pid (kill -9); the probe names the process that holds the flock.
                 let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
-                let holder = crate::lock_probe::describe(&dir, ino);
+                let holder = crate::state::lock_probe::describe(&dir, ino);
                 Err(Error::Locked {
                     run: run.to_string(),
                     holder,
@@ -191,7 +191,7 @@ impl DirStore {
             return Err(Error::in_state_dir(&dir)(e));
         }
         // The snapshot holds everything now: a journal beside it would only repeat older serials.
-        state_journal::remove(&path)?;
+        journal::remove(&path)?;
         state.changed.0.clear();
         Ok(())
     }

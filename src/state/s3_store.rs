@@ -15,7 +15,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::error::{Error, Result};
-use crate::s3_lock_lease::LockDoc;
+use crate::state::s3_lock_lease::LockDoc;
 use crate::state::RunState;
 
 const STATE_FILE: &str = "state.json";
@@ -89,7 +89,8 @@ impl S3Store {
     where
         E: std::error::Error + ProvideErrorMetadata + 'static,
     {
-        crate::aws_error::AwsError::from_sdk(format!("S3 {op} {}", self.url(key)), &e).into()
+        crate::target::aws::error::AwsError::from_sdk(format!("S3 {op} {}", self.url(key)), &e)
+            .into()
     }
 
     /// A 403 on a GET. S3 answers a missing key with 403 instead of 404 when the caller may not list the
@@ -260,9 +261,9 @@ impl S3Store {
         let doc = LockDoc {
             owner: owner.clone(),
             pid: std::process::id(),
-            host: crate::state_store::hostname(),
+            host: crate::state::store::hostname(),
             since: humantime::format_rfc3339_seconds(now).to_string(),
-            expires: humantime::format_rfc3339_seconds(now + crate::s3_lock_lease::ttl())
+            expires: humantime::format_rfc3339_seconds(now + crate::state::s3_lock_lease::ttl())
                 .to_string(),
         };
         let body = serde_json::to_vec_pretty(&doc)
@@ -330,7 +331,7 @@ impl S3Store {
     fn held_lock(&self, key: String, owner: String, body: &[u8], etag: Option<&str>) -> S3Lock {
         let doc = LockDoc::parse(body).unwrap_or_default();
         let renewal = tokio::runtime::Handle::try_current().ok().map(|_| {
-            crate::s3_lock_lease::spawn_renewal(
+            crate::state::s3_lock_lease::spawn_renewal(
                 self.client.clone(),
                 self.bucket.clone(),
                 key.clone(),
@@ -597,7 +598,7 @@ fn describe_holder(held: &LockDoc, now: SystemTime) -> String {
 
 /// Whether a lock's holder ran on this host and its process no longer exists.
 fn holder_is_dead_here(held: &LockDoc) -> bool {
-    let same_host = held.host == crate::state_store::hostname();
+    let same_host = held.host == crate::state::store::hostname();
     let pid = i32::try_from(held.pid).ok();
     match (same_host, pid) {
         (true, Some(pid)) if pid > 0 => {

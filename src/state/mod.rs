@@ -1,5 +1,12 @@
 //! Run state: one document per run, checkpointed after every transition (see DESIGN.md, "State and re-entry").
 
+pub mod dir_store;
+pub mod journal;
+pub mod lock_probe;
+pub mod s3_lock_lease;
+pub mod s3_store;
+pub mod store;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use indexmap::IndexMap;

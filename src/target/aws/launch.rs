@@ -18,13 +18,13 @@ use aws_sdk_ec2::types::{
     ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, VolumeType,
 };
 
-use crate::aws_provider::{
-    aws_error, base64, filter, gib_ceil, lifetime_user_data, AwsProvider, ProvisionEvent, Tags,
-    DEFAULT_ROOT_DEVICE,
-};
 use crate::error::{Error, Result};
 use crate::plan::InstanceSpec;
 use crate::plan_file::Market;
+use crate::target::aws::{
+    aws_error, base64, filter, gib_ceil, lifetime_user_data, AwsProvider, ProvisionEvent, Tags,
+    DEFAULT_ROOT_DEVICE,
+};
 
 /// Where one launch goes: a zone (AWS's choice when `None`), and the subnet that decides it, if any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,14 +3,14 @@
 
 use std::path::Path;
 
-use crate::dir_store::{DirLock, DirStore};
 use crate::error::Result;
 use crate::plan::{Plan, StateLocation};
-use crate::s3_store::{S3Lock, S3Store};
+use crate::state::dir_store::{DirLock, DirStore};
+use crate::state::journal::Appended;
+use crate::state::s3_store::{S3Lock, S3Store};
 use crate::state::RunState;
-use crate::state_journal::Appended;
 
-pub use crate::dir_store::{hostname, write_atomic};
+pub use crate::state::dir_store::{hostname, write_atomic};
 
 pub enum Store {
     Dir(DirStore),
@@ -41,9 +41,9 @@ impl Store {
         match &plan.state {
             StateLocation::Dir(dir) => Ok(Store::Dir(DirStore::new(dir.clone(), &plan.name))),
             StateLocation::S3 { bucket, prefix } => {
-                let config = crate::aws::sdk_config(&plan.target).await;
+                let config = crate::target::aws::config::sdk_config(&plan.target).await;
                 Ok(Store::S3(S3Store::new(
-                    crate::aws::s3_client(&config),
+                    crate::target::aws::config::s3_client(&config),
                     bucket,
                     prefix,
                     &plan.name,
@@ -112,7 +112,7 @@ impl Store {
     /// Who holds a directory run lock now, if anyone (S3 locks are not probed: `unlock` breaks them).
     pub fn live_holder(&self, run: &str) -> Option<String> {
         match self {
-            Store::Dir(s) => crate::lock_probe::live_holder(s.state_path(run).parent()?),
+            Store::Dir(s) => crate::state::lock_probe::live_holder(s.state_path(run).parent()?),
             Store::S3(_) => None,
         }
     }
@@ -153,7 +153,7 @@ impl Store {
     /// Journals the checkpoints of a walk over `state` (just saved) when the run is large enough to gain from it.
     pub fn begin_journal(&self, state: &RunState) -> Result<()> {
         match self {
-            Store::Dir(s) if crate::state_journal::wanted(state.steps.len()) => {
+            Store::Dir(s) if crate::state::journal::wanted(state.steps.len()) => {
                 s.begin_journal(state)
             }
             _ => Ok(()),

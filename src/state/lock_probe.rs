@@ -28,7 +28,7 @@ pub fn describe(run_dir: &Path, ino: u64) -> String {
     let kernel = kernel_holder(ino);
     if let Some(h) = &recorded {
         let pid = h["pid"].as_u64().unwrap_or(0);
-        let here = h["host"].as_str() == Some(crate::dir_store::hostname().as_str());
+        let here = h["host"].as_str() == Some(crate::state::dir_store::hostname().as_str());
         let alive = pid > 0 && (!here || alive(pid));
         if alive && kernel.is_none_or(|k| k == pid) {
             return format!(
@@ -39,7 +39,7 @@ pub fn describe(run_dir: &Path, ino: u64) -> String {
         }
     }
     match kernel {
-        Some(pid) => format!("pid {pid} on {}", crate::dir_store::hostname()),
+        Some(pid) => format!("pid {pid} on {}", crate::state::dir_store::hostname()),
         None => "an unknown process".into(),
     }
 }

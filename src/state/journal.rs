@@ -225,8 +225,8 @@ pub fn remove(snapshot: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dir_store::DirStore;
-    use crate::state_store::Store;
+    use crate::state::dir_store::DirStore;
+    use crate::state::store::Store;
 
     fn run(steps: usize) -> RunState {
         let steps: serde_json::Map<String, serde_json::Value> = (0..steps)

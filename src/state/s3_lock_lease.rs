@@ -86,7 +86,7 @@ pub fn spawn_renewal(
                 }
                 Err(e) => tracing::warn!(
                     "renewing the lock s3://{bucket}/{key}: {}; trying again in {}",
-                    crate::aws_error::AwsError::from_sdk("", &e).cause(),
+                    crate::target::aws::error::AwsError::from_sdk("", &e).cause(),
                     humantime::format_duration(every)
                 ),
             }
