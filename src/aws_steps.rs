@@ -10,11 +10,11 @@ use crate::event::Event;
 use crate::local_host::{HostStatus, LaunchSpec};
 use crate::plan::{RunSpec, StateLocation, StepKind, Target};
 use crate::ssm_host::{self, OutputLocation, Pace, SsmHost, SsmPoll};
-use crate::state::Resource;
+use crate::state::{Resource, ResourceKind};
 use crate::step_exec::{Job, Msg, Outcome};
 use crate::step_files;
 use crate::step_watch::{HeartbeatProbe, StepWatch, Verdict};
-use crate::target::aws::{self, AwsProvider, PollConfig, ProvisionEvent, Tags};
+use crate::target::aws::{AwsProvider, PollConfig, ProvisionEvent, Tags};
 
 /// The volume script (docs/HOST_PROTOCOL.md): find the NVMe device by volume id, mkfs only when empty, mount, fstab.
 pub const VOLUME_SCRIPT: &str = include_str!("host/volume.sh");
@@ -199,11 +199,7 @@ impl Job {
             let deadline = out.launched_at + ttl.as_secs();
             outputs.insert("expires_at".into(), crate::ttl::rfc3339(deadline));
         }
-        let resources = vec![Resource {
-            kind: aws::KIND_INSTANCE.into(),
-            id: out.instance_id,
-            ..Resource::default()
-        }];
+        let resources = vec![Resource::new(ResourceKind::Ec2Instance, out.instance_id)];
         Ok(Outcome::Succeeded { outputs, resources })
     }
 
@@ -221,17 +217,11 @@ impl Job {
             .await?;
         let host = self.ssm_host(&spec.attach_to).await?;
         let mount = self.render_plain("mount", &spec.mount)?;
-        let kind = if spec.keep {
-            format!("{}-kept", aws::KIND_VOLUME)
-        } else {
-            aws::KIND_VOLUME.to_string()
-        };
         let resources = vec![Resource {
-            kind,
-            id: vol.volume_id.clone(),
+            keep: spec.keep,
             host: Some(instance_id.clone()),
             mount: Some(mount.clone()),
-            ..Resource::default()
+            ..Resource::new(ResourceKind::EbsVolume, vol.volume_id.clone())
         }];
         let script = format!(
             "cat > /tmp/sortie-volume.sh <<'SORTIE_VOLUME_EOF'\n{VOLUME_SCRIPT}SORTIE_VOLUME_EOF\nsh /tmp/sortie-volume.sh mount {} {} {}\n",
@@ -552,7 +542,7 @@ impl Job {
                 !resources
                     .iter()
                     .flat_map(|(_, r)| r)
-                    .any(|r| r.kind.ends_with("-kept") && r.id == *id)
+                    .any(|r| r.keep && r.id == *id)
             })
             .collect();
         if !left.is_empty() {
@@ -698,13 +688,10 @@ pub async fn destroy_aws(
     let mut instances: Vec<(String, String)> = Vec::new();
     let mut volumes: Vec<(String, Resource)> = Vec::new();
     for (step, rs) in resources {
-        for r in rs
-            .iter()
-            .filter(|r| !r.destroyed && !r.kind.ends_with("-kept"))
-        {
-            match r.kind.as_str() {
-                aws::KIND_INSTANCE => instances.push((step.clone(), r.id.clone())),
-                aws::KIND_VOLUME => volumes.push((step.clone(), r.clone())),
+        for r in rs.iter().filter(|r| !r.destroyed && !r.keep) {
+            match r.kind {
+                ResourceKind::Ec2Instance => instances.push((step.clone(), r.id.clone())),
+                ResourceKind::EbsVolume => volumes.push((step.clone(), r.clone())),
                 other => {
                     return Err(Error::runtime(format!(
                         "cannot destroy a `{other}` resource on the aws target"

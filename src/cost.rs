@@ -556,11 +556,9 @@ steps:
 
     fn resource(destroyed_at: Option<f64>) -> Resource {
         Resource {
-            kind: "ec2-instance".into(),
-            id: "i-1".into(),
             destroyed: destroyed_at.is_some(),
             destroyed_at,
-            ..Resource::default()
+            ..Resource::new(crate::state::ResourceKind::Ec2Instance, "i-1")
         }
     }
 

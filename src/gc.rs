@@ -38,11 +38,9 @@ fn verdict(
     if state.status.is_finished() {
         return ("its run is finished".into(), true);
     }
-    let gone = state
-        .steps
-        .values()
-        .flat_map(|s| &s.resources)
-        .find(|r| r.kind == aws::KIND_INSTANCE && !live_instances.contains(r.id.as_str()));
+    let gone = state.steps.values().flat_map(|s| &s.resources).find(|r| {
+        r.kind == crate::state::ResourceKind::Ec2Instance && !live_instances.contains(r.id.as_str())
+    });
     if let Some(instance) = gone {
         return (
             format!(
@@ -88,7 +86,7 @@ fn kept_by(state: Option<&RunState>, id: &str) -> bool {
         s.steps
             .values()
             .flat_map(|st| &st.resources)
-            .any(|res| res.id == id && res.kind.ends_with("-kept"))
+            .any(|res| res.id == id && res.keep)
     })
 }
 

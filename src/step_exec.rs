@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::local_host::{HostStatus, LaunchSpec, LocalHost, LocalVolume};
 use crate::plan::{InstanceSpec, Plan, Step, StepKind, Target};
-use crate::state::Resource;
+use crate::state::{Resource, ResourceKind};
 use crate::template;
 
 /// Messages from a step task to the runner, which owns the state.
@@ -165,12 +165,10 @@ impl Job {
             let deadline = crate::ttl::arm_local(&host.home, *ttl)?;
             outputs.insert("expires_at".into(), crate::ttl::rfc3339(deadline));
         }
-        let resources = vec![Resource {
-            kind: "local-sandbox".into(),
-            id: host.home.display().to_string(),
-            destroyed: false,
-            ..Resource::default()
-        }];
+        let resources = vec![Resource::new(
+            ResourceKind::LocalSandbox,
+            host.home.display().to_string(),
+        )];
         Ok(Outcome::Succeeded { outputs, resources })
     }
 
@@ -201,12 +199,10 @@ impl Job {
                 volume.mount_path.display().to_string(),
             ),
         ]);
-        let resources = vec![Resource {
-            kind: "local-volume".into(),
-            id: volume.dir.display().to_string(),
-            destroyed: false,
-            ..Resource::default()
-        }];
+        let resources = vec![Resource::new(
+            ResourceKind::LocalVolume,
+            volume.dir.display().to_string(),
+        )];
         Ok(Outcome::Succeeded { outputs, resources })
     }
 
@@ -549,22 +545,26 @@ pub async fn destroy_resources(
     let mut done = Vec::new();
     // Volumes before the hosts that hold them.
     let mut ordered = resources;
-    ordered.sort_by_key(|(_, rs)| rs.iter().any(|r| r.kind == "local-sandbox"));
+    ordered.sort_by_key(|(_, rs)| rs.iter().any(|r| r.kind == ResourceKind::LocalSandbox));
     for (step, rs) in ordered {
         for (i, r) in rs.iter().enumerate().filter(|(_, r)| !r.destroyed) {
             let key = format!("steps.{step}.resources[{i}].id");
-            if r.kind.starts_with("local-") && !inside_sandbox(root, &key, &r.id)? {
+            let local = matches!(
+                r.kind,
+                ResourceKind::LocalSandbox | ResourceKind::LocalVolume
+            );
+            if local && !inside_sandbox(root, &key, &r.id)? {
                 continue; // Already gone.
             }
-            match r.kind.as_str() {
-                "local-sandbox" => {
+            match r.kind {
+                ResourceKind::LocalSandbox => {
                     LocalHost {
                         home: r.id.clone().into(),
                     }
                     .destroy()
                     .await?
                 }
-                "local-volume" => {
+                ResourceKind::LocalVolume => {
                     let dir = std::path::PathBuf::from(&r.id);
                     match std::fs::remove_dir_all(&dir) {
                         Ok(()) => {}

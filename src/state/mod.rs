@@ -81,12 +81,55 @@ impl RunStatus {
     }
 }
 
+/// What a resource is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceKind {
+    /// A local host: a sandbox directory.
+    LocalSandbox,
+    /// A local volume: a directory linked into its host's sandbox.
+    LocalVolume,
+    Ec2Instance,
+    EbsVolume,
+}
+
+impl ResourceKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::LocalSandbox => "local-sandbox",
+            ResourceKind::LocalVolume => "local-volume",
+            ResourceKind::Ec2Instance => "ec2-instance",
+            ResourceKind::EbsVolume => "ebs-volume",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ResourceKind> {
+        [
+            ResourceKind::LocalSandbox,
+            ResourceKind::LocalVolume,
+            ResourceKind::Ec2Instance,
+            ResourceKind::EbsVolume,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A resource a step created and owns until teardown.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "StoredResource")]
 pub struct Resource {
-    /// `local-sandbox`, `local-volume`, `ec2-instance`, `ebs-volume`.
-    pub kind: String,
+    pub kind: ResourceKind,
     pub id: String,
+    /// The plan keeps it past teardown (a volume with `keep: true`): teardown leaves it, `plan gc` names it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep: bool,
     #[serde(default)]
     pub destroyed: bool,
     /// When it was destroyed (epoch seconds): the end of what it cost. None in older documents.
@@ -98,6 +141,63 @@ pub struct Resource {
     /// A volume: its mount point on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
+}
+
+impl Resource {
+    pub fn new(kind: ResourceKind, id: impl Into<String>) -> Resource {
+        Resource {
+            kind,
+            id: id.into(),
+            keep: false,
+            destroyed: false,
+            destroyed_at: None,
+            host: None,
+            mount: None,
+        }
+    }
+}
+
+/// A resource as documents store it. Older documents spell a kept volume as the kind `ebs-volume-kept`.
+#[derive(Deserialize)]
+struct StoredResource {
+    kind: String,
+    id: String,
+    #[serde(default)]
+    keep: bool,
+    #[serde(default)]
+    destroyed: bool,
+    #[serde(default)]
+    destroyed_at: Option<f64>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    mount: Option<String>,
+}
+
+impl TryFrom<StoredResource> for Resource {
+    type Error = String;
+
+    fn try_from(r: StoredResource) -> Result<Resource, String> {
+        let (name, kept) = match r.kind.strip_suffix("-kept") {
+            Some(name) => (name, true),
+            None => (r.kind.as_str(), false),
+        };
+        let kind = ResourceKind::parse(name).ok_or_else(|| {
+            format!(
+                "unknown resource kind `{}` (known: local-sandbox, local-volume, ec2-instance, ebs-volume)",
+                r.kind
+            )
+        })?;
+        Ok(Resource {
+            kind,
+            id: r.id,
+            keep: r.keep || kept,
+            destroyed: r.destroyed,
+            destroyed_at: r.destroyed_at,
+            host: r.host,
+            mount: r.mount,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,5 +488,29 @@ mod tests {
         ] {
             assert!(!is_run_id(bad), "{bad:?}");
         }
+    }
+
+    /// A kept volume is `keep: true`; documents from before it spelled the kind `ebs-volume-kept`, and still read.
+    #[test]
+    fn resources_read_the_old_kept_kind_and_refuse_unknown_kinds() {
+        let old: Resource =
+            serde_json::from_str(r#"{"kind":"ebs-volume-kept","id":"vol-1","destroyed":false}"#)
+                .expect("old");
+        assert_eq!((old.kind, old.keep), (ResourceKind::EbsVolume, true));
+        let new = serde_json::to_value(&old).expect("encode");
+        assert_eq!(new["kind"], "ebs-volume");
+        assert_eq!(new["keep"], true);
+        let again: Resource = serde_json::from_value(new).expect("new");
+        assert_eq!(again, old);
+        let plain =
+            serde_json::to_value(Resource::new(ResourceKind::Ec2Instance, "i-1")).expect("encode");
+        assert!(plain.get("keep").is_none(), "{plain}");
+        let err = serde_json::from_str::<Resource>(r#"{"kind":"gpu-cluster","id":"x"}"#)
+            .expect_err("unknown");
+        assert!(
+            err.to_string()
+                .contains("unknown resource kind `gpu-cluster`"),
+            "{err}"
+        );
     }
 }

@@ -40,9 +40,9 @@ use crate::error::Error;
 use crate::plan::Target;
 
 /// `Resource::kind` of an EC2 instance.
-pub const KIND_INSTANCE: &str = "ec2-instance";
+pub const KIND_INSTANCE: &str = crate::state::ResourceKind::Ec2Instance.as_str();
 /// `Resource::kind` of an EBS volume.
-pub const KIND_VOLUME: &str = "ebs-volume";
+pub const KIND_VOLUME: &str = crate::state::ResourceKind::EbsVolume.as_str();
 
 pub const TAG_PLAN: &str = "sortie:plan";
 pub const TAG_RUN: &str = "sortie:run";
