@@ -6,8 +6,39 @@ use aws_config::{BehaviorVersion, SdkConfig};
 
 use crate::plan::Target;
 
-/// Loads the SDK configuration for a target (local targets get the environment's defaults).
+/// The SDK configuration of a target, loaded once per process and shared: every client made from it shares its
+/// credentials cache and connection pool, so a step does not reload credentials (a profile's SSO or process
+/// provider can take seconds) or open new connections. Local targets get the environment's defaults.
 pub async fn sdk_config(target: &Target) -> SdkConfig {
+    type Key = (Option<String>, Option<String>, Option<String>, Option<String>);
+    static LOADED: std::sync::Mutex<Vec<(Key, SdkConfig)>> = std::sync::Mutex::new(Vec::new());
+    let key: Key = match target {
+        Target::Aws {
+            region,
+            endpoint_url,
+            profile,
+        } => (region.clone(), endpoint_url.clone(), profile.clone(), None),
+        Target::Local { .. } => (None, None, None, None),
+    };
+    // AWS_ENDPOINT_URL is read by the loader: a process that changes it (tests) gets a fresh configuration.
+    let key = (key.0, key.1, key.2, std::env::var("AWS_ENDPOINT_URL").ok());
+    let cached = |loaded: &Vec<(Key, SdkConfig)>| {
+        loaded.iter().find(|(k, _)| *k == key).map(|(_, c)| c.clone())
+    };
+    if let Some(config) = cached(&LOADED.lock().unwrap_or_else(|e| e.into_inner())) {
+        return config;
+    }
+    let config = load(target).await;
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    // Two tasks may have loaded it at once: the first stored wins, so every client shares one.
+    if let Some(first) = cached(&loaded) {
+        return first;
+    }
+    loaded.push((key, config.clone()));
+    config
+}
+
+async fn load(target: &Target) -> SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::standard().with_max_attempts(5));
     if let Target::Aws {
