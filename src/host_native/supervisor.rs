@@ -85,7 +85,7 @@ pub fn supervise(dir: &Path, attempt: &str, workdir: &Path, lockfile: Option<&Pa
 }
 
 /// Takes `flock -n` on the lock file and records its holder; the error is the attempt's code and message.
-fn take_lock(file: &Path, dir: &Path) -> Result<Flock<std::fs::File>, (i32, String)> {
+fn take_lock(file: &Path, dir: &Path) -> Result<std::fs::File, (i32, String)> {
     let opened = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -116,7 +116,19 @@ fn take_lock(file: &Path, dir: &Path) -> Result<Flock<std::fs::File>, (i32, Stri
         now()
     );
     let _ = super::status_dir::put_file(&holder, &text);
-    Ok(lock)
+    keep_without_unlock(lock)
+        .map_err(|e| (1, format!("cannot keep lock file {}: {e}", file.display())))
+}
+
+/// The locked file as a plain descriptor. A dropped `Flock` unlocks (`LOCK_UN`), which would release the lock
+/// of the step's children too; closing one of several descriptors of the locked file does not.
+fn keep_without_unlock(lock: Flock<std::fs::File>) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = lock.try_clone()?;
+    let raw = lock.as_raw_fd();
+    std::mem::forget(lock);
+    let _ = nix::unistd::close(raw);
+    Ok(file)
 }
 
 /// The exit code a shell gives a child: its status, or 128 + the signal that killed it.
@@ -150,7 +162,7 @@ impl Supervisor {
 
     /// Starts the step through `plan host-wrapper _exec` (which enters its own session, writes `pid` and
     /// execs the script), then watches it until its main process ends. Returns the code to record.
-    fn run_step(&mut self, workdir: &Path, lock: Option<&Flock<std::fs::File>>) -> i32 {
+    fn run_step(&mut self, workdir: &Path, lock: Option<&std::fs::File>) -> i32 {
         let d = &self.dir;
         let opened = std::fs::OpenOptions::new()
             .append(true)
@@ -168,7 +180,7 @@ impl Supervisor {
         };
         if let Some(lock) = lock {
             // The step inherits the lock's descriptor (std opens every file close-on-exec).
-            let _ = fcntl(&**lock, FcntlArg::F_SETFD(FdFlag::empty()));
+            let _ = fcntl(lock, FcntlArg::F_SETFD(FdFlag::empty()));
         }
         let mut cmd = Command::new(super::self_exe());
         cmd.args(["host-wrapper", "_exec"])
