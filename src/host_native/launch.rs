@@ -66,14 +66,14 @@ fn hold_launch(dir: &StatusDir) -> Option<Flock<std::fs::File>> {
     }
 }
 
-/// The paths of a checked request: the status dir, the workdir, the lock file.
+/// The paths of a checked request: the status dir, the workdir, the lock file. The error is exit 64's message.
 struct Resolved {
     dir: StatusDir,
     workdir: PathBuf,
     lockfile: Option<PathBuf>,
 }
 
-fn resolve(req: &LaunchRequest, settings: &Settings) -> std::result::Result<Resolved, Launched> {
+fn resolve(req: &LaunchRequest, settings: &Settings) -> std::result::Result<Resolved, String> {
     let base = match &req.cwd {
         Some(cwd) => cwd.clone(),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
@@ -81,12 +81,7 @@ fn resolve(req: &LaunchRequest, settings: &Settings) -> std::result::Result<Reso
     let dir = base.join(&req.dir);
     let dir = std::fs::create_dir_all(&dir)
         .and_then(|()| dir.canonicalize())
-        .map_err(|_| {
-            refuse(
-                64,
-                format!("cannot create status dir: {}", req.dir.display()),
-            )
-        })?;
+        .map_err(|_| format!("cannot create status dir: {}", req.dir.display()))?;
     let workdir = settings
         .workdir
         .as_ref()
@@ -95,7 +90,7 @@ fn resolve(req: &LaunchRequest, settings: &Settings) -> std::result::Result<Reso
         .canonicalize()
         .ok()
         .filter(|w| w.is_dir())
-        .ok_or_else(|| refuse(64, format!("no such workdir: {}", workdir.display())))?;
+        .ok_or_else(|| format!("no such workdir: {}", workdir.display()))?;
     let lockfile = match &settings.lock {
         None => None,
         Some(name) => {
@@ -105,7 +100,7 @@ fn resolve(req: &LaunchRequest, settings: &Settings) -> std::result::Result<Reso
                 .map_or_else(|| dir.join("../../locks"), |l| base.join(l));
             let ld = std::fs::create_dir_all(&ld)
                 .and_then(|()| ld.canonicalize())
-                .map_err(|_| refuse(64, format!("bad lock dir: {}", ld.display())))?;
+                .map_err(|_| format!("bad lock dir: {}", ld.display()))?;
             Some(ld.join(format!("{name}.lock")))
         }
     };
@@ -149,7 +144,7 @@ pub fn launch(req: &LaunchRequest, spawn: Spawn<'_>) -> Result<Launched> {
     };
     let paths = match resolve(req, &settings) {
         Ok(p) => p,
-        Err(refused) => return Ok(refused),
+        Err(message) => return Ok(refuse(64, message)),
     };
     let d = &paths.dir;
     let Some(hold) = hold_launch(d) else {
