@@ -492,6 +492,37 @@ test_int_wrapper_usage_errors_exit_64() {
 	expect_eq "$rc" 64 "bad SORTIE_PROGRESS regex"
 }
 
+# The two implementations share one protocol: what one launched, the other reads, re-launches, cancels and
+# archives (wrapper.sh under sh for the native run; the native one for the dash and bash runs).
+test_int_wrapper_the_other_implementation_reads_relaunches_and_cancels_it() {
+	local s d=$T/st pg rc=0 other
+	if native; then other=(sh "$WRAPPER"); else other=("$PLAN_BIN" host-wrapper); fi
+	O() { "${other[@]}" "$@"; }
+	s=$(script long.sh <<<"echo ran >>'$T/marker'; echo 'step 3/9'; sleep 30")
+	SORTIE_HEARTBEAT_INTERVAL=1 W launch "$d" 1 "$s" >/dev/null || fail "launch"
+	pg=$(field "$d" pid)
+	until_ok 5 grep -q '"progress":"3/9"' "$d/heartbeat.json"
+	O status "$d" >"$T/out" || fail "the other's status exited $?"
+	expect_file_has "$T/out" "state=running"
+	expect_file_has "$T/out" "pid=$pg"
+	expect_file_has "$T/out" "progress=3/9"
+	O launch "$d" 1 "$s" >"$T/out" || fail "the other's re-launch exited $?"
+	expect_file_has "$T/out" "state=running"
+	sleep 0.3
+	expect_eq "$(lines "$T/marker")" 1 "copies started"
+	O cancel "$d" 1 >"$T/out" || fail "the other's cancel exited $?"
+	expect_file_has "$T/out" "state=cancelled"
+	expect_eq "$(cat "$d/exit_code")" 143 "exit_code"
+	group_gone "$pg" || fail "group survived the other's cancel"
+	s=$(script two.sh <<<'echo k=two >>"$SORTIE_OUTPUT"')
+	O launch "$d" 2 "$s" >/dev/null || fail "the other's attempt 2"
+	W wait "$d" 0.2 >/dev/null || rc=$?
+	expect_eq "$rc" 0 "wait on the other's attempt"
+	expect_file_has "$d/outputs" k=two
+	expect_file_has "$d/attempts/1/heartbeat.json" '"progress":"3/9"'
+	expect_eq "$(cat "$d/attempts/1/exit_code")" 143 "archived exit_code"
+}
+
 # ---------------------------------------------------------------- driver
 
 # One test in this process: own temp dir, everything it started killed on the way out.
