@@ -253,10 +253,9 @@ fn start(req: &LaunchRequest, script: &Path, paths: &Resolved, spawn: Spawn<'_>)
     }
     spawn(cmd).map_err(|e| Error::io("cannot start the step's supervisor", e))?;
     let end = Instant::now() + Duration::from_secs(10);
-    let mut pause = Duration::from_millis(1);
+    // Two stat calls per look: looking every millisecond costs nothing beside a step's start (two execs).
     while !d.has("pid") && !d.has("exit_code") && Instant::now() < end {
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(1));
     }
     Ok(())
 }
