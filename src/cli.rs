@@ -198,6 +198,13 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// The host protocol run natively (docs/HOST_PROTOCOL.md): wrapper.sh's commands, arguments, output and
+    /// exit codes. Internal: the local target's supervisors are this command.
+    #[command(hide = true, disable_help_flag = true)]
+    HostWrapper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Which run to act on.
@@ -519,6 +526,8 @@ fn dispatch(command: Command) -> Result<i32> {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "plan", &mut out);
         }
+        // wrapper.sh's exit codes, not the CLI's.
+        Command::HostWrapper { args } => return Ok(crate::host_native::command::main(&args)),
     }
     Ok(exit::OK)
 }

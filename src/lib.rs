@@ -17,6 +17,7 @@ pub mod error;
 pub mod event;
 pub mod gc;
 pub mod heartbeat;
+pub mod host_native;
 pub mod lifetime_check;
 pub mod loader;
 pub mod local_host;

@@ -1,15 +1,16 @@
 //! The local target: a host is a sandbox directory with its own SORTIE_HOME; a volume is a directory in it,
-//! reachable at its mount path inside the sandbox; a `run` step is a process group under the host wrapper.
+//! reachable at its mount path inside the sandbox; a `run` step is a process group under the native supervisor
+//! (`crate::host_native`, the host protocol without a shell).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use indexmap::IndexMap;
-use tokio::process::Command;
-
 use crate::error::{Error, Result};
+use crate::host_native::{self, LaunchRequest, Launched};
+use indexmap::IndexMap;
 
-/// The host wrapper (docs/HOST_PROTOCOL.md), shipped inside the binary.
+/// The host wrapper (docs/HOST_PROTOCOL.md), shipped inside the binary for EC2 hosts; the local target runs
+/// the same protocol natively (`crate::host_native`).
 pub const WRAPPER: &str = include_str!("host/wrapper.sh");
 
 /// One sandbox host.
@@ -105,36 +106,8 @@ impl LocalHost {
         self.status_dir(step).join("output.log")
     }
 
-    /// Writes the wrapper into the sandbox if it is not there yet (running supervisors use their own copy).
-    fn wrapper(&self) -> Result<PathBuf> {
-        let path = self.home.join(".sortie").join("wrapper.sh");
-        if std::fs::read_to_string(&path).ok().as_deref() != Some(WRAPPER) {
-            crate::state::store::write_atomic(&path, WRAPPER.as_bytes())?;
-        }
-        Ok(path)
-    }
-
-    async fn wrapper_cmd(
-        &self,
-        args: &[&str],
-        env: &[(String, String)],
-    ) -> Result<std::process::Output> {
-        let wrapper = self.wrapper()?;
-        let mut cmd = Command::new("sh");
-        cmd.arg(&wrapper)
-            .args(args)
-            .env("SORTIE_HOME", &self.home)
-            .current_dir(&self.home);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.stdin(std::process::Stdio::null());
-        cmd.output()
-            .await
-            .map_err(|e| Error::io("cannot run the host wrapper", e))
-    }
-
-    /// Starts attempt `attempt` of `step` (the wrapper refuses duplicates, so a repeat is harmless).
+    /// Starts attempt `attempt` of `step` (the protocol refuses duplicates, so a repeat is harmless). The
+    /// native supervisor (`crate::host_native`) is started directly: no shell process.
     pub async fn launch(
         &self,
         step: &str,
@@ -152,41 +125,38 @@ impl LocalHost {
         crate::state::store::write_atomic(&script_path, script.as_bytes())?;
         let mut env = spec.wrapper_env(5);
         env.push(("SORTIE_KILL_GRACE".into(), "5".into()));
-        let dir_s = dir.to_string_lossy().to_string();
-        let out = self
-            .wrapper_cmd(
-                &[
-                    "launch",
-                    &dir_s,
-                    &attempt.to_string(),
-                    &script_path.to_string_lossy(),
-                ],
-                &env,
-            )
-            .await?;
-        let status = parse_status(&String::from_utf8_lossy(&out.stdout));
-        match out.status.code() {
-            Some(0) => Ok(status),
-            code => Err(Error::runtime(format!(
-                "the host wrapper refused to launch step `{step}` (exit {}): {}",
-                code.unwrap_or(-1),
-                String::from_utf8_lossy(&out.stderr).trim()
+        // A process of the host: found (and reaped) by what looks for the host's processes.
+        env.push(("SORTIE_HOME".into(), self.home.to_string_lossy().into()));
+        let req = LaunchRequest {
+            dir,
+            attempt: attempt.to_string(),
+            script: script_path,
+            env,
+            cwd: Some(self.home.clone()),
+        };
+        // The supervisor is our child: tokio reaps it in the background once it exits (no zombie per step).
+        let spawn =
+            |cmd: std::process::Command| tokio::process::Command::from(cmd).spawn().map(drop);
+        let launched = blocking(move || host_native::launch(&req, &spawn)).await??;
+        match launched {
+            Launched::Status(report) => Ok(parse_status(&report.render())),
+            Launched::Refused { code, message, .. } => Err(Error::runtime(format!(
+                "the host wrapper refused to launch step `{step}` (exit {code}): sortie-wrapper: {message}"
             ))),
         }
     }
 
+    /// The step's status, read from its status directory in this process.
     pub async fn status(&self, step: &str) -> Result<HostStatus> {
-        let dir = self.status_dir(step).to_string_lossy().to_string();
-        let out = self.wrapper_cmd(&["status", &dir], &[]).await?;
-        Ok(parse_status(&String::from_utf8_lossy(&out.stdout)))
+        Ok(parse_status(
+            &host_native::status(&self.status_dir(step)).render(),
+        ))
     }
 
     pub async fn cancel(&self, step: &str, grace: Duration) -> Result<HostStatus> {
-        let dir = self.status_dir(step).to_string_lossy().to_string();
-        let out = self
-            .wrapper_cmd(&["cancel", &dir, &grace.as_secs().to_string()], &[])
-            .await?;
-        Ok(parse_status(&String::from_utf8_lossy(&out.stdout)))
+        let dir = self.status_dir(step);
+        let report = blocking(move || host_native::cancel(&dir, grace)).await??;
+        Ok(parse_status(&report.render()))
     }
 
     /// The recorded result of `attempt`, read straight from the status directory (no process spawned): `None`
@@ -334,6 +304,13 @@ pub fn parse_status(text: &str) -> HostStatus {
         }
     }
     s
+}
+
+/// Runs blocking protocol work (its waits sleep) off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::runtime(format!("the host protocol's task failed: {e}")))
 }
 
 fn absolute(path: &Path) -> PathBuf {

@@ -117,7 +117,7 @@ fn spawn_local(home: &Path) -> Result<()> {
     let watcher = dir.join("ttl.sh");
     crate::state::store::write_atomic(&watcher, WATCHER.as_bytes())?;
     let expire = r#"for d in "$1"/.sortie/steps/*/; do
-    [ -d "$d" ] && sh "$1/.sortie/wrapper.sh" cancel "${d%/}" 5 >/dev/null 2>&1 || :
+    [ -d "$d" ] && "$2" host-wrapper cancel "${d%/}" 5 >/dev/null 2>&1 || :
 done
 [ -d "$1/.sortie" ] && : > "$1/.sortie/expired"
 exit 0"#;
@@ -126,6 +126,7 @@ exit 0"#;
         .arg(local_file(home))
         .args(["sh", "-c", expire, "sortie-ttl"])
         .arg(home)
+        .arg(crate::host_native::plan_exe())
         // A process of the host, as its steps are: found (and reaped) by what looks for them.
         .env("SORTIE_HOME", home)
         .current_dir("/")

@@ -10,7 +10,12 @@ use crate::plan::Target;
 /// credentials cache and connection pool, so a step does not reload credentials (a profile's SSO or process
 /// provider can take seconds) or open new connections. Local targets get the environment's defaults.
 pub async fn sdk_config(target: &Target) -> SdkConfig {
-    type Key = (Option<String>, Option<String>, Option<String>, Option<String>);
+    type Key = (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    );
     static LOADED: std::sync::Mutex<Vec<(Key, SdkConfig)>> = std::sync::Mutex::new(Vec::new());
     let key: Key = match target {
         Target::Aws {
@@ -23,7 +28,10 @@ pub async fn sdk_config(target: &Target) -> SdkConfig {
     // AWS_ENDPOINT_URL is read by the loader: a process that changes it (tests) gets a fresh configuration.
     let key = (key.0, key.1, key.2, std::env::var("AWS_ENDPOINT_URL").ok());
     let cached = |loaded: &Vec<(Key, SdkConfig)>| {
-        loaded.iter().find(|(k, _)| *k == key).map(|(_, c)| c.clone())
+        loaded
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| c.clone())
     };
     if let Some(config) = cached(&LOADED.lock().unwrap_or_else(|e| e.into_inner())) {
         return config;
