@@ -7,9 +7,10 @@ use indexmap::IndexMap;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::local_host::{HostStatus, LaunchSpec};
+use crate::host::local::{HostStatus, LaunchSpec};
+use crate::host::protocol::{exit, HostState};
+use crate::host::ssm::{self, OutputLocation, Pace, SsmHost, SsmPoll};
 use crate::plan::{RunSpec, StateLocation, StepKind, Target};
-use crate::ssm_host::{self, OutputLocation, Pace, SsmHost, SsmPoll};
 use crate::state::{Resource, ResourceKind};
 use crate::step_exec::{Job, Msg, Outcome};
 use crate::step_files;
@@ -282,7 +283,7 @@ impl Job {
         let id = self.step.id.clone();
         if self.cancel_previous {
             let previous = host.status(&id).await?;
-            if matches!(previous.state.as_str(), "running" | "starting") {
+            if previous.state.is_live() {
                 host.cancel(&id, Duration::from_secs(30)).await?;
             }
         }
@@ -293,7 +294,7 @@ impl Job {
         };
         let already = self.reattach && {
             let st = host.status(&id).await?;
-            st.attempt == Some(self.attempt) && st.state != "absent"
+            st.attempt == Some(self.attempt) && st.state != HostState::Absent
         };
         if !already {
             let mut launch = launch;
@@ -319,7 +320,7 @@ impl Job {
             let status = host
                 .launch(&id, self.attempt, &script, &launch, files)
                 .await?;
-            if status.is_finished() && status.state == "failed" && status.exit_code == Some(75) {
+            if status.state == HostState::Failed && status.exit_code == Some(exit::BUSY) {
                 return Ok(Outcome::Failed {
                     error: status.error.unwrap_or_else(|| "lock busy".into()),
                     help: None,
@@ -342,7 +343,7 @@ impl Job {
                     let timeout = self
                         .step
                         .timeout
-                        .map_or(ssm_host::MAX_EXECUTION, |t| t + Duration::from_secs(300));
+                        .map_or(ssm::MAX_EXECUTION, |t| t + Duration::from_secs(300));
                     let c = host.send(&SsmHost::wait_script(&id), timeout).await?;
                     self.begin(IndexMap::from([
                         ("host".to_string(), host.instance_id.clone()),
@@ -388,7 +389,7 @@ impl Job {
                 host.cancel(&id, Duration::from_secs(30)).await?;
                 return Ok(Outcome::Cancelled);
             }
-            let (status, outputs, _log) = ssm_host::split_wait_output(&inv.stdout);
+            let (status, outputs, _log) = ssm::split_wait_output(&inv.stdout);
             if let Some(notice) = status
                 .spot_notice
                 .as_deref()
@@ -416,7 +417,7 @@ impl Job {
     }
 
     /// The step's files as one archive for the host (checked against the digest the plan was compiled with).
-    async fn files_bundle(&self, spec: &RunSpec) -> Result<Option<ssm_host::Bundle>> {
+    async fn files_bundle(&self, spec: &RunSpec) -> Result<Option<ssm::Bundle>> {
         if spec.files.is_empty() {
             return Ok(None);
         }
@@ -427,7 +428,7 @@ impl Job {
             let archive = step_files::archive(&all)
                 .map_err(|e| Error::io(format!("cannot pack the files of step `{id}`"), e))?;
             let dests = ships.into_iter().map(|s| s.dest).collect();
-            Ok(Some(ssm_host::Bundle { archive, dests }))
+            Ok(Some(ssm::Bundle { archive, dests }))
         })
         .await
         .map_err(|e| Error::runtime(format!("packing files: {e}")))?
@@ -602,7 +603,7 @@ fn host_lost(host: &SsmHost, error: String) -> Outcome {
 async fn ended_without_result(
     host: &SsmHost,
     id: &str,
-    inv: &ssm_host::Invocation,
+    inv: &ssm::Invocation,
     detach: bool,
     watch: &StepWatch,
     rewaits: u32,
@@ -614,10 +615,7 @@ async fn ended_without_result(
         return Some(Ok(()));
     }
     let on_host = host.status(id).await.map(|s| s.state).unwrap_or_default();
-    let known = matches!(
-        on_host.as_str(),
-        "running" | "starting" | "succeeded" | "failed" | "timed_out" | "cancelled"
-    );
+    let known = on_host.is_live() || on_host.is_finished();
     (rewaits <= MAX_REWAITS && known).then(|| {
         tracing::warn!(
             "the wait for `{id}` ended without a result ({}); the step is {on_host} on the host, waiting again",
@@ -630,15 +628,15 @@ async fn ended_without_result(
 fn outcome_of(
     status: &HostStatus,
     outputs: IndexMap<String, String>,
-    inv: &ssm_host::Invocation,
+    inv: &ssm::Invocation,
     timeout: Option<Duration>,
 ) -> Outcome {
-    match status.state.as_str() {
-        "succeeded" => Outcome::Succeeded {
+    match status.state {
+        HostState::Succeeded => Outcome::Succeeded {
             outputs,
             resources: Vec::new(),
         },
-        "timed_out" => Outcome::Failed {
+        HostState::TimedOut => Outcome::Failed {
             error: format!(
                 "timed out after {}",
                 timeout
@@ -647,8 +645,8 @@ fn outcome_of(
             ),
             help: None,
         },
-        "cancelled" => Outcome::Cancelled,
-        "failed" => Outcome::Failed {
+        HostState::Cancelled => Outcome::Cancelled,
+        HostState::Failed => Outcome::Failed {
             error: format!(
                 "exit code {}{}",
                 status
@@ -662,7 +660,7 @@ fn outcome_of(
             ),
             help: None,
         },
-        "lost" => Outcome::Failed {
+        HostState::Lost => Outcome::Failed {
             error: "the step's processes vanished without an exit code (instance rebooted?)".into(),
             help: None,
         },
@@ -743,6 +741,6 @@ pub(crate) async fn ssm_host_for(
         s3: crate::target::aws::config::s3_client(&config),
         instance_id: instance_id.to_string(),
         output: output_location(&plan.state, &plan.name, run_id),
-        poll: crate::ssm_host::SsmPoll::default(),
+        poll: crate::host::ssm::SsmPoll::default(),
     }
 }

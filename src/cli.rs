@@ -527,7 +527,7 @@ fn dispatch(command: Command) -> Result<i32> {
             clap_complete::generate(shell, &mut cmd, "plan", &mut out);
         }
         // wrapper.sh's exit codes, not the CLI's.
-        Command::HostWrapper { args } => return Ok(crate::host_native::command::main(&args)),
+        Command::HostWrapper { args } => return Ok(crate::host::native::command::main(&args)),
     }
     Ok(exit::OK)
 }

@@ -8,7 +8,8 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::local_host::{HostStatus, LaunchSpec, LocalHost, LocalVolume};
+use crate::host::local::{HostStatus, LaunchSpec, LocalHost, LocalVolume};
+use crate::host::protocol::HostState;
 use crate::plan::{InstanceSpec, Plan, Step, StepKind, Target};
 use crate::state::{Resource, ResourceKind};
 use crate::template;
@@ -257,7 +258,7 @@ impl Job {
         let id = self.step.id.clone();
         if self.cancel_previous {
             let previous = host.status(&id).await?;
-            if matches!(previous.state.as_str(), "running" | "starting") {
+            if previous.state.is_live() {
                 host.cancel(&id, Duration::from_secs(5)).await?;
             }
         }
@@ -266,8 +267,9 @@ impl Job {
         } else {
             HostStatus::default()
         };
-        let already =
-            self.reattach && status.attempt == Some(self.attempt) && status.state != "absent";
+        let already = self.reattach
+            && status.attempt == Some(self.attempt)
+            && status.state != HostState::Absent;
         if !already {
             let host_ctx = host_context(
                 &self.target,
@@ -305,7 +307,7 @@ impl Job {
             .stale_after
             .map(crate::stall::StallWatch::new);
         loop {
-            if status.is_finished() || status.state == "lost" {
+            if status.is_finished() || status.state == HostState::Lost {
                 break;
             }
             if status.progress.is_some() && status.progress != last_progress {
@@ -350,8 +352,8 @@ impl Job {
                 progress: status.progress.clone().unwrap_or_default(),
             });
         }
-        match status.state.as_str() {
-            "succeeded" => {
+        match status.state {
+            HostState::Succeeded => {
                 let (outputs, problems) = host.outputs(&id);
                 for message in problems {
                     let _ = self.tx.send(Msg::Event(crate::event::Event::Notice {
@@ -363,7 +365,7 @@ impl Job {
                     resources: Vec::new(),
                 })
             }
-            "timed_out" => Ok(Outcome::Failed {
+            HostState::TimedOut => Ok(Outcome::Failed {
                 error: format!(
                     "timed out after {}",
                     self.step
@@ -373,8 +375,8 @@ impl Job {
                 ),
                 help: None,
             }),
-            "cancelled" => Ok(Outcome::Cancelled),
-            "lost" => Ok(Outcome::Failed {
+            HostState::Cancelled => Ok(Outcome::Cancelled),
+            HostState::Lost => Ok(Outcome::Failed {
                 error: "the step's processes vanished without an exit code (host restarted?)"
                     .into(),
                 help: None,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::types::{InstanceStateName, SummaryStatus};
 use tokio::sync::watch;
 
-use crate::ssm_host::{Pace, SsmHost};
+use crate::host::ssm::{Pace, SsmHost};
 use crate::stall::{Beat, StallWatch};
 
 /// Why a watched step must end now.

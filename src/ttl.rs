@@ -126,7 +126,7 @@ exit 0"#;
         .arg(local_file(home))
         .args(["sh", "-c", expire, "sortie-ttl"])
         .arg(home)
-        .arg(crate::host_native::plan_exe())
+        .arg(crate::host::native::plan_exe())
         // A process of the host, as its steps are: found (and reaped) by what looks for them.
         .env("SORTIE_HOME", home)
         .current_dir("/")

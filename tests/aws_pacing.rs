@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sortie::backoff::Backoff;
+use sortie::host::ssm::{Pace, SsmHost, SsmPoll};
 use sortie::plan::InstanceSpec;
 use sortie::plan_file::Market;
-use sortie::ssm_host::{Pace, SsmHost, SsmPoll};
 use sortie::step_watch::{HeartbeatProbe, StepWatch};
 use sortie::target::aws::{AwsProvider, PollConfig, Tags};
 use tokio::sync::watch;

@@ -1,4 +1,4 @@
-//! The `aws` provider (src/aws_provider.rs) against the real test endpoint (moto + sortie's SSM extension):
+//! The `aws` provider (src/target/aws/) against the real test endpoint (moto + sortie's SSM extension):
 //! instances, capacity failover, idempotency by token tag, volumes, teardown.
 //!
 //! Each test starts its own endpoint, with the instance profile seeded and `--require-instance-profile` (so an

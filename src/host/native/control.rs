@@ -1,5 +1,6 @@
 //! `wait` and `cancel` (docs/HOST_PROTOCOL.md): what a caller does to an attempt from outside.
 
+use crate::host::protocol::exit;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -35,10 +36,10 @@ pub fn wait(dir: &Path, pause: Duration, k: u64) -> (Report, i32) {
             return (Report::read(&d, false), code);
         }
         if d.has("spot_notice") {
-            return (Report::read(&d, false), 126);
+            return (Report::read(&d, false), exit::SPOT_NOTICE);
         }
         if n % k == 0 && matches!(d.state(false), State::Lost | State::Absent) {
-            return (Report::read(&d, false), 125);
+            return (Report::read(&d, false), exit::LOST);
         }
         n += 1;
         std::thread::sleep(pause);
@@ -70,7 +71,7 @@ pub fn cancel(dir: &Path, grace: Duration) -> Result<Report> {
     // No supervisor left to record the end (it was lost): record it here so the attempt is final.
     if !supervised() && !d.has("exit_code") {
         d.put("finished_at", &now().to_string())?;
-        d.put("exit_code", "143")?;
+        d.put("exit_code", &exit::CANCELLED.to_string())?;
     }
     Ok(Report::read(&d, false))
 }

@@ -2,6 +2,7 @@
 //! synchronous code, one process per attempt in its own session. It takes the step's lock, starts the step in
 //! a session of its own, writes heartbeats, enforces the timeout, and records the end, `exit_code` last.
 
+use crate::host::protocol::exit;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,14 @@ pub fn supervise(dir: &Path, attempt: &str, workdir: &Path, lockfile: Option<&Pa
     // The launch checked the settings; they change only if someone runs `_supervise` by hand.
     let settings = match Settings::from_process() {
         Ok(s) => s,
-        Err(message) => return finish(&dir_, &mut Beats::new(attempt, None, None), 64, &message),
+        Err(message) => {
+            return finish(
+                &dir_,
+                &mut Beats::new(attempt, None, None),
+                exit::USAGE,
+                &message,
+            )
+        }
     };
     let beats = Beats::new(
         attempt,
@@ -77,7 +85,7 @@ pub fn supervise(dir: &Path, attempt: &str, workdir: &Path, lockfile: Option<&Pa
         None => None,
     };
     if sup.dir.has("cancelled") {
-        return sup.end(143, "cancelled before start");
+        return sup.end(exit::CANCELLED, "cancelled before start");
     }
     let rc = sup.run_step(workdir, lock.as_ref());
     drop(lock); // our hold on the lock ends before exit_code announces the end
@@ -107,7 +115,7 @@ fn take_lock(file: &Path, dir: &Path) -> Result<std::fs::File, (i32, String)> {
             field("step_dir="),
             field("since=")
         );
-        (75, message)
+        (exit::BUSY, message)
     })?;
     let text = format!(
         "pid={}\nstep_dir={}\nsince={}",
@@ -205,7 +213,7 @@ impl Supervisor {
         let status = self.watch(&ended, pid, started);
         let rc = status.map_or(1, exit_code);
         if self.dir.has("timed_out") {
-            124
+            exit::TIMED_OUT
         } else {
             rc
         }

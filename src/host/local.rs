@@ -1,17 +1,18 @@
 //! The local target: a host is a sandbox directory with its own SORTIE_HOME; a volume is a directory in it,
 //! reachable at its mount path inside the sandbox; a `run` step is a process group under the native supervisor
-//! (`crate::host_native`, the host protocol without a shell).
+//! (`crate::host::native`, the host protocol without a shell).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::host_native::{self, LaunchRequest, Launched};
+use crate::host::native::{self, LaunchRequest, Launched};
+use crate::host::protocol::HostState;
 use indexmap::IndexMap;
 
 /// The host wrapper (docs/HOST_PROTOCOL.md), shipped inside the binary for EC2 hosts; the local target runs
-/// the same protocol natively (`crate::host_native`).
-pub const WRAPPER: &str = include_str!("host/wrapper.sh");
+/// the same protocol natively (`crate::host::native`).
+pub const WRAPPER: &str = include_str!("wrapper.sh");
 
 /// One sandbox host.
 #[derive(Debug, Clone)]
@@ -22,7 +23,7 @@ pub struct LocalHost {
 /// What the wrapper's `status` command reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostStatus {
-    pub state: String,
+    pub state: HostState,
     pub attempt: Option<u32>,
     pub exit_code: Option<i32>,
     pub progress: Option<String>,
@@ -36,10 +37,7 @@ pub struct HostStatus {
 
 impl HostStatus {
     pub fn is_finished(&self) -> bool {
-        matches!(
-            self.state.as_str(),
-            "succeeded" | "failed" | "timed_out" | "cancelled"
-        )
+        self.state.is_finished()
     }
 }
 
@@ -107,7 +105,7 @@ impl LocalHost {
     }
 
     /// Starts attempt `attempt` of `step` (the protocol refuses duplicates, so a repeat is harmless). The
-    /// native supervisor (`crate::host_native`) is started directly: no shell process.
+    /// native supervisor (`crate::host::native`) is started directly: no shell process.
     pub async fn launch(
         &self,
         step: &str,
@@ -137,7 +135,7 @@ impl LocalHost {
         // The supervisor is our child: tokio reaps it in the background once it exits (no zombie per step).
         let spawn =
             |cmd: std::process::Command| tokio::process::Command::from(cmd).spawn().map(drop);
-        let launched = blocking(move || host_native::launch(&req, &spawn)).await??;
+        let launched = blocking(move || native::launch(&req, &spawn)).await??;
         match launched {
             Launched::Status(report) => Ok(parse_status(&report.render())),
             Launched::Refused { code, message, .. } => Err(Error::runtime(format!(
@@ -149,13 +147,13 @@ impl LocalHost {
     /// The step's status, read from its status directory in this process.
     pub async fn status(&self, step: &str) -> Result<HostStatus> {
         Ok(parse_status(
-            &host_native::status(&self.status_dir(step)).render(),
+            &native::status(&self.status_dir(step)).render(),
         ))
     }
 
     pub async fn cancel(&self, step: &str, grace: Duration) -> Result<HostStatus> {
         let dir = self.status_dir(step);
-        let report = blocking(move || host_native::cancel(&dir, grace)).await??;
+        let report = blocking(move || native::cancel(&dir, grace)).await??;
         Ok(parse_status(&report.render()))
     }
 
@@ -173,19 +171,19 @@ impl LocalHost {
         }
         let code: i32 = read("exit_code")?.parse().ok()?;
         let state = if dir.join("timed_out").exists() {
-            "timed_out"
+            HostState::TimedOut
         } else if dir.join("cancelled").exists() {
-            "cancelled"
+            HostState::Cancelled
         } else if code == 0 {
-            "succeeded"
+            HostState::Succeeded
         } else {
-            "failed"
+            HostState::Failed
         };
         let progress = crate::heartbeat::Heartbeat::read(&dir.join("heartbeat.json"))
             .map(|h| h.progress)
             .filter(|p| !p.is_empty());
         Some(HostStatus {
-            state: state.into(),
+            state,
             attempt: Some(attempt),
             exit_code: Some(code),
             progress,
@@ -227,7 +225,7 @@ impl LocalHost {
             for e in entries.flatten() {
                 let step = e.file_name().to_string_lossy().to_string();
                 if let Ok(st) = self.status(&step).await {
-                    if matches!(st.state.as_str(), "running" | "starting") {
+                    if st.state.is_live() {
                         self.cancel(&step, Duration::from_secs(2)).await?;
                     }
                 }
@@ -292,7 +290,7 @@ pub fn parse_status(text: &str) -> HostStatus {
         };
         let v = v.trim();
         match k {
-            "state" => s.state = v.to_string(),
+            "state" => s.state = HostState::parse(v).unwrap_or(HostState::Lost),
             "attempt" => s.attempt = v.parse().ok(),
             "exit_code" => s.exit_code = v.parse().ok(),
             "progress" if !v.is_empty() => s.progress = Some(v.to_string()),

@@ -134,7 +134,7 @@ impl Beats {
 mod tests {
     use super::{json_str, Beats};
     use crate::heartbeat::Heartbeat;
-    use crate::host_native::status_dir::StatusDir;
+    use crate::host::native::status_dir::StatusDir;
 
     #[test]
     fn test_int_heartbeat_keeps_the_last_match_and_parses_back() {

@@ -1,6 +1,7 @@
 //! `launch` (docs/HOST_PROTOCOL.md, "`launch`"): under the `.launch` flock, decide from the recorded attempt
 //! whether to start one, archive the previous attempt, and start the detached supervisor (`plan` re-executed).
 
+use crate::host::protocol::exit;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -115,7 +116,7 @@ fn resolve(req: &LaunchRequest, settings: &Settings) -> std::result::Result<Reso
 pub fn launch(req: &LaunchRequest, spawn: Spawn<'_>) -> Result<Launched> {
     if !is_uint(&req.attempt) {
         return Ok(refuse(
-            64,
+            exit::USAGE,
             format!("not an attempt number: {}", req.attempt),
         ));
     }
@@ -126,7 +127,7 @@ pub fn launch(req: &LaunchRequest, spawn: Spawn<'_>) -> Result<Launched> {
         .join(&req.script);
     if !script.is_file() || std::fs::File::open(&script).is_err() {
         return Ok(refuse(
-            64,
+            exit::USAGE,
             format!("cannot read script: {}", req.script.display()),
         ));
     }
@@ -140,16 +141,16 @@ pub fn launch(req: &LaunchRequest, spawn: Spawn<'_>) -> Result<Launched> {
     };
     let settings = match Settings::read(&lookup) {
         Ok(s) => s,
-        Err(message) => return Ok(refuse(64, message)),
+        Err(message) => return Ok(refuse(exit::USAGE, message)),
     };
     let paths = match resolve(req, &settings) {
         Ok(p) => p,
-        Err(message) => return Ok(refuse(64, message)),
+        Err(message) => return Ok(refuse(exit::USAGE, message)),
     };
     let d = &paths.dir;
     let Some(hold) = hold_launch(d) else {
         return Ok(refuse(
-            75,
+            exit::BUSY,
             format!("another launch holds {}", d.file(".launch").display()),
         ));
     };
@@ -201,11 +202,11 @@ fn decide(d: &StatusDir, attempt: &str, restart_lost: bool) -> Decision {
     };
     if older {
         let message = format!("attempt {attempt} is older than recorded attempt {cur}");
-        return Decision::Refuse(65, message);
+        return Decision::Refuse(exit::OLDER_ATTEMPT, message);
     }
     match d.state(true) {
         st @ (State::Starting | State::Running) => Decision::Refuse(
-            75,
+            exit::BUSY,
             format!(
                 "attempt {cur} is still {}; cancel it before starting attempt {attempt}",
                 st.as_str()

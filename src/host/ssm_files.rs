@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ssm_host::{q, step_dir};
+use crate::host::ssm::{q, step_dir};
 
 /// What the host prints when the archive is not the one sortie staged; sortie then deletes the staged object.
 pub const SHA_MISMATCH: &str = "does not match its sha256";

@@ -63,33 +63,8 @@ pub fn put_file(path: &Path, value: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(fail)
 }
 
-/// The state of an attempt, as `status` prints it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Absent,
-    Starting,
-    Running,
-    Succeeded,
-    Failed,
-    TimedOut,
-    Cancelled,
-    Lost,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Absent => "absent",
-            State::Starting => "starting",
-            State::Running => "running",
-            State::Succeeded => "succeeded",
-            State::Failed => "failed",
-            State::TimedOut => "timed_out",
-            State::Cancelled => "cancelled",
-            State::Lost => "lost",
-        }
-    }
-}
+/// The state of an attempt, as `status` prints it (the protocol's own type).
+pub use crate::host::protocol::HostState as State;
 
 /// One status directory.
 #[derive(Debug, Clone)]

@@ -1,6 +1,7 @@
 //! `plan host-wrapper launch|run|status|wait|cancel ...`: the host protocol's command line, with wrapper.sh's
 //! arguments, `key=value` output and exit codes (docs/HOST_PROTOCOL.md, "Exit codes of the wrapper process").
 
+use crate::host::protocol::exit;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ fn die(code: i32, message: &str) -> i32 {
 }
 
 fn usage() -> i32 {
-    die(64, USAGE)
+    die(exit::USAGE, USAGE)
 }
 
 fn print(report: &Report) {

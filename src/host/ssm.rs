@@ -14,11 +14,11 @@ use indexmap::IndexMap;
 use sha2::Digest as _;
 
 use crate::error::{Error, Result};
-use crate::local_host::{HostStatus, LaunchSpec, WRAPPER};
-use crate::ssm_command_size::Staging;
-use crate::ssm_files::SHA_MISMATCH;
-pub use crate::ssm_files::{Bundle, Delivery};
-pub use crate::ssm_poll::{Pace, SsmPoll};
+use crate::host::local::{HostStatus, LaunchSpec, WRAPPER};
+use crate::host::ssm_command_size::Staging;
+use crate::host::ssm_files::SHA_MISMATCH;
+pub use crate::host::ssm_files::{Bundle, Delivery};
+pub use crate::host::ssm_poll::{Pace, SsmPoll};
 
 /// SSM's largest executionTimeout; a longer wait is split into several commands.
 pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
@@ -113,13 +113,13 @@ impl SsmHost {
     /// Sends `script` as one AWS-RunShellScript command; returns its command id.
     pub async fn send(&self, script: &str, timeout: Duration) -> Result<String> {
         let secs = timeout.as_secs().clamp(60, MAX_EXECUTION.as_secs());
-        let size = crate::ssm_command_size::parameters_size(script, secs);
-        if size > crate::ssm_command_size::PARAMETERS_BUDGET {
+        let size = crate::host::ssm_command_size::parameters_size(script, secs);
+        if size > crate::host::ssm_command_size::PARAMETERS_BUDGET {
             return Err(Error::runtime(format!(
                 "the command for {} is {size} bytes, over the {} bytes sortie keeps an SSM command under \
                  (SSM's limit is 64 KB, its document included)",
                 self.instance_id,
-                crate::ssm_command_size::PARAMETERS_BUDGET
+                crate::host::ssm_command_size::PARAMETERS_BUDGET
             )));
         }
         let mut req = self
@@ -404,7 +404,7 @@ impl SsmHost {
                 .stage_launch(step, attempt, script, env, staging)
                 .await?;
             let command = self.launch_script(step, attempt, script, env, &staged, delivery);
-            if crate::ssm_command_size::fits(&command, timeout) {
+            if crate::host::ssm_command_size::fits(&command, timeout) {
                 return Ok((staged, command));
             }
             for key in &staged.secret_keys {
@@ -416,8 +416,8 @@ impl SsmHost {
                     return Err(Error::runtime(format!(
                         "the launch command of `{step}` is {} bytes even with its script and environment in S3, \
                          over the {} bytes SSM takes (64 KB, its document included)",
-                        crate::ssm_command_size::parameters_size(&command, timeout),
-                        crate::ssm_command_size::PARAMETERS_BUDGET
+                        crate::host::ssm_command_size::parameters_size(&command, timeout),
+                        crate::host::ssm_command_size::PARAMETERS_BUDGET
                     )))
                 }
             };
@@ -654,7 +654,7 @@ pub fn split_wait_output(stdout: &str) -> (HostStatus, IndexMap<String, String>,
     )
 }
 
-pub use crate::local_host::parse_status;
+pub use crate::host::local::parse_status;
 
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -678,7 +678,7 @@ mod tests {
     fn wait_output_splits_into_status_outputs_and_log() {
         let out = format!("state=succeeded\nattempt=1\nexit_code=0\n{OUTPUTS_MARK}\na=1\nb=x=y\n{LOG_MARK}\nhello\n");
         let (status, outputs, log) = split_wait_output(&out);
-        assert_eq!(status.state, "succeeded");
+        assert_eq!(status.state, crate::host::protocol::HostState::Succeeded);
         assert_eq!(outputs.get("b").map(String::as_str), Some("x=y"));
         assert_eq!(log, "hello\n");
     }
