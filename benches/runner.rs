@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use sortie::compiler::compile;
-use sortie::runner::{decide, Decision};
+use sortie::run::walker::{decide, Decision};
 use sortie::state::dir_store::DirStore;
 use sortie::state::{self, RunState, RunStatus, StepState, StepStatus};
 use sortie::variables::Overrides;

@@ -10,7 +10,7 @@ use crate::dag::{self, GraphFormat};
 use crate::error::{exit, Error, Result};
 use crate::plan_file;
 use crate::reporter::OutputFormat;
-use crate::session::{self, ApplyOptions, RunSelector};
+use crate::run::session::{self, ApplyOptions, RunSelector};
 use crate::variables::{self, Overrides};
 
 #[derive(Debug, Parser)]

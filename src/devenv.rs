@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::plan::{InstanceSpec, Plan, Step, StepKind, Target};
-use crate::session::{self, RunSelector};
+use crate::run::session::{self, RunSelector};
 use crate::state::{RunState, StepStatus};
 
 /// The instance step a command is about: `--step`, or the plan's only one.
@@ -217,7 +217,7 @@ pub async fn extend(
             crate::ttl::write_local(home, deadline)?;
         }
         Target::Aws { .. } => {
-            let ssm = crate::aws_steps::ssm_host_for(plan, &run.run_id, &host).await;
+            let ssm = crate::run::aws_step::ssm_host_for(plan, &run.run_id, &host).await;
             let done = ssm
                 .run(
                     &crate::ttl::extend_script(deadline),

@@ -10,9 +10,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::aws_steps::provider_poll;
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Target};
+use crate::run::aws_step::provider_poll;
 use crate::state::store::Store;
 use crate::state::RunState;
 use crate::target::aws::{self, AwsProvider, TaggedResource};

@@ -2,11 +2,9 @@
 //!
 //! See docs/ARCHITECTURE.md for the map of modules.
 
-pub mod aws_steps;
 pub mod backoff;
 pub mod cli;
 pub mod compiler;
-pub mod concurrency;
 pub mod confirm;
 pub mod cost;
 pub mod dag;
@@ -27,26 +25,17 @@ pub mod plan;
 pub mod plan_file;
 pub mod prices;
 pub mod progress;
-pub mod reentry;
 pub mod render;
 pub mod reporter;
-pub mod run_key;
-pub mod runner;
+pub mod run;
 pub mod s3_scrub;
 pub mod script_template;
 pub mod scrub;
-pub mod secret_outputs;
-pub mod session;
 pub mod shell_context;
 pub mod shell_escape;
 pub mod source;
-pub mod stall;
 pub mod state;
 pub mod status;
-pub mod step_exec;
-pub mod step_files;
-pub mod step_logs;
-pub mod step_watch;
 pub mod target;
 pub mod template;
 pub mod ttl;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{exit, Error, Result};
 use crate::plan::{Plan, Target};
-use crate::session::{require, store, RunSelector};
+use crate::run::session::{require, store, RunSelector};
 use crate::state::store::Store;
 use crate::state::RunState;
 
@@ -27,7 +27,7 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
         return aws_logs(plan, &store, run, step, host, follow).await;
     }
     let kept = |run: &RunState| {
-        crate::step_logs::kept_path(
+        crate::run::step_logs::kept_path(
             &plan.state,
             &plan.name,
             &run.run_id,
@@ -43,7 +43,7 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
     // A finished attempt is served from the copy kept beside the state (its host may be gone).
     if run.step(step).status.is_final() || !follow {
         if let Some(path) = kept(&run).or(live.clone().filter(|p| p.is_file())) {
-            crate::step_logs::stream(&path, &mut out)?;
+            crate::run::step_logs::stream(&path, &mut out)?;
             return Ok(exit::OK);
         }
     }
@@ -60,14 +60,14 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
             live.display()
         )));
     }
-    let mut follower = crate::step_logs::Follower::new(live);
+    let mut follower = crate::run::step_logs::Follower::new(live);
     loop {
         follower.pump(&mut out, false)?;
         run = require(&store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
         if run.step(step).status.is_final() {
             // The open file outlives teardown; a log never opened is read from its kept copy.
             match kept(&run).filter(|_| !follower.opened()) {
-                Some(path) => crate::step_logs::stream(&path, &mut out)?,
+                Some(path) => crate::run::step_logs::stream(&path, &mut out)?,
                 None => follower.pump(&mut out, true)?,
             }
             break;
@@ -117,7 +117,7 @@ async fn aws_logs(
         .handle
         .get("host")
         .map_or(host, String::as_str);
-    let ssm_host = crate::aws_steps::ssm_host_for(plan, &run.run_id, host).await;
+    let ssm_host = crate::run::aws_step::ssm_host_for(plan, &run.run_id, host).await;
     let log = ssm_host.fetch_log(&command).await?;
     let rest = crate::log_follow::after(&log, printed);
     let _ = out.write_all(crate::scrub::text(rest).as_bytes());

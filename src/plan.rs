@@ -175,7 +175,7 @@ pub struct RunSpec {
     pub lock: Option<String>,
     pub heartbeat: HeartbeatSpec,
     /// `files:`, checked at compile time, and their content digest (part of the step's digest).
-    pub files: Vec<crate::step_files::Shipment>,
+    pub files: Vec<crate::run::step_files::Shipment>,
     pub files_digest: Option<String>,
 }
 

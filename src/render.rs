@@ -1,5 +1,5 @@
 //! `plan render FILE STEP`: a run step's script exactly as its host would receive it. It is rendered by the
-//! runner's own code (`step_exec::template_context`, `host_context`, `render_run_script`) with the outputs of the
+//! runner's own code (`step::template_context`, `host_context`, `render_run_script`) with the outputs of the
 //! chosen run (the latest by default). What no run has produced yet becomes a placeholder string, which goes
 //! through the same context escaping as any value, so the printed script stays valid shell.
 
@@ -8,9 +8,9 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::plan::{Plan, RunSpec, StepKind, Target};
-use crate::session::{self, RunSelector};
+use crate::run::session::{self, RunSelector};
+use crate::run::step;
 use crate::state::RunState;
-use crate::step_exec;
 use crate::template;
 
 /// What `plan render` prints: the script (stdout) and a note on where its values came from (stderr).
@@ -46,7 +46,7 @@ pub async fn render(plan: &Plan, sel: &RunSelector, step: &str) -> Result<Render
             ),
         ),
     };
-    let script = step_exec::render_run_script(spec, &ctx)
+    let script = step::render_run_script(spec, &ctx)
         .map_err(|e| Error::runtime(format!("{}: step `{step}`: {e}", plan.file.display())))?;
     // Like every command's output: the values of secret-named variables never reach the terminal.
     Ok(Rendered {
@@ -82,10 +82,10 @@ fn run_spec<'p>(plan: &'p Plan, step: &str) -> Result<&'p RunSpec> {
 fn context_of_run(plan: &Plan, run: &RunState, step: &str, spec: &RunSpec) -> minijinja::Value {
     let mut outputs = run.succeeded_outputs();
     fill_missing_outputs(plan, spec, &mut outputs);
-    let root = step_exec::local_root(plan);
-    let host = step_exec::host_context(&plan.target, &root, &run.run_id, &spec.on, &outputs);
+    let root = step::local_root(plan);
+    let host = step::host_context(&plan.target, &root, &run.run_id, &spec.on, &outputs);
     let run_json = run_data(plan, &run.run_id, run.step(step).attempt.max(1));
-    step_exec::template_context(&plan.vars, run_json, &outputs, Some(host))
+    step::template_context(&plan.vars, run_json, &outputs, Some(host))
 }
 
 fn context_without_run(plan: &Plan, spec: &RunSpec) -> minijinja::Value {
@@ -97,12 +97,10 @@ fn context_without_run(plan: &Plan, spec: &RunSpec) -> minijinja::Value {
             "home": "<host home: no run yet>",
             "name": "<host name: no run yet>",
         }),
-        Target::Aws { .. } => {
-            step_exec::host_context(&plan.target, "".as_ref(), "", &spec.on, &outputs)
-        }
+        Target::Aws { .. } => step::host_context(&plan.target, "".as_ref(), "", &spec.on, &outputs),
     };
     let run_json = run_data(plan, "<run id: no run yet>", 1);
-    step_exec::template_context(&plan.vars, run_json, &outputs, Some(host))
+    step::template_context(&plan.vars, run_json, &outputs, Some(host))
 }
 
 fn run_data(plan: &Plan, id: &str, attempt: u32) -> Json {

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::heartbeat::Heartbeat;
 use crate::plan::Plan;
 use crate::reporter::OutputFormat;
-use crate::session::{require, store, RunSelector};
+use crate::run::session::{require, store, RunSelector};
 use crate::state::{self, RunState, StepState, StepStatus};
 
 pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
@@ -137,7 +137,7 @@ async fn heartbeat(plan: &Plan, run: &str, step: &str, st: &StepState) -> Option
     if let Some(dir) = st.handle.get("status_dir") {
         return Heartbeat::read(&std::path::Path::new(dir).join("heartbeat.json"));
     }
-    let key = crate::aws_steps::heartbeat_key(&plan.state, &plan.name, run, step)?;
+    let key = crate::run::aws_step::heartbeat_key(&plan.state, &plan.name, run, step)?;
     let crate::plan::StateLocation::S3 { bucket, .. } = &plan.state else {
         return None;
     };

@@ -12,7 +12,7 @@ use sortie::backoff::Backoff;
 use sortie::host::ssm::{Pace, SsmHost, SsmPoll};
 use sortie::plan::InstanceSpec;
 use sortie::plan_file::Market;
-use sortie::step_watch::{HeartbeatProbe, StepWatch};
+use sortie::run::step_watch::{HeartbeatProbe, StepWatch};
 use sortie::target::aws::{AwsProvider, PollConfig, Tags};
 use tokio::sync::watch;
 

@@ -177,10 +177,10 @@ fn loaded_state(state: &RunState) {
         let _ = state.step(id).status.is_final();
     }
     STATE_PLAN_COMPILED.with(|plan| {
-        let decisions = sortie::runner::decide(plan, state, None);
+        let decisions = sortie::run::walker::decide(plan, state, None);
         assert_eq!(decisions.len(), plan.steps.len(), "a decision per step");
         let from = plan.steps.len() / 2;
-        let _ = sortie::runner::decide(plan, state, Some(from));
+        let _ = sortie::run::walker::decide(plan, state, Some(from));
     });
 }
 

@@ -4,7 +4,7 @@
 use indexmap::IndexMap;
 
 use crate::plan::{StateLocation, Step, StepKind, Target};
-use crate::step_files::{self, Limits, Shipment};
+use crate::run::step_files::{self, Limits, Shipment};
 use crate::{template, yaml};
 
 impl super::Compiler {

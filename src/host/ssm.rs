@@ -436,7 +436,7 @@ impl SsmHost {
         let env = spec.wrapper_env(30);
         let delivery = match files {
             Some(bundle) => {
-                let sha256 = crate::step_files::hex(&sha2::Sha256::digest(&bundle.archive));
+                let sha256 = crate::run::step_files::hex(&sha2::Sha256::digest(&bundle.archive));
                 // Content-addressed: a retry or a rerun with the same files uploads nothing.
                 let key = format!("files/{sha256}.tar.gz");
                 let url = self

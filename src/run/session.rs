@@ -6,10 +6,10 @@ use std::time::Duration;
 use crate::error::{exit, Error, Result};
 use crate::plan::Plan;
 use crate::reporter::{OutputFormat, Reporter};
-use crate::runner::{self, Decision, RunOptions};
+use crate::run::step;
+use crate::run::walker::{self, Decision, RunOptions};
 use crate::state::store::{RunLock, Store};
 use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
-use crate::step_exec;
 
 pub use crate::logs::logs;
 use crate::status::fmt_time;
@@ -192,7 +192,7 @@ pub async fn apply(plan: &Plan, opts: ApplyOptions) -> Result<i32> {
         })?),
         None => None,
     };
-    let key = crate::run_key::resolve(plan, opts.run_key.as_deref())?;
+    let key = crate::run::run_key::resolve(plan, opts.run_key.as_deref())?;
     // `budget:` holds a new run to its estimate before anything is asked, written or created.
     if plan.operation.budget.is_some()
         && target_run(&store, &opts.selector, from, key.as_deref())
@@ -260,7 +260,7 @@ async fn target_run(
     key: Option<&str>,
 ) -> Result<Option<RunState>> {
     if let Some(key) = key {
-        return match crate::run_key::lookup(store, key).await? {
+        return match crate::run::run_key::lookup(store, key).await? {
             Some(id) => store.load(&id).await,
             None => Ok(None),
         };
@@ -294,7 +294,7 @@ async fn pick_run(
     }
     // A key whose index names a run that has no state yet: a crash between the two writes. Create it now.
     let keyed_id = match key {
-        Some(k) => crate::run_key::lookup(store, k).await?,
+        Some(k) => crate::run::run_key::lookup(store, k).await?,
         None => None,
     };
     let resume = target_run(store, &opts.selector, from, key).await?;
@@ -317,11 +317,11 @@ async fn pick_run(
     }
     let mut notes = Vec::new();
     if resume.is_none() && keyed_id.is_none() {
-        match crate::concurrency::admit(plan, store).await? {
-            crate::concurrency::Admission::Refused(message) => {
+        match crate::run::concurrency::admit(plan, store).await? {
+            crate::run::concurrency::Admission::Refused(message) => {
                 return Ok(Picked::Nothing { run: None, message })
             }
-            crate::concurrency::Admission::Start { notes: n } => notes = n,
+            crate::run::concurrency::Admission::Start { notes: n } => notes = n,
         }
     }
     let run_id = match (&resume, keyed_id) {
@@ -333,7 +333,7 @@ async fn pick_run(
     if resume.is_none() {
         let created = async {
             if let Some(k) = key {
-                crate::run_key::record(store, k, &run_id).await?;
+                crate::run::run_key::record(store, k, &run_id).await?;
             }
             let mut run = fresh_state(plan, run_id.clone());
             run.run_key = key.map(str::to_string);
@@ -373,7 +373,7 @@ fn check_resumable(plan: &Plan, run: &RunState, from: Option<usize>) -> Result<(
     }
     let Some(from) = from else { return Ok(()) };
     // A step that will not rerun but whose resources are gone: the steps that rerun would find no host.
-    let decisions = runner::decide(plan, run, Some(from));
+    let decisions = walker::decide(plan, run, Some(from));
     // Only a teardown to rerun: it needs no host (destroying what is gone is a no-op).
     let needs_hosts = plan.steps.iter().zip(&decisions).any(|(s, (d, _))| {
         matches!(d, Decision::Run | Decision::Rerun(_))
@@ -428,14 +428,14 @@ async fn apply_locked(
             .map(|w| (tokio::time::Instant::now() + w, w)),
         poll: Duration::from_millis(200),
     };
-    runner::walk(plan, run, store, reporter, run_opts, from).await
+    walker::walk(plan, run, store, reporter, run_opts, from).await
 }
 
 /// Steps of the run that are no longer in the plan but still running (the plan was edited while they ran) are
 /// cancelled before the walk, so that no teardown pulls their host from under them and the run is not marked
 /// succeeded around them.
 async fn cancel_orphans(plan: &Plan, run: &mut RunState) -> Result<()> {
-    let root = step_exec::local_root(plan);
+    let root = step::local_root(plan);
     let orphans: Vec<String> = run
         .steps
         .iter()
@@ -444,7 +444,7 @@ async fn cancel_orphans(plan: &Plan, run: &mut RunState) -> Result<()> {
         .collect();
     for id in orphans {
         let st = run.step_mut(&id);
-        if step_exec::cancel_orphan(&root, &id, &st.handle).await? {
+        if step::cancel_orphan(&root, &id, &st.handle).await? {
             st.status = StepStatus::Cancelled;
             st.error = Some("cancelled: the step is no longer in the plan".into());
             st.finished_at = Some(state::now());
@@ -467,7 +467,7 @@ pub async fn preview(
         })?),
         None => None,
     };
-    let key = crate::run_key::resolve(plan, run_key)?;
+    let key = crate::run::run_key::resolve(plan, run_key)?;
     Ok(preview_with(plan, &store, sel, from_index, key.as_deref())
         .await?
         .0)
@@ -494,7 +494,7 @@ async fn preview_with(
         }
     }
     if previous.is_none() && plan.operation.concurrency == crate::plan_file::Concurrency::Forbid {
-        if let Some(other) = crate::concurrency::unfinished(store).await?.first() {
+        if let Some(other) = crate::run::concurrency::unfinished(store).await?.first() {
             return Ok((
                 format!(
                     "plan {}: run {} is unfinished and the plan says `concurrency: forbid`: apply starts nothing\n",
@@ -507,7 +507,7 @@ async fn preview_with(
     let replaced = if previous.is_none()
         && plan.operation.concurrency == crate::plan_file::Concurrency::Replace
     {
-        let ids: Vec<String> = crate::concurrency::unfinished(store)
+        let ids: Vec<String> = crate::run::concurrency::unfinished(store)
             .await?
             .into_iter()
             .map(|r| r.run_id)
@@ -531,7 +531,7 @@ async fn preview_with(
             fresh_state(plan, "preview".into()),
         ),
     };
-    let decisions = runner::decide(plan, &run, from_index);
+    let decisions = walker::decide(plan, &run, from_index);
     let width = plan
         .steps
         .iter()
@@ -640,9 +640,9 @@ pub(crate) async fn destroy_locked(
         .filter(|(_, r)| r.iter().any(|r| !r.destroyed))
         .collect();
     let done = match &plan.target {
-        crate::plan::Target::Local { root } => step_exec::destroy_resources(order, root).await?,
+        crate::plan::Target::Local { root } => step::destroy_resources(order, root).await?,
         crate::plan::Target::Aws { .. } => {
-            crate::aws_steps::destroy_aws(&plan.target, &order).await?
+            crate::run::aws_step::destroy_aws(&plan.target, &order).await?
         }
     };
     let mut count = 0;

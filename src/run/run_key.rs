@@ -25,7 +25,7 @@ struct KeyDoc {
 }
 
 fn doc_name(key: &str) -> String {
-    let hex = crate::step_files::hex(&Sha256::digest(key.as_bytes()));
+    let hex = crate::run::step_files::hex(&Sha256::digest(key.as_bytes()));
     format!("keys/{hex}.json")
 }
 

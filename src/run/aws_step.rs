@@ -11,14 +11,14 @@ use crate::host::local::{HostStatus, LaunchSpec};
 use crate::host::protocol::{exit, HostState};
 use crate::host::ssm::{self, OutputLocation, Pace, SsmHost, SsmPoll};
 use crate::plan::{RunSpec, StateLocation, StepKind, Target};
+use crate::run::step::{Job, Msg, Outcome};
+use crate::run::step_files;
+use crate::run::step_watch::{HeartbeatProbe, StepWatch, Verdict};
 use crate::state::{Resource, ResourceKind};
-use crate::step_exec::{Job, Msg, Outcome};
-use crate::step_files;
-use crate::step_watch::{HeartbeatProbe, StepWatch, Verdict};
 use crate::target::aws::{AwsProvider, PollConfig, ProvisionEvent, Tags};
 
 /// The volume script (docs/HOST_PROTOCOL.md): find the NVMe device by volume id, mkfs only when empty, mount, fstab.
-pub const VOLUME_SCRIPT: &str = include_str!("host/volume.sh");
+pub const VOLUME_SCRIPT: &str = include_str!("../host/volume.sh");
 
 /// `SORTIE_POLL_INTERVAL` (e.g. `200ms`) shortens every AWS poll: real AWS needs seconds, a test endpoint not.
 fn poll_override() -> Option<Duration> {
@@ -264,7 +264,7 @@ impl Job {
         };
         let config = crate::target::aws::config::sdk_config(&self.target).await;
         let ec2 = aws_sdk_ec2::Client::new(&config);
-        match crate::step_watch::host_gone(&ec2, &instance_id).await {
+        match crate::run::step_watch::host_gone(&ec2, &instance_id).await {
             Some(reason) => Ok(Outcome::HostLost {
                 instance_id,
                 error: reason,
@@ -474,7 +474,7 @@ impl Job {
                 })
             });
             HeartbeatProbe {
-                stall: stale.map(crate::stall::StallWatch::new),
+                stall: stale.map(crate::run::stall::StallWatch::new),
                 every,
                 bucket,
                 key,

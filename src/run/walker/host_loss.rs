@@ -53,7 +53,8 @@ impl Walker<'_> {
             return Ok((error, false));
         }
         *count += 1;
-        let provider = AwsProvider::new(&self.plan.target, crate::aws_steps::provider_poll()).await;
+        let provider =
+            AwsProvider::new(&self.plan.target, crate::run::aws_step::provider_poll()).await;
         if let Err(e) = provider.terminate_instance(instance_id).await {
             return Ok((format!("{error}; not re-provisioned: {e}"), false));
         }

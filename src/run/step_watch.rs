@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{InstanceStateName, SummaryStatus};
 use tokio::sync::watch;
 
 use crate::host::ssm::{Pace, SsmHost};
-use crate::stall::{Beat, StallWatch};
+use crate::run::stall::{Beat, StallWatch};
 
 /// Why a watched step must end now.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,11 +14,11 @@ use crate::event::Event;
 use crate::plan::{Plan, StepKind};
 use crate::plan_file::When;
 use crate::reporter::Reporter;
+use crate::run::step::{self, Job, Msg, Outcome};
 use crate::state::store::Store;
 use crate::state::{self, RunState, RunStatus, StepStatus};
-use crate::step_exec::{self, Job, Msg, Outcome};
 
-pub use crate::reentry::{decide, Decision};
+pub use crate::run::reentry::{decide, Decision};
 
 mod frontier;
 mod host_loss;
@@ -146,7 +146,7 @@ impl Walker<'_> {
     async fn run(&mut self) -> Result<i32> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let root = step_exec::local_root(self.plan);
+        let root = step::local_root(self.plan);
         // Listen once, for the whole walk: a signal between two polls is not lost. SIGTERM (a cancelled CI job)
         // counts as a first Ctrl-C.
         let mut interrupt = signal(SignalKind::interrupt())
@@ -530,7 +530,7 @@ impl Walker<'_> {
         if let Outcome::Failed { error, .. } = &outcome {
             // Announced at once, even when a retry follows: a stalled 15-hour step is what an operator must
             // hear of.
-            if crate::stall::is_stall(error) {
+            if crate::run::stall::is_stall(error) {
                 let what = crate::notify::Happening::Stalled {
                     step: self.id(i),
                     error,

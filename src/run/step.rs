@@ -287,8 +287,8 @@ impl Job {
             .await;
             if !spec.files.is_empty() {
                 let digest = spec.files_digest.as_deref().unwrap_or_default();
-                let all = crate::step_files::rescan(&id, &spec.files, digest)?;
-                crate::step_files::copy_local(&all, &host.home, &host.status_dir(&id))?;
+                let all = crate::run::step_files::rescan(&id, &spec.files, digest)?;
+                crate::run::step_files::copy_local(&all, &host.home, &host.status_dir(&id))?;
             }
             status = host.launch(&id, self.attempt, &script, &launch).await?;
         }
@@ -305,7 +305,7 @@ impl Job {
         let mut stall = spec
             .heartbeat
             .stale_after
-            .map(crate::stall::StallWatch::new);
+            .map(crate::run::stall::StallWatch::new);
         loop {
             if status.is_finished() || status.state == HostState::Lost {
                 break;
@@ -334,7 +334,7 @@ impl Job {
                 if let Some(watch) = stall.as_mut() {
                     let beat = std::fs::read_to_string(host.status_dir(&id).join("heartbeat.json"))
                         .ok()
-                        .and_then(|t| crate::stall::Beat::parse(&t));
+                        .and_then(|t| crate::run::stall::Beat::parse(&t));
                     if let Some(reason) = watch.observe(beat, std::time::Instant::now()) {
                         host.cancel(&id, Duration::from_secs(5)).await?;
                         return Ok(Outcome::Failed {
@@ -402,7 +402,7 @@ impl Job {
 
     /// Copies the attempt's log beside the run's state: teardown deletes the host, and `plan logs` must still work.
     fn keep_log(&self, host: &LocalHost, id: &str) {
-        let Some(to) = crate::step_logs::kept_path(
+        let Some(to) = crate::run::step_logs::kept_path(
             &self.state_location,
             &self.plan_name,
             &self.run_id,
@@ -411,7 +411,7 @@ impl Job {
         ) else {
             return;
         };
-        if let Err(e) = crate::step_logs::keep(&host.log_path(id), &to) {
+        if let Err(e) = crate::run::step_logs::keep(&host.log_path(id), &to) {
             tracing::warn!("step `{id}`: the log was not kept: {e}");
         }
     }
@@ -432,8 +432,8 @@ impl Job {
                 .iter()
                 .map(|(k, v)| (format!("env.{k}"), v.clone())),
         );
-        if let Some((id, key)) = crate::secret_outputs::unavailable(&self.outputs, &sources) {
-            return Err(Error::runtime(crate::secret_outputs::message(
+        if let Some((id, key)) = crate::run::secret_outputs::unavailable(&self.outputs, &sources) {
+            return Err(Error::runtime(crate::run::secret_outputs::message(
                 &self.step.id,
                 &id,
                 &key,
