@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-use crate::error::{exit, Error, Result};
+use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::plan::{Plan, StepKind};
 use crate::plan_file::When;
@@ -20,8 +20,10 @@ use crate::state::{self, RunState, RunStatus, StepStatus};
 
 pub use crate::run::reentry::{decide, Decision};
 
+mod finish;
 mod frontier;
 mod host_loss;
+mod stop;
 
 use frontier::Frontier;
 
@@ -181,113 +183,6 @@ impl Walker<'_> {
             }
         }
         self.finish().await
-    }
-
-    /// First interrupt: start nothing new and stop watching detached steps (they keep running on their hosts and
-    /// are re-attached by the next apply); attached steps are waited for. Second: cancel the attached steps too.
-    fn interrupt(&mut self, cancel: &watch::Sender<bool>) {
-        self.stopping += 1;
-        if self.stopping > 1 {
-            let _ = cancel.send(true);
-            return;
-        }
-        self.retry_at.clear();
-        let detached: Vec<usize> = self
-            .running
-            .keys()
-            .copied()
-            .filter(|&i| matches!(&self.plan.steps[i].kind, StepKind::Run(r) if r.detach))
-            .collect();
-        for i in detached {
-            if let Some(task) = self.tasks.remove(&i) {
-                task.abort();
-            }
-            self.running.remove(&i);
-            self.left_running = true;
-            self.reporter.emit(&Event::Notice {
-                message: format!("  detached {} keeps running on its host", self.id(i)),
-            });
-        }
-        self.reporter.emit(&Event::Notice {
-            message: "interrupted: starting no new steps; waiting for attached steps (Ctrl-C again to cancel them)".into(),
-        });
-    }
-
-    /// `--wait` ran out: start nothing new, and stop watching every run step. A run step outlives `plan` on its
-    /// host, attached or detached (the host protocol), so the next apply re-attaches it exactly as after a crash.
-    /// Instance, volume and teardown steps work inside this process: they are finished first, as they are short
-    /// and bounded by their own waits.
-    fn out_of_time(&mut self) {
-        self.stopping = 1;
-        self.retry_at.clear();
-        let mut left: Vec<usize> = self
-            .running
-            .keys()
-            .copied()
-            .filter(|&i| matches!(&self.plan.steps[i].kind, StepKind::Run(_)))
-            .collect();
-        left.sort_unstable();
-        for &i in &left {
-            if let Some(task) = self.tasks.remove(&i) {
-                task.abort();
-            }
-            self.running.remove(&i);
-            self.left_running = true;
-        }
-        let waited = self.opts.deadline.map(|(_, d)| d).unwrap_or_default();
-        let names: Vec<&str> = left.iter().map(|&i| self.id(i)).collect();
-        self.reporter.emit(&Event::Notice {
-            message: if names.is_empty() {
-                format!(
-                    "--wait {}: time is up; starting no new steps",
-                    humantime::format_duration(waited)
-                )
-            } else {
-                format!(
-                    "--wait {}: time is up; starting no new steps; left running on their hosts: {}",
-                    humantime::format_duration(waited),
-                    names.join(", ")
-                )
-            },
-        });
-    }
-
-    /// `budget:` reached: start nothing new but the teardowns, cancel the running run steps (the cancel signal
-    /// reaches only run steps; instance and volume steps finish their short create calls, and the teardowns then
-    /// remove what they made), and remember why the run will end failed.
-    async fn check_budget(&mut self, cancel: &watch::Sender<bool>) -> Result<()> {
-        if self.over_budget.is_some() {
-            return Ok(());
-        }
-        let Some(message) = crate::cost::over_budget(self.plan, &self.state, state::now()) else {
-            return Ok(());
-        };
-        self.reporter.emit(&Event::Notice {
-            message: format!("{message}: cancelling the run steps and tearing down"),
-        });
-        self.retry_at.clear();
-        let _ = cancel.send(true);
-        for &i in self.plan.dag.order() {
-            let teardown = matches!(self.plan.steps[i].kind, StepKind::Teardown(_));
-            if teardown || self.running.contains_key(&i) || self.status(i) != StepStatus::Pending {
-                continue;
-            }
-            let id = self.id(i).to_string();
-            let st = self.state.step_mut(&id);
-            st.status = StepStatus::Cancelled;
-            st.error = Some(format!("not started: {message}"));
-            self.reporter.emit(&Event::StepFinished {
-                step: id,
-                status: "cancelled".into(),
-                attempt: st.attempt,
-                duration_secs: 0.0,
-                error: Some(message.clone()),
-                help: None,
-            });
-            self.frontier.ended(self.plan, &self.state, i);
-        }
-        self.over_budget = Some(message);
-        self.checkpoint().await
     }
 
     /// Decides the `when:` of each step whose dependencies have just ended: skipped when it can never run (a
@@ -682,90 +577,6 @@ impl Walker<'_> {
             self.reporter.emit(&e);
         }
         Ok(())
-    }
-
-    async fn finish(&mut self) -> Result<i32> {
-        let all_final = self
-            .plan
-            .steps
-            .iter()
-            .all(|s| self.state.step(&s.id).status.is_final())
-            // Nor while a step that left the plan still runs (on AWS it is not cancelled for us).
-            && self.state.steps.values().all(|s| s.status != StepStatus::Running);
-        let (status, code) = if !all_final || self.left_running || self.stopping > 0 {
-            (RunStatus::Interrupted, exit::RUNNING)
-        } else if self.run_failed() || self.over_budget.is_some() {
-            (RunStatus::Failed, exit::FAILED)
-        } else {
-            (RunStatus::Succeeded, exit::OK)
-        };
-        self.state.status = status;
-        if status.is_finished() {
-            self.state.finished_at = Some(state::now());
-        }
-        self.checkpoint().await?;
-        self.store.end_journal(&mut self.state).await?;
-        if let Some(root) = self.root_cause() {
-            self.reporter.emit(&Event::Notice { message: root });
-        }
-        self.notify_end(status).await;
-        if code == exit::RUNNING {
-            self.reporter.emit(&Event::Notice {
-                message: format!(
-                    "the run is not finished; continue it with `plan apply {}` (status: `plan status {}`)",
-                    self.plan.file.display(),
-                    self.plan.file.display()
-                ),
-            });
-        }
-        self.reporter.emit(&Event::RunFinished {
-            run: self.state.run_id.clone(),
-            status: status.as_str().into(),
-            exit_code: code,
-        });
-        Ok(code)
-    }
-
-    /// `notify:` of a finished run: its root cause, or its success (after the stall notices still on their way).
-    async fn notify_end(&mut self, status: RunStatus) {
-        for sent in std::mem::take(&mut self.notifications) {
-            for warning in sent.await.unwrap_or_default() {
-                self.reporter.emit(&Event::Notice { message: warning });
-            }
-        }
-        let duration = self.state.finished_at.unwrap_or_else(state::now) - self.state.started_at;
-        let what = match (status, self.failure()) {
-            (RunStatus::Failed, Some((step, error))) => {
-                crate::notify::Happening::Failed { step, error }
-            }
-            (RunStatus::Succeeded, _) => crate::notify::Happening::Succeeded {
-                duration_secs: duration,
-            },
-            _ => return,
-        };
-        for warning in crate::notify::send(self.plan, &self.state.run_id, what).await {
-            self.reporter.emit(&Event::Notice { message: warning });
-        }
-    }
-
-    /// What failed the run: the budget (no step), or the first failed step in topological order and its error.
-    fn failure(&self) -> Option<(Option<&str>, &str)> {
-        if let Some(why) = &self.over_budget {
-            return Some((None, why.as_str()));
-        }
-        self.plan.dag.order().iter().find_map(|&i| {
-            let st = self.state.step(self.id(i));
-            (st.status == StepStatus::Failed)
-                .then(|| (Some(self.id(i)), st.error.as_deref().unwrap_or("")))
-        })
-    }
-
-    /// The root cause line, printed once at the end of a failed run.
-    fn root_cause(&self) -> Option<String> {
-        self.failure().map(|(step, error)| match step {
-            Some(step) => format!("root cause: step `{step}` failed: {error}"),
-            None => format!("root cause: {error}"),
-        })
     }
 }
 
