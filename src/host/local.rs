@@ -290,6 +290,7 @@ pub fn parse_status(text: &str) -> HostStatus {
         };
         let v = v.trim();
         match k {
+            // A word this reader does not know must not pass for a live state.
             "state" => s.state = HostState::parse(v).unwrap_or(HostState::Lost),
             "attempt" => s.attempt = v.parse().ok(),
             "exit_code" => s.exit_code = v.parse().ok(),

@@ -1,5 +1,35 @@
 //! The host protocol's vocabulary (docs/HOST_PROTOCOL.md), shared by every implementation and every reader: the
-//! shell wrapper's `status` output, the native supervisor (host_native/) and the SSM host all speak it.
+//! shell wrapper's `status` output, the native supervisor (native/) and the SSM host all speak it. It also names
+//! the files a status directory holds: a `files:` destination may not take one of their names.
+
+/// Files that belong to one attempt; archived together when a new attempt starts (wrapper.sh's list, so a
+/// directory one implementation wrote is archived whole by the other).
+pub const ATTEMPT_FILES: &[&str] = &[
+    "attempt",
+    "script",
+    "wrapper.sh",
+    "boot_id",
+    "supervisor_pid",
+    "supervisor.log",
+    "pid",
+    "started_at",
+    "output.log",
+    "outputs",
+    "heartbeat.json",
+    "heartbeat.json.tmp",
+    "error",
+    "timed_out",
+    "cancelled",
+    "finished_at",
+    "exit_code",
+    "log_sent",
+    "log-tail",
+    "log-tail.tmp",
+    "spot_notice",
+];
+
+/// What else the protocol keeps in a status directory: past attempts, and its own working files.
+pub const PROTOCOL_FILES: &[&str] = &["attempts", ".launch", ".script.new", ".wrapper.new"];
 
 /// The state of a step's current attempt on its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

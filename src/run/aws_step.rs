@@ -660,7 +660,8 @@ fn outcome_of(
             ),
             help: None,
         },
-        HostState::Lost => Outcome::Failed {
+        // A status with no attempt in it is no status at all (nothing came back): not a lost step.
+        HostState::Lost if status.attempt.is_some() => Outcome::Failed {
             error: "the step's processes vanished without an exit code (instance rebooted?)".into(),
             help: None,
         },

@@ -18,30 +18,12 @@ pub const MAX_FILES: usize = 10_000;
 /// `.sortie` holds the state and the local sandboxes beside a plan: shipping the plan's own directory must not
 /// ship (or digest) them.
 const SKIPPED_DIRS: &[&str] = &[".git", "__pycache__", ".sortie"];
-/// Names the host wrapper keeps in a step's status directory, which is the step's working directory.
-const RESERVED: &[&str] = &[
-    "attempt",
-    "attempts",
-    "script",
-    "wrapper.sh",
-    "boot_id",
-    "supervisor_pid",
-    "supervisor.log",
-    "pid",
-    "started_at",
-    "output.log",
-    "outputs",
-    "heartbeat.json",
-    "heartbeat.json.tmp",
-    "error",
-    "timed_out",
-    "cancelled",
-    "finished_at",
-    "exit_code",
-    ".launch",
-    ".script.new",
-    ".wrapper.new",
-];
+
+/// Names the host protocol keeps in a step's status directory, which is the step's working directory.
+fn is_reserved(name: &str) -> bool {
+    use crate::host::protocol::{ATTEMPT_FILES, PROTOCOL_FILES};
+    ATTEMPT_FILES.contains(&name) || PROTOCOL_FILES.contains(&name)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -95,7 +77,7 @@ pub fn check_dest(dest: &str) -> std::result::Result<String, String> {
     if absolute && (*first == ".sortie" || parts.starts_with(&["var", "lib", "sortie"])) {
         return Err("is inside sortie's own directory on the host".into());
     }
-    if !absolute && RESERVED.contains(first) {
+    if !absolute && is_reserved(first) {
         return Err(format!(
             "is reserved: `{first}` is a file of the host wrapper in the step's working directory"
         ));

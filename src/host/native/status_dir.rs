@@ -9,31 +9,7 @@ use nix::fcntl::{Flock, FlockArg};
 use super::liveness::{alive, boot_id, group_alive};
 use crate::error::{Error, Result};
 
-/// Files that belong to one attempt; archived together when a new attempt starts (wrapper.sh's list, so a
-/// directory one implementation wrote is archived whole by the other).
-pub const ATTEMPT_FILES: &[&str] = &[
-    "attempt",
-    "script",
-    "wrapper.sh",
-    "boot_id",
-    "supervisor_pid",
-    "supervisor.log",
-    "pid",
-    "started_at",
-    "output.log",
-    "outputs",
-    "heartbeat.json",
-    "heartbeat.json.tmp",
-    "error",
-    "timed_out",
-    "cancelled",
-    "finished_at",
-    "exit_code",
-    "log_sent",
-    "log-tail",
-    "log-tail.tmp",
-    "spot_notice",
-];
+pub use crate::host::protocol::ATTEMPT_FILES;
 
 /// Epoch seconds.
 pub fn now() -> u64 {
