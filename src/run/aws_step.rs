@@ -57,12 +57,7 @@ pub fn output_location(state: &StateLocation, plan: &str, run: &str) -> Option<O
     match state {
         StateLocation::S3 { bucket, prefix } => Some(OutputLocation {
             bucket: bucket.clone(),
-            prefix: [prefix.as_str(), plan, run, "ssm"]
-                .iter()
-                .filter(|p| !p.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join("/"),
+            prefix: s3_path(&[prefix, plan, run, "ssm"]),
         }),
         StateLocation::Dir(_) => None,
     }
@@ -89,16 +84,21 @@ fn step_object_key(
     name: &str,
 ) -> Option<String> {
     match state {
-        StateLocation::S3 { prefix, .. } => Some(
-            [prefix.as_str(), plan, run, "steps", step, name]
-                .iter()
-                .filter(|p| !p.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join("/"),
-        ),
+        StateLocation::S3 { prefix, .. } => {
+            Some(s3_path(&[prefix, plan, run, "steps", step, name]))
+        }
         StateLocation::Dir(_) => None,
     }
+}
+
+/// An S3 key of `parts` joined with `/`; an empty part (the state's prefix may be empty) is left out.
+fn s3_path(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 impl Job {
