@@ -169,12 +169,13 @@ impl Store {
         }
     }
 
-    /// Ends the walk's journal, if it had one: `state` is written whole, so `state.json` alone is the run again.
+    /// The walk's last checkpoint: `state` is written whole, ending the walk's journal if it had one, so
+    /// `state.json` alone is the run again.
     pub async fn end_journal(&self, state: &mut RunState) -> Result<()> {
-        match self {
-            Store::Dir(s) if s.end_journal() => self.save_whole(state).await,
-            _ => Ok(()),
+        if let Store::Dir(s) = self {
+            s.end_journal();
         }
+        self.save_whole(state).await
     }
 
     async fn save_whole(&self, state: &mut RunState) -> Result<()> {

@@ -25,7 +25,7 @@ impl Walker<'_> {
         if status.is_finished() {
             self.state.finished_at = Some(state::now());
         }
-        self.checkpoint().await?;
+        // One write: the whole document, which also closes the walk's journal.
         self.store.end_journal(&mut self.state).await?;
         if let Some(root) = self.root_cause() {
             self.reporter.emit(&Event::Notice { message: root });
