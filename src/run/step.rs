@@ -267,9 +267,15 @@ impl Job {
         } else {
             HostStatus::default()
         };
+        // The launch runs inside `plan` (native supervisor): a kill -9 between writing the attempt and starting
+        // its supervisor leaves it lost with no `started_at`. Its script never ran, so it is launched again.
+        let never_started = self.reattach
+            && status.state == HostState::Lost
+            && !host.status_dir(&id).join("started_at").exists();
         let already = self.reattach
             && status.attempt == Some(self.attempt)
-            && status.state != HostState::Absent;
+            && status.state != HostState::Absent
+            && !never_started;
         if !already {
             let host_ctx = host_context(
                 &self.target,
@@ -278,8 +284,11 @@ impl Job {
                 &spec.on,
                 &self.outputs,
             );
-            let (script, launch) =
+            let (script, mut launch) =
                 self.prepare_launch(host_ctx, Some(host.home.display().to_string()))?;
+            if never_started {
+                launch.env.push(("SORTIE_RESTART_LOST".into(), "1".into()));
+            }
             self.begin(IndexMap::from([(
                 "status_dir".to_string(),
                 host.status_dir(&id).display().to_string(),
