@@ -762,20 +762,22 @@ def test_int_presigned_urls_expire_and_die_with_their_session(endpoint, s3):
     s3.create_bucket(Bucket=bucket)
     # SigV4, as the Rust SDK signs (boto3 may presign with SigV2 in us-east-1).
     s3 = endpoint.client("s3", signature_version="s3v4")
-    short = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "a"}, ExpiresIn=1)
+    # X-Amz-Date has whole seconds, so a URL signed at t expires at floor(t) + ExpiresIn: with 1 it could be
+    # dead before its first use. 2 leaves at least one second.
+    short = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "a"}, ExpiresIn=2)
     assert _put_status(short)[0] == 200
-    time.sleep(2.1)
+    time.sleep(3.1)
     status, body = _put_status(short)
     assert status == 403 and "<Code>AccessDenied</Code>" in body and "Request has expired" in body, body
 
-    # Temporary credentials: the URL is good for an hour, the session for one more second.
+    # Temporary credentials: the URL is good for an hour, the session for two more seconds.
     session = boto3.client(
         "s3", endpoint_url=endpoint.url, region_name=REGION, aws_access_key_id="ASIATEST",
         aws_secret_access_key="testing", aws_session_token="session-1",
         config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
     )
     req = urllib.request.Request(
-        f"{endpoint.url}/_sortie/sessions", data=json.dumps({"token": "session-1", "expires_in": 1}).encode(),
+        f"{endpoint.url}/_sortie/sessions", data=json.dumps({"token": "session-1", "expires_in": 2}).encode(),
         method="POST",
     )
     with urllib.request.urlopen(req) as r:
@@ -783,7 +785,7 @@ def test_int_presigned_urls_expire_and_die_with_their_session(endpoint, s3):
     long = session.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "b"}, ExpiresIn=3600)
     assert "X-Amz-Security-Token=session-1" in long
     assert _put_status(long)[0] == 200
-    time.sleep(1.5)
+    time.sleep(2.5)
     status, body = _put_status(long)
     assert status == 400 and "<Code>ExpiredToken</Code>" in body, body
 
