@@ -217,7 +217,9 @@ pub async fn extend(
             crate::ttl::write_local(home, deadline)?;
         }
         Target::Aws { .. } => {
-            let ssm = crate::run::aws_step::ssm_host_for(plan, &run.run_id, &host).await;
+            let ssm = crate::target::AwsTarget::new(plan)
+                .await
+                .host(&run.run_id, &host);
             let done = ssm
                 .run(
                     &crate::ttl::extend_script(deadline),

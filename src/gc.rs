@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::plan::{Plan, Target};
-use crate::run::aws_step::provider_poll;
 use crate::state::store::Store;
 use crate::state::RunState;
 use crate::target::aws::{self, AwsProvider, TaggedResource};
@@ -95,7 +94,8 @@ pub async fn gc(plan: &Plan, opts: GcOptions) -> Result<String> {
         return Ok("nothing to collect: the local target's hosts are directories that teardown and destroy remove\n".into());
     }
     let store = Store::open(plan).await?;
-    let provider = AwsProvider::new(&plan.target, provider_poll()).await;
+    let target = crate::target::AwsTarget::new(plan).await;
+    let provider = &target.provider;
     let found = provider.resources_tagged(aws::TAG_PLAN, &plan.name).await?;
     if found.is_empty() {
         return Ok(format!("no resources tagged sortie:plan={}\n", plan.name));
@@ -151,7 +151,7 @@ pub async fn gc(plan: &Plan, opts: GcOptions) -> Result<String> {
         ));
         return Ok(out);
     }
-    remove(&provider, garbage, out).await
+    remove(provider, garbage, out).await
 }
 
 /// Removes what was found to be garbage, instances first.

@@ -20,7 +20,7 @@ impl LogTail {
         let StateLocation::S3 { bucket, .. } = &plan.state else {
             return None;
         };
-        let key = crate::run::aws_step::log_tail_key(&plan.state, &plan.name, run, step)?;
+        let key = crate::target::aws::objects::log_tail_key(&plan.state, &plan.name, run, step)?;
         let s3 = crate::target::aws::config::s3_client(
             &crate::target::aws::config::sdk_config(&plan.target).await,
         );

@@ -20,10 +20,7 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
     }
     let mut run = require(&store, plan, sel).await?;
     let handle = run.step(step).handle.clone();
-    if let (Some(host), true) = (
-        handle.get("host"),
-        matches!(plan.target, Target::Aws { .. }),
-    ) {
+    if let (Some(host), true) = (handle.ssm_host(), matches!(plan.target, Target::Aws { .. })) {
         return aws_logs(plan, &store, run, step, host, follow).await;
     }
     let kept = |run: &RunState| {
@@ -37,7 +34,7 @@ pub async fn logs(plan: &Plan, sel: &RunSelector, step: &str, follow: bool) -> R
         .filter(|p| p.is_file())
     };
     let live = handle
-        .get("status_dir")
+        .status_dir()
         .map(|d| std::path::Path::new(d).join("output.log"));
     let mut out = std::io::stdout().lock();
     // A finished attempt is served from the copy kept beside the state (its host may be gone).
@@ -106,18 +103,16 @@ async fn aws_logs(
         run = require(store, plan, &RunSelector::named(Some(run.run_id.clone()))).await?;
     }
     // The full log comes with the command that waited for the step's end.
-    let Some(command) = run.step(step).handle.get("wait_command").cloned() else {
+    let Some(command) = run.step(step).handle.wait_command().map(str::to_string) else {
         return Err(Error::Usage(format!(
             "step `{step}` of run {} ended without a wait command on its host, so its full log is not kept",
             run.run_id
         )));
     };
-    let host = run
-        .step(step)
-        .handle
-        .get("host")
-        .map_or(host, String::as_str);
-    let ssm_host = crate::run::aws_step::ssm_host_for(plan, &run.run_id, host).await;
+    let host = run.step(step).handle.ssm_host().unwrap_or(host);
+    let ssm_host = crate::target::AwsTarget::new(plan)
+        .await
+        .host(&run.run_id, host);
     let log = ssm_host.fetch_log(&command).await?;
     let rest = crate::log_follow::after(&log, printed);
     let _ = out.write_all(crate::scrub::text(rest).as_bytes());

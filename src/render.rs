@@ -83,7 +83,8 @@ fn context_of_run(plan: &Plan, run: &RunState, step: &str, spec: &RunSpec) -> mi
     let mut outputs = run.succeeded_outputs();
     fill_missing_outputs(plan, spec, &mut outputs);
     let root = step::local_root(plan);
-    let host = step::host_context(&plan.target, &root, &run.run_id, &spec.on, &outputs);
+    let local = matches!(plan.target, Target::Local { .. }).then_some(root.as_path());
+    let host = step::host_context(local, &run.run_id, &spec.on, &outputs);
     let run_json = run_data(plan, &run.run_id, run.step(step).attempt.max(1));
     step::template_context(&plan.vars, run_json, &outputs, Some(host))
 }
@@ -97,7 +98,7 @@ fn context_without_run(plan: &Plan, spec: &RunSpec) -> minijinja::Value {
             "home": "<host home: no run yet>",
             "name": "<host name: no run yet>",
         }),
-        Target::Aws { .. } => step::host_context(&plan.target, "".as_ref(), "", &spec.on, &outputs),
+        Target::Aws { .. } => step::host_context(None, "", &spec.on, &outputs),
     };
     let run_json = run_data(plan, "<run id: no run yet>", 1);
     step::template_context(&plan.vars, run_json, &outputs, Some(host))

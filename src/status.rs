@@ -134,10 +134,10 @@ async fn status_json(
 
 /// The heartbeat JSON of a running step, if it can be read.
 async fn heartbeat(plan: &Plan, run: &str, step: &str, st: &StepState) -> Option<Heartbeat> {
-    if let Some(dir) = st.handle.get("status_dir") {
+    if let Some(dir) = st.handle.status_dir() {
         return Heartbeat::read(&std::path::Path::new(dir).join("heartbeat.json"));
     }
-    let key = crate::run::aws_step::heartbeat_key(&plan.state, &plan.name, run, step)?;
+    let key = crate::target::aws::objects::heartbeat_key(&plan.state, &plan.name, run, step)?;
     let crate::plan::StateLocation::S3 { bucket, .. } = &plan.state else {
         return None;
     };

@@ -6,10 +6,10 @@ use std::time::Duration;
 use crate::error::{exit, Error, Result};
 use crate::plan::Plan;
 use crate::reporter::{OutputFormat, Reporter};
-use crate::run::step;
 use crate::run::walker::{self, Decision, RunOptions};
 use crate::state::store::{RunLock, Store};
 use crate::state::{self, RunState, RunStatus, StepState, StepStatus};
+use crate::target::Target;
 
 pub use crate::logs::logs;
 use crate::status::fmt_time;
@@ -412,7 +412,8 @@ async fn apply_locked(
     }
     run.vars = state::redacted_vars(&plan.vars);
     run.plan_file.get_or_insert_with(|| plan_file_name(plan));
-    cancel_orphans(plan, &mut run).await?;
+    let target = crate::target::Target::of(plan).await;
+    cancel_orphans(plan, &target, &mut run).await?;
     reporter.emit(&crate::event::Event::RunStarted {
         run: run_id,
         plan: plan.name.clone(),
@@ -428,14 +429,18 @@ async fn apply_locked(
             .map(|w| (tokio::time::Instant::now() + w, w)),
         poll: Duration::from_millis(200),
     };
-    walker::walk(plan, run, store, reporter, run_opts, from).await
+    let venue = walker::Venue {
+        target,
+        store,
+        reporter,
+    };
+    walker::walk(plan, run, venue, run_opts, from).await
 }
 
 /// Steps of the run that are no longer in the plan but still running (the plan was edited while they ran) are
 /// cancelled before the walk, so that no teardown pulls their host from under them and the run is not marked
 /// succeeded around them.
-async fn cancel_orphans(plan: &Plan, run: &mut RunState) -> Result<()> {
-    let root = step::local_root(plan);
+async fn cancel_orphans(plan: &Plan, target: &Target, run: &mut RunState) -> Result<()> {
     let orphans: Vec<String> = run
         .steps
         .iter()
@@ -444,7 +449,7 @@ async fn cancel_orphans(plan: &Plan, run: &mut RunState) -> Result<()> {
         .collect();
     for id in orphans {
         let st = run.step_mut(&id);
-        if step::cancel_orphan(&root, &id, &st.handle).await? {
+        if target.cancel_orphan(&id, &st.handle).await? {
             st.status = StepStatus::Cancelled;
             st.error = Some("cancelled: the step is no longer in the plan".into());
             st.finished_at = Some(state::now());
@@ -639,12 +644,7 @@ pub(crate) async fn destroy_locked(
         .filter_map(|id| run.steps.get(&id).map(|s| (id, s.resources.clone())))
         .filter(|(_, r)| r.iter().any(|r| !r.destroyed))
         .collect();
-    let done = match &plan.target {
-        crate::plan::Target::Local { root } => step::destroy_resources(order, root).await?,
-        crate::plan::Target::Aws { .. } => {
-            crate::run::aws_step::destroy_aws(&plan.target, &order).await?
-        }
-    };
+    let done = Target::of(plan).await.destroy(order).await?;
     let mut count = 0;
     for id in &done {
         for r in &mut run.step_mut(id).resources {

@@ -1,5 +1,6 @@
-//! How each step kind applies and destroys on the local target. The runner calls these from a task per attempt;
-//! `begin` checkpoints the attempt (and its handle) before anything is created or launched.
+//! A step's task: what it is given (`Job`), what it tells the walker (`Msg`, `Outcome`), and how each kind
+//! applies through the run's `Target`. `begin` checkpoints the attempt (and its handle) before anything is
+//! created or launched. Run steps: `run_step.rs`.
 
 use std::time::Duration;
 
@@ -8,10 +9,12 @@ use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
-use crate::host::local::{HostStatus, LaunchSpec, LocalHost, LocalVolume};
-use crate::host::protocol::HostState;
-use crate::plan::{InstanceSpec, Plan, Step, StepKind, Target};
-use crate::state::{Resource, ResourceKind};
+use crate::event::Event;
+use crate::host::local::LocalHost;
+use crate::plan::{InstanceSpec, Plan, StateLocation, Step, StepKind, VolumeSpec};
+use crate::state::{Handle, Resource};
+use crate::target::aws::{ProvisionEvent, Tags};
+use crate::target::{Created, Target};
 use crate::template;
 
 /// Messages from a step task to the runner, which owns the state.
@@ -19,7 +22,7 @@ pub enum Msg {
     /// Record this attempt's handle in state, checkpoint, then reply.
     Begin {
         step: usize,
-        handle: IndexMap<String, String>,
+        handle: Handle,
         ack: oneshot::Sender<()>,
     },
     Progress {
@@ -27,7 +30,7 @@ pub enum Msg {
         progress: String,
     },
     /// An event to pass on as it is (e.g. a capacity failover).
-    Event(crate::event::Event),
+    Event(Event),
     Done {
         step: usize,
         outcome: Outcome,
@@ -60,6 +63,20 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// What every step of a walk shares, built once per walk: a start copies an `Arc`, not the plan's vars.
+pub struct RunContext {
+    pub run_id: String,
+    pub plan_name: String,
+    /// The target and its clients, built once per command.
+    pub target: Target,
+    pub state_location: StateLocation,
+    /// The plan's directory, absolute: where local uploads may land.
+    pub plan_dir: std::path::PathBuf,
+    pub vars: IndexMap<String, Json>,
+    pub wait_detached: bool,
+    pub poll: Duration,
+}
+
 /// What a step task needs to know.
 pub struct Job {
     pub index: usize,
@@ -69,27 +86,17 @@ pub struct Job {
     pub reattach: bool,
     /// An earlier attempt may still be running on the host (forced rerun after a crash): cancel it first.
     pub cancel_previous: bool,
-    pub run_id: String,
-    pub plan_name: String,
-    pub target: Target,
-    pub state_location: crate::plan::StateLocation,
     /// Idempotency token of this attempt (stored in state before any create call).
     pub token: String,
     /// An instance step re-provisioned beside a volume that outlived its host: the zone it must launch in.
     pub placement: Option<String>,
     /// The handle recorded by the previous apply (re-attach finds its work through it).
-    pub handle: IndexMap<String, String>,
-    /// Sandbox root (local target only).
-    pub root: std::path::PathBuf,
-    /// The plan's directory, absolute: where local uploads may land.
-    pub plan_dir: std::path::PathBuf,
-    pub vars: IndexMap<String, Json>,
-    /// Outputs of every succeeded step, by id.
+    pub handle: Handle,
+    /// Outputs of the succeeded steps this one reads, by id.
     pub outputs: IndexMap<String, IndexMap<String, String>>,
     /// Resources per step, for teardown.
     pub resources: IndexMap<String, Vec<Resource>>,
-    pub wait_detached: bool,
-    pub poll: Duration,
+    pub ctx: std::sync::Arc<RunContext>,
     pub tx: mpsc::UnboundedSender<Msg>,
     pub cancel: tokio::sync::watch::Receiver<bool>,
 }
@@ -97,13 +104,13 @@ pub struct Job {
 /// The sandbox root of the local target (empty for other targets).
 pub fn local_root(plan: &Plan) -> std::path::PathBuf {
     match &plan.target {
-        Target::Local { root } => root.clone(),
-        Target::Aws { .. } => std::path::PathBuf::new(),
+        crate::plan::Target::Local { root } => root.clone(),
+        crate::plan::Target::Aws { .. } => std::path::PathBuf::new(),
     }
 }
 
 impl Job {
-    pub(crate) async fn begin(&self, handle: IndexMap<String, String>) {
+    pub(crate) async fn begin(&self, handle: Handle) {
         let (ack, wait) = oneshot::channel();
         if self
             .tx
@@ -118,20 +125,12 @@ impl Job {
         }
     }
 
-    fn host_of(&self, host_step: &str) -> LocalHost {
-        LocalHost::at(&self.root, &self.run_id, host_step)
-    }
-
     pub async fn execute(self) {
-        let aws = matches!(self.target, Target::Aws { .. });
-        let outcome = match (self.step.kind.clone(), aws) {
-            (StepKind::Instance(_), false) => self.instance().await,
-            (StepKind::Instance(_), true) => self.aws_instance().await,
-            (StepKind::Volume(v), false) => self.volume(&v.attach_to, &v.mount).await,
-            (StepKind::Volume(_), true) => self.aws_volume().await,
-            (StepKind::Run(_), _) => self.run().await,
-            (StepKind::Teardown(t), false) => self.teardown(&t.destroys).await,
-            (StepKind::Teardown(t), true) => self.aws_destroy(&t.destroys).await,
+        let outcome = match &self.step.kind {
+            StepKind::Instance(spec) => self.instance(spec).await,
+            StepKind::Volume(spec) => self.volume(spec).await,
+            StepKind::Run(_) => self.run().await,
+            StepKind::Teardown(t) => self.teardown(&t.destroys).await,
         };
         let outcome = outcome.unwrap_or_else(|e| Outcome::Failed {
             error: e.to_string(),
@@ -143,74 +142,124 @@ impl Job {
         });
     }
 
-    async fn instance(&self) -> Result<Outcome> {
-        let host = self.host_of(&self.step.id);
-        self.begin(IndexMap::from([(
-            "home".to_string(),
-            host.home.display().to_string(),
-        )]))
-        .await;
-        host.create()?;
-        let mut outputs = IndexMap::from([
-            (
-                "instance_id".to_string(),
-                format!("local-{}-{}", self.run_id, self.step.id),
-            ),
-            ("instance_type".to_string(), "local".to_string()),
-            ("availability_zone".to_string(), "local".to_string()),
-            ("private_ip".to_string(), "127.0.0.1".to_string()),
-            ("market".to_string(), "local".to_string()),
-            ("home".to_string(), host.home.display().to_string()),
-        ]);
-        if let StepKind::Instance(InstanceSpec { ttl: Some(ttl), .. }) = &self.step.kind {
-            let deadline = crate::ttl::arm_local(&host.home, *ttl)?;
-            outputs.insert("expires_at".into(), crate::ttl::rfc3339(deadline));
+    fn succeeded(created: Created) -> Outcome {
+        Outcome::Succeeded {
+            outputs: created.outputs,
+            resources: created.resources,
         }
-        let resources = vec![Resource::new(
-            ResourceKind::LocalSandbox,
-            host.home.display().to_string(),
-        )];
-        Ok(Outcome::Succeeded { outputs, resources })
     }
 
-    async fn volume(&self, attach_to: &str, mount: &str) -> Result<Outcome> {
-        let host = self.host_of(attach_to);
-        let mount = self.render_plain("mount", mount)?;
-        let volume = LocalVolume::at(&host, &self.step.id, &mount);
-        self.begin(IndexMap::from([(
-            "dir".to_string(),
-            volume.dir.display().to_string(),
-        )]))
-        .await;
-        if !host.exists() {
-            return Err(Error::runtime(format!(
-                "host `{attach_to}` is gone ({})",
-                host.home.display()
-            )));
+    fn tags(&self) -> Tags {
+        Tags {
+            plan: self.ctx.plan_name.clone(),
+            run: self.ctx.run_id.clone(),
+            step: self.step.id.clone(),
+            token: self.token.clone(),
         }
-        volume.create()?;
-        let outputs = IndexMap::from([
-            (
-                "volume_id".to_string(),
-                format!("local-{}-{}", self.run_id, self.step.id),
-            ),
-            ("device".to_string(), volume.dir.display().to_string()),
-            (
-                "mount_path".to_string(),
-                volume.mount_path.display().to_string(),
-            ),
-        ]);
-        let resources = vec![Resource::new(
-            ResourceKind::LocalVolume,
-            volume.dir.display().to_string(),
-        )];
-        Ok(Outcome::Succeeded { outputs, resources })
+    }
+
+    pub(crate) fn output_of(&self, step: &str, key: &str) -> Result<String> {
+        self.outputs
+            .get(step)
+            .and_then(|o| o.get(key))
+            .cloned()
+            .ok_or_else(|| {
+                Error::runtime(format!(
+                    "step `{step}` has no output `{key}` (has it succeeded in this run?)"
+                ))
+            })
+    }
+
+    async fn instance(&self, spec: &InstanceSpec) -> Result<Outcome> {
+        let (run, id) = (&self.ctx.run_id, &self.step.id);
+        let created = match &self.ctx.target {
+            Target::Local(t) => {
+                self.begin(t.instance_handle(run, id)).await;
+                t.create_instance(run, id, spec.ttl)?
+            }
+            Target::Aws(t) => {
+                self.begin(Handle::Token {
+                    token: self.token.clone(),
+                })
+                .await;
+                let mut spec = spec.clone();
+                if let Some(zone) = &self.placement {
+                    // Pinned beside a volume that outlived the host: only this zone (or its subnets in it).
+                    spec.availability_zones = vec![zone.clone()];
+                }
+                let (tx, step) = (self.tx.clone(), id.clone());
+                let mut on_event = move |ProvisionEvent::Failover {
+                                             instance_type,
+                                             availability_zone,
+                                             subnet,
+                                             market,
+                                             code,
+                                             message,
+                                         }| {
+                    let _ = tx.send(Msg::Event(Event::StepFailover {
+                        step: step.clone(),
+                        instance_type,
+                        availability_zone,
+                        subnet,
+                        market,
+                        code,
+                        message,
+                    }));
+                };
+                t.create_instance(&spec, &self.tags(), &mut on_event)
+                    .await?
+            }
+        };
+        Ok(Self::succeeded(created))
+    }
+
+    async fn volume(&self, spec: &VolumeSpec) -> Result<Outcome> {
+        let (run, id) = (&self.ctx.run_id, &self.step.id);
+        let mount = self.render_plain("mount", &spec.mount)?;
+        let created = match &self.ctx.target {
+            Target::Local(t) => {
+                let dir = t.volume(run, id, &spec.attach_to, &mount).dir;
+                self.begin(Handle::LocalVolume {
+                    dir: dir.display().to_string(),
+                })
+                .await;
+                t.create_volume(run, id, &spec.attach_to, &mount)?
+            }
+            Target::Aws(t) => {
+                let instance_id = self.output_of(&spec.attach_to, "instance_id")?;
+                let az = self.output_of(&spec.attach_to, "availability_zone")?;
+                self.begin(Handle::Token {
+                    token: self.token.clone(),
+                })
+                .await;
+                let host = t.host(run, &instance_id);
+                t.create_volume(spec, &host, &az, &self.tags(), &mount)
+                    .await?
+            }
+        };
+        Ok(Self::succeeded(created))
+    }
+
+    /// Destroys what the steps in `destroys` made, dependents first. On AWS, anything of the run still tagged
+    /// afterwards (other than `keep` volumes) fails the teardown: nothing may leak.
+    async fn teardown(&self, destroys: &[String]) -> Result<Outcome> {
+        self.begin(Handle::None).await;
+        let resources: Vec<(String, Vec<Resource>)> = destroys
+            .iter()
+            .rev()
+            .filter_map(|s| self.resources.get(s).map(|r| (s.clone(), r.clone())))
+            .collect();
+        let steps = self.ctx.target.destroy(resources.clone()).await?;
+        if let Target::Aws(t) = &self.ctx.target {
+            t.check_gone(&self.ctx.run_id, &resources).await?;
+        }
+        Ok(Outcome::Destroyed { steps })
     }
 
     /// The data templates see at run time.
     fn context(&self, host: Option<serde_json::Value>) -> minijinja::Value {
-        let run = serde_json::json!({ "id": self.run_id, "plan": self.plan_name, "attempt": self.attempt, "plan_dir": self.plan_dir });
-        template_context(&self.vars, run, &self.outputs, host)
+        let run = serde_json::json!({ "id": self.ctx.run_id, "plan": self.ctx.plan_name, "attempt": self.attempt, "plan_dir": self.ctx.plan_dir });
+        template_context(&self.ctx.vars, run, &self.outputs, host)
     }
 
     pub(crate) fn render_plain(&self, field: &str, text: &str) -> Result<String> {
@@ -232,205 +281,12 @@ impl Job {
         })
     }
 
-    async fn run(&self) -> Result<Outcome> {
-        let StepKind::Run(spec) = &self.step.kind else {
-            return Err(Error::runtime("not a run step"));
-        };
-        if let Target::Aws { .. } = self.target {
-            let host = host_context(
-                &self.target,
-                &self.root,
-                &self.run_id,
-                &spec.on,
-                &self.outputs,
-            );
-            let (script, launch) = self.prepare_launch(host, None)?;
-            return self.aws_run(script, launch).await;
-        }
-        let host = self.host_of(&spec.on);
-        if !host.exists() {
-            return Err(Error::runtime(format!(
-                "host `{}` is gone ({})",
-                spec.on,
-                host.home.display()
-            )));
-        }
-        let id = self.step.id.clone();
-        if self.cancel_previous {
-            let previous = host.status(&id).await?;
-            if previous.state.is_live() {
-                host.cancel(&id, Duration::from_secs(5)).await?;
-            }
-        }
-        let mut status = if self.reattach {
-            host.status(&id).await?
-        } else {
-            HostStatus::default()
-        };
-        // The launch runs inside `plan` (native supervisor): a kill -9 between writing the attempt and starting
-        // its supervisor leaves it lost with no `started_at`. Its script never ran, so it is launched again.
-        let never_started = self.reattach
-            && status.state == HostState::Lost
-            && !host.status_dir(&id).join("started_at").exists();
-        let already = self.reattach
-            && status.attempt == Some(self.attempt)
-            && status.state != HostState::Absent
-            && !never_started;
-        if !already {
-            let host_ctx = host_context(
-                &self.target,
-                &self.root,
-                &self.run_id,
-                &spec.on,
-                &self.outputs,
-            );
-            let (script, mut launch) =
-                self.prepare_launch(host_ctx, Some(host.home.display().to_string()))?;
-            if never_started {
-                launch.env.push(("SORTIE_RESTART_LOST".into(), "1".into()));
-            }
-            self.begin(IndexMap::from([(
-                "status_dir".to_string(),
-                host.status_dir(&id).display().to_string(),
-            )]))
-            .await;
-            if !spec.files.is_empty() {
-                let digest = spec.files_digest.as_deref().unwrap_or_default();
-                let all = crate::run::step_files::rescan(&id, &spec.files, digest)?;
-                crate::run::step_files::copy_local(&all, &host.home, &host.status_dir(&id))?;
-            }
-            status = host.launch(&id, self.attempt, &script, &launch).await?;
-        }
-        if spec.detach && !self.wait_detached && !status.is_finished() {
-            return Ok(Outcome::LeftRunning);
-        }
-        let mut cancel = self.cancel.clone();
-        let mut last_progress = None;
-        // Short steps end in milliseconds: poll every 2 ms at first, backing off by 1.5x to `poll`. The cheap check reads the
-        // exit code directly; the wrapper's full probe (liveness, heartbeat) runs about once a second.
-        let mut delays =
-            crate::backoff::Backoff::new(Duration::from_millis(2), 1.5, self.poll).delays();
-        let mut last_probe = tokio::time::Instant::now();
-        let mut stall = spec
-            .heartbeat
-            .stale_after
-            .map(crate::run::stall::StallWatch::new);
-        loop {
-            if status.is_finished() || status.state == HostState::Lost {
-                break;
-            }
-            if status.progress.is_some() && status.progress != last_progress {
-                last_progress = status.progress.clone();
-                let _ = self.tx.send(Msg::Progress {
-                    step: self.index,
-                    progress: last_progress.clone().unwrap_or_default(),
-                });
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delays.next().unwrap_or(self.poll)) => {}
-                changed = cancel.changed() => {
-                    if changed.is_ok() && *cancel.borrow() {
-                        host.cancel(&id, Duration::from_secs(5)).await?;
-                        return Ok(Outcome::Cancelled);
-                    }
-                }
-            }
-            if let Some(done) = host.finished(&id, self.attempt) {
-                status = done;
-            } else if last_probe.elapsed() >= Duration::from_secs(1) {
-                last_probe = tokio::time::Instant::now();
-                status = host.status(&id).await?;
-                if let Some(watch) = stall.as_mut() {
-                    let beat = std::fs::read_to_string(host.status_dir(&id).join("heartbeat.json"))
-                        .ok()
-                        .and_then(|t| crate::run::stall::Beat::parse(&t));
-                    if let Some(reason) = watch.observe(beat, std::time::Instant::now()) {
-                        host.cancel(&id, Duration::from_secs(5)).await?;
-                        return Ok(Outcome::Failed {
-                            error: reason,
-                            help: None,
-                        });
-                    }
-                }
-            }
-        }
-        self.keep_log(&host, &id);
-        if status.progress.is_some() && status.progress != last_progress {
-            let _ = self.tx.send(Msg::Progress {
-                step: self.index,
-                progress: status.progress.clone().unwrap_or_default(),
-            });
-        }
-        match status.state {
-            HostState::Succeeded => {
-                let (outputs, problems) = host.outputs(&id);
-                for message in problems {
-                    let _ = self.tx.send(Msg::Event(crate::event::Event::Notice {
-                        message: format!("  warning  {id}: {message}"),
-                    }));
-                }
-                Ok(Outcome::Succeeded {
-                    outputs,
-                    resources: Vec::new(),
-                })
-            }
-            HostState::TimedOut => Ok(Outcome::Failed {
-                error: format!(
-                    "timed out after {}",
-                    self.step
-                        .timeout
-                        .map(|t| humantime::format_duration(t).to_string())
-                        .unwrap_or_default()
-                ),
-                help: None,
-            }),
-            HostState::Cancelled => Ok(Outcome::Cancelled),
-            HostState::Lost => Ok(Outcome::Failed {
-                error: "the step's processes vanished without an exit code (host restarted?)"
-                    .into(),
-                help: None,
-            }),
-            _ => {
-                let code = status
-                    .exit_code
-                    .map_or_else(|| "?".to_string(), |c| c.to_string());
-                let detail = status.error.map(|e| format!(": {e}")).unwrap_or_default();
-                let tail = last_line(&host.log_path(&id));
-                let tail = if detail.is_empty() && !tail.is_empty() {
-                    format!(": {tail}")
-                } else {
-                    String::new()
-                };
-                Ok(Outcome::Failed {
-                    error: format!("exit code {code}{detail}{tail}"),
-                    help: None,
-                })
-            }
-        }
-    }
-
-    /// Copies the attempt's log beside the run's state: teardown deletes the host, and `plan logs` must still work.
-    fn keep_log(&self, host: &LocalHost, id: &str) {
-        let Some(to) = crate::run::step_logs::kept_path(
-            &self.state_location,
-            &self.plan_name,
-            &self.run_id,
-            id,
-            self.attempt,
-        ) else {
-            return;
-        };
-        if let Err(e) = crate::run::step_logs::keep(&host.log_path(id), &to) {
-            tracing::warn!("step `{id}`: the log was not kept: {e}");
-        }
-    }
-
     /// Renders the script and the environment of a run step for its host.
-    fn prepare_launch(
+    pub(crate) fn prepare_launch(
         &self,
         host: serde_json::Value,
         home: Option<String>,
-    ) -> Result<(String, LaunchSpec)> {
+    ) -> Result<(String, crate::host::LaunchSpec)> {
         let StepKind::Run(spec) = &self.step.kind else {
             return Err(Error::runtime("not a run step"));
         };
@@ -456,7 +312,7 @@ impl Job {
         for (k, v) in &self.step.env {
             env.push((k.clone(), self.render_plain(&format!("env.{k}"), v)?));
         }
-        let launch = LaunchSpec {
+        let launch = crate::host::LaunchSpec {
             env,
             timeout: self.step.timeout,
             lock: spec.lock.clone(),
@@ -465,20 +321,6 @@ impl Job {
             heartbeat_interval: spec.heartbeat.interval,
         };
         Ok((script, launch))
-    }
-
-    async fn teardown(&self, destroys: &[String]) -> Result<Outcome> {
-        self.begin(IndexMap::new()).await;
-        destroy_resources(
-            destroys
-                .iter()
-                .rev()
-                .filter_map(|s| self.resources.get(s).map(|r| (s.clone(), r.clone())))
-                .collect(),
-            &self.root,
-        )
-        .await
-        .map(|steps| Outcome::Destroyed { steps })
     }
 }
 
@@ -507,21 +349,20 @@ pub(crate) fn template_context(
 /// What `host` is in the templates of a step that runs on `on`: its sandbox on the local target, the instance on
 /// AWS.
 pub(crate) fn host_context(
-    target: &Target,
-    root: &std::path::Path,
+    local_root: Option<&std::path::Path>,
     run_id: &str,
     on: &str,
     outputs: &IndexMap<String, IndexMap<String, String>>,
 ) -> Json {
-    match target {
-        Target::Local { .. } => {
+    match local_root {
+        Some(root) => {
             let home = LocalHost::at(root, run_id, on).home;
             serde_json::json!({
                 "home": home,
                 "name": home.file_name().map(|n| n.to_string_lossy().to_string()),
             })
         }
-        Target::Aws { .. } => {
+        None => {
             let instance = outputs
                 .get(on)
                 .and_then(|o| o.get("instance_id"))
@@ -547,105 +388,7 @@ pub(crate) fn render_run_script(
     })
 }
 
-/// Destroys resources in the order given (dependents first). Idempotent: missing things are fine.
-/// Only what resolves under the sandbox `root` is deleted: see `inside_sandbox`.
-pub async fn destroy_resources(
-    resources: Vec<(String, Vec<Resource>)>,
-    root: &std::path::Path,
-) -> Result<Vec<String>> {
-    let mut done = Vec::new();
-    // Volumes before the hosts that hold them.
-    let mut ordered = resources;
-    ordered.sort_by_key(|(_, rs)| rs.iter().any(|r| r.kind == ResourceKind::LocalSandbox));
-    for (step, rs) in ordered {
-        for (i, r) in rs.iter().enumerate().filter(|(_, r)| !r.destroyed) {
-            let key = format!("steps.{step}.resources[{i}].id");
-            let local = matches!(
-                r.kind,
-                ResourceKind::LocalSandbox | ResourceKind::LocalVolume
-            );
-            if local && !inside_sandbox(root, &key, &r.id)? {
-                continue; // Already gone.
-            }
-            match r.kind {
-                ResourceKind::LocalSandbox => {
-                    LocalHost {
-                        home: r.id.clone().into(),
-                    }
-                    .destroy()
-                    .await?
-                }
-                ResourceKind::LocalVolume => {
-                    let dir = std::path::PathBuf::from(&r.id);
-                    match std::fs::remove_dir_all(&dir) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => {
-                            return Err(Error::io(
-                                format!("cannot delete volume {}", dir.display()),
-                                e,
-                            ))
-                        }
-                    }
-                }
-                other => {
-                    return Err(Error::runtime(format!(
-                        "cannot destroy a `{other}` resource on this target"
-                    )))
-                }
-            }
-        }
-        done.push(step);
-    }
-    Ok(done)
-}
-
-/// Cancels a step that is no longer in the plan but still running on a local host (the plan was edited while
-/// it ran). True if it was cancelled; false if it is not on a local host (it is left to its own timeout and the
-/// run stays unfinished). The host comes from state, so it must lie under the sandbox root.
-pub async fn cancel_orphan(
-    root: &std::path::Path,
-    step: &str,
-    handle: &IndexMap<String, String>,
-) -> Result<bool> {
-    let Some(dir) = handle.get("status_dir") else {
-        return Ok(false);
-    };
-    // `<home>/.sortie/steps/<step>`
-    let Some(home) = std::path::Path::new(dir).ancestors().nth(3) else {
-        return Ok(false);
-    };
-    let home_text = home.to_string_lossy();
-    if !inside_sandbox(root, &format!("steps.{step}.handle.status_dir"), &home_text)? {
-        return Ok(true); // The host is gone, and the step with it.
-    }
-    let host = LocalHost { home: home.into() };
-    host.cancel(step, Duration::from_secs(5)).await?;
-    Ok(true)
-}
-
-/// Whether a local resource path read from state still exists, refusing (exit 2) one that does not resolve,
-/// symlinks followed, strictly under the sandbox root. State comes from S3 or a CI artifact: it is untrusted, and
-/// a path such as `/home/me/data` or a sandbox linked elsewhere must never be deleted.
-fn inside_sandbox(root: &std::path::Path, key: &str, id: &str) -> Result<bool> {
-    let path = std::path::Path::new(id);
-    let real = match std::fs::canonicalize(path) {
-        Ok(real) => real,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(Error::io(format!("cannot resolve {id}"), e)),
-    };
-    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    if real.starts_with(&root) && real != root {
-        return Ok(true);
-    }
-    Err(Error::Usage(format!(
-        "refusing to delete {id} (`{key}` in the run's state): it resolves to {}, which is not under the sandbox root {}",
-        real.display(),
-        root.display()
-    )))
-}
-
-fn last_line(path: &std::path::Path) -> String {
+pub(crate) fn last_line(path: &std::path::Path) -> String {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|t| {

@@ -14,9 +14,10 @@ use crate::event::Event;
 use crate::plan::{Plan, StepKind};
 use crate::plan_file::When;
 use crate::reporter::Reporter;
-use crate::run::step::{self, Job, Msg, Outcome};
+use crate::run::step::{Job, Msg, Outcome, RunContext};
 use crate::state::store::Store;
 use crate::state::{self, RunState, RunStatus, StepStatus};
+use crate::target::Target;
 
 pub use crate::run::reentry::{decide, Decision};
 
@@ -70,16 +71,29 @@ struct Walker<'a> {
     replaced: HashMap<usize, u32>,
     /// The steps whose dependencies have ended: what a scheduling pass looks at.
     frontier: Frontier,
+    /// What every step's task shares (the target and its clients among it).
+    ctx: std::sync::Arc<RunContext>,
+}
+
+/// Where a walk runs, and on what: the plan's target (built once per command), its store and its reporter.
+pub struct Venue<'a> {
+    pub target: Target,
+    pub store: &'a Store,
+    pub reporter: &'a Reporter,
 }
 
 pub async fn walk(
     plan: &Plan,
     mut run: RunState,
-    store: &Store,
-    reporter: &Reporter,
+    venue: Venue<'_>,
     opts: RunOptions,
     from: Option<usize>,
 ) -> Result<i32> {
+    let Venue {
+        target,
+        store,
+        reporter,
+    } = venue;
     let decisions = decide(plan, &run, from);
     let mut reattach = vec![false; plan.steps.len()];
     let mut cancel_first = vec![false; plan.steps.len()];
@@ -103,7 +117,18 @@ pub async fn walk(
     store.save(&mut run).await?;
     store.begin_journal(&run)?;
     let frontier = Frontier::new(plan, &run, &reattach);
+    let ctx = std::sync::Arc::new(RunContext {
+        run_id: run.run_id.clone(),
+        plan_name: plan.name.clone(),
+        target,
+        state_location: plan.state.clone(),
+        plan_dir: plan.absolute_dir(),
+        vars: plan.vars.clone(),
+        wait_detached: opts.wait_detached,
+        poll: opts.poll,
+    });
     let mut w = Walker {
+        ctx,
         plan,
         state: run,
         store,
@@ -148,7 +173,6 @@ impl Walker<'_> {
     async fn run(&mut self) -> Result<i32> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let root = step::local_root(self.plan);
         // Listen once, for the whole walk: a signal between two polls is not lost. SIGTERM (a cancelled CI job)
         // counts as a first Ctrl-C.
         let mut interrupt = signal(SignalKind::interrupt())
@@ -159,7 +183,7 @@ impl Walker<'_> {
             if self.stopping == 0 {
                 self.check_budget(&cancel_tx).await?;
                 self.settle().await?;
-                self.start_ready(&tx, &cancel_rx, &root).await?;
+                self.start_ready(&tx, &cancel_rx).await?;
             }
             if self.running.is_empty() && (self.stopping > 0 || self.retry_at.is_empty()) {
                 break;
@@ -254,7 +278,6 @@ impl Walker<'_> {
         &mut self,
         tx: &mpsc::UnboundedSender<Msg>,
         cancel: &watch::Receiver<bool>,
-        root: &std::path::Path,
     ) -> Result<()> {
         let now = tokio::time::Instant::now();
         let mut from = 0;
@@ -277,7 +300,7 @@ impl Walker<'_> {
             self.retry_at.remove(&i);
             self.reattach[i] = false;
             self.frontier.started(i);
-            self.start(i, reattach, tx, cancel, root).await?;
+            self.start(i, reattach, tx, cancel).await?;
         }
         Ok(())
     }
@@ -289,7 +312,6 @@ impl Walker<'_> {
         reattach: bool,
         tx: &mpsc::UnboundedSender<Msg>,
         cancel: &watch::Receiver<bool>,
-        root: &std::path::Path,
     ) -> Result<()> {
         let step = self.plan.steps[i].clone();
         let run_id = self.state.run_id.clone();
@@ -330,20 +352,12 @@ impl Walker<'_> {
             attempt,
             reattach,
             cancel_previous: std::mem::take(&mut self.cancel_first[i]),
-            run_id,
-            plan_name: self.plan.name.clone(),
-            target: self.plan.target.clone(),
-            state_location: self.plan.state.clone(),
             token: st.token.clone().unwrap_or_default(),
             handle: st.handle.clone(),
             placement: self.placement(i),
-            root: root.to_path_buf(),
-            plan_dir: self.plan.absolute_dir(),
-            vars: self.plan.vars.clone(),
             outputs,
             resources,
-            wait_detached: self.opts.wait_detached,
-            poll: self.opts.poll,
+            ctx: self.ctx.clone(),
             tx: tx.clone(),
             cancel: cancel.clone(),
             step,

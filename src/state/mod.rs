@@ -1,6 +1,7 @@
 //! Run state: one document per run, checkpointed after every transition (see DESIGN.md, "State and re-entry").
 
 pub mod dir_store;
+pub mod handle;
 pub mod journal;
 pub mod lock_probe;
 pub mod s3_lock_lease;
@@ -13,6 +14,8 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
+
+pub use handle::Handle;
 
 pub const STATE_VERSION: u32 = 1;
 
@@ -216,9 +219,9 @@ pub struct StepState {
     pub outputs: IndexMap<String, String>,
     #[serde(default)]
     pub resources: Vec<Resource>,
-    /// Where the step's work can be found again: status directory, command id, pid.
-    #[serde(default)]
-    pub handle: IndexMap<String, String>,
+    /// Where the step's work can be found again (`handle.rs`).
+    #[serde(default, deserialize_with = "handle::read")]
+    pub handle: Handle,
     /// Idempotency token for the current attempt, stored before any create call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -242,7 +245,7 @@ impl StepState {
             finished_at: None,
             outputs: IndexMap::new(),
             resources: Vec::new(),
-            handle: IndexMap::new(),
+            handle: Handle::None,
             token: None,
             error: None,
             help: None,

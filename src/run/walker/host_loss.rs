@@ -13,7 +13,6 @@ use crate::error::Result;
 use crate::event::Event;
 use crate::plan::StepKind;
 use crate::state::{self, StepStatus};
-use crate::target::aws::AwsProvider;
 
 /// Re-provisions of one host in one apply, at most: a zone that keeps losing hosts will not keep the next.
 const MAX_REPLACEMENTS: u32 = 2;
@@ -53,9 +52,10 @@ impl Walker<'_> {
             return Ok((error, false));
         }
         *count += 1;
-        let provider =
-            AwsProvider::new(&self.plan.target, crate::run::aws_step::provider_poll()).await;
-        if let Err(e) = provider.terminate_instance(instance_id).await {
+        let crate::target::Target::Aws(aws) = &self.ctx.target else {
+            return Ok((error, false));
+        };
+        if let Err(e) = aws.provider.terminate_instance(instance_id).await {
             return Ok((format!("{error}; not re-provisioned: {e}"), false));
         }
         let rerun = self.forget_host(i, host);

@@ -20,7 +20,9 @@ mod ebs;
 mod ec2;
 pub mod error;
 pub mod launch;
+pub mod objects;
 mod tags;
+pub mod target;
 mod user_data;
 mod waits;
 
