@@ -1,16 +1,16 @@
 //! Command-line interface: clap definitions and dispatch to the library.
 
-use std::io::Write;
+mod dispatch;
+
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::compiler::{self, Compiled};
-use crate::dag::{self, GraphFormat};
+use crate::dag::GraphFormat;
 use crate::error::{exit, Error, Result};
-use crate::plan_file;
 use crate::reporter::OutputFormat;
-use crate::run::session::{self, ApplyOptions, RunSelector};
+use crate::run::session::RunSelector;
 use crate::variables::{self, Overrides};
 
 #[derive(Debug, Parser)]
@@ -270,13 +270,6 @@ fn parse_ttl(text: &str) -> std::result::Result<std::time::Duration, String> {
     }
 }
 
-/// Runs a future on a fresh multi-threaded runtime (commands are short-lived; one runtime per command).
-fn block_on<T>(future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Runtime::new()
-        .map_err(|e| Error::io("cannot start the async runtime", e))?
-        .block_on(future)
-}
-
 /// Parses arguments, runs the command, prints errors, and returns the exit code.
 pub fn main() -> i32 {
     // Warnings (a broken stale lock, an unmount that failed) go to stderr; RUST_LOG=sortie=debug shows more.
@@ -298,7 +291,7 @@ pub fn main() -> i32 {
             };
         }
     };
-    match dispatch(cli.command) {
+    match dispatch::dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
             let text = e.render();
@@ -309,225 +302,4 @@ pub fn main() -> i32 {
             e.exit_code()
         }
     }
-}
-
-fn dispatch(command: Command) -> Result<i32> {
-    let mut out = std::io::stdout().lock();
-    let write = |out: &mut std::io::StdoutLock<'_>, text: &str| {
-        out.write_all(text.as_bytes())
-            .map_err(|e| Error::io("cannot write to stdout", e))
-    };
-    match command {
-        Command::Validate(args) => {
-            let compiled = args.compile()?;
-            let plan = &compiled.plan;
-            write(
-                &mut out,
-                &format!(
-                    "{}: plan `{}` is valid ({} steps, {} levels, target {})\n",
-                    args.file.display(),
-                    plan.name,
-                    plan.steps.len(),
-                    plan.dag.depth(),
-                    plan.target.provider()
-                ),
-            )?;
-            // The process exits next: freeing a large plan piece by piece would only add to its run time.
-            std::mem::forget(compiled);
-        }
-        Command::Graph { plan, format } => {
-            let compiled = plan.compile()?;
-            let p = &compiled.plan;
-            let names: Vec<&str> = p.steps.iter().map(|s| s.id.as_str()).collect();
-            let kinds: Vec<&str> = p.steps.iter().map(|s| s.kind_name().as_str()).collect();
-            write(
-                &mut out,
-                &dag::render(&p.dag, &p.name, &names, &kinds, format),
-            )?;
-        }
-        Command::Apply {
-            plan,
-            run,
-            from,
-            parallelism,
-            no_wait,
-            wait,
-            yes,
-            run_key,
-            output,
-        } => {
-            let compiled = plan.compile()?;
-            let opts = ApplyOptions {
-                selector: run.selector(),
-                from,
-                parallelism,
-                wait: if no_wait {
-                    Some(std::time::Duration::ZERO)
-                } else {
-                    wait
-                },
-                run_key,
-                yes,
-                output,
-            };
-            return block_on(session::apply(&compiled.plan, opts));
-        }
-        Command::Doctor { plan, output } => {
-            let compiled = plan.compile()?;
-            let (text, code) = block_on(crate::doctor::doctor(&compiled.plan, output))?;
-            write(&mut out, &text)?;
-            return Ok(code);
-        }
-        Command::Preview {
-            plan,
-            run,
-            from,
-            run_key,
-        } => {
-            let compiled = plan.compile()?;
-            write(
-                &mut out,
-                &block_on(session::preview(
-                    &compiled.plan,
-                    &run.selector(),
-                    from.as_deref(),
-                    run_key.as_deref(),
-                ))?,
-            )?;
-        }
-        Command::Status {
-            plan,
-            run,
-            watch,
-            output,
-        } => {
-            let compiled = plan.compile()?;
-            let sel = RunSelector::named(run);
-            // Clearing the screen is for a terminal only; a pipe gets one table after another.
-            let clear = watch && std::io::IsTerminal::is_terminal(&std::io::stdout());
-            loop {
-                let (text, finished) = block_on(session::status_of(&compiled.plan, &sel, output))?;
-                if clear {
-                    write(&mut out, "\x1b[2J\x1b[H")?;
-                }
-                write(&mut out, &text)?;
-                out.flush()
-                    .map_err(|e| Error::io("cannot write to stdout", e))?;
-                // A finished run will not change: the watch ends with it.
-                if !watch || finished {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-        }
-        Command::Logs {
-            plan,
-            step,
-            run,
-            follow,
-        } => {
-            let compiled = plan.compile()?;
-            return block_on(session::logs(
-                &compiled.plan,
-                &RunSelector::named(run),
-                &step,
-                follow,
-            ));
-        }
-        Command::Connect {
-            plan,
-            run,
-            step,
-            port,
-            exec,
-        } => {
-            let compiled = plan.compile()?;
-            let text = block_on(crate::devenv::connect(
-                &compiled.plan,
-                &RunSelector::named(run),
-                step.as_deref(),
-                port,
-                exec,
-            ))?;
-            write(&mut out, &text)?;
-        }
-        Command::Extend {
-            plan,
-            run,
-            step,
-            ttl,
-        } => {
-            let compiled = plan.compile()?;
-            let text = block_on(crate::devenv::extend(
-                &compiled.plan,
-                &RunSelector::named(run),
-                step.as_deref(),
-                ttl,
-            ))?;
-            write(&mut out, &text)?;
-        }
-        Command::Render { plan, step, run } => {
-            let compiled = plan.compile()?;
-            let rendered = block_on(crate::render::render(
-                &compiled.plan,
-                &RunSelector::named(run),
-                &step,
-            ))?;
-            eprintln!("{}", rendered.note);
-            write(&mut out, &rendered.script)?;
-        }
-        Command::Runs(plan) => {
-            let compiled = plan.compile()?;
-            write(&mut out, &block_on(session::runs(&compiled.plan))?)?;
-        }
-        Command::Destroy { plan, run } => {
-            let compiled = plan.compile()?;
-            write(
-                &mut out,
-                &block_on(session::destroy(&compiled.plan, &RunSelector::named(run)))?,
-            )?;
-        }
-        Command::Gc {
-            plan,
-            yes,
-            include_kept,
-            stale_after,
-        } => {
-            let compiled = plan.compile()?;
-            let opts = crate::gc::GcOptions {
-                yes,
-                include_kept,
-                stale_after,
-            };
-            write(&mut out, &block_on(crate::gc::gc(&compiled.plan, opts))?)?;
-        }
-        Command::Unlock { plan, run, force } => {
-            if !force {
-                return Err(Error::Usage(
-                    "`plan unlock` breaks another process's lock; pass --force if its holder is gone".into(),
-                ));
-            }
-            let compiled = plan.compile()?;
-            write(
-                &mut out,
-                &block_on(session::unlock(&compiled.plan, &RunSelector::named(run)))?,
-            )?;
-        }
-        Command::Schema { events } => {
-            let schema = if events {
-                crate::event::schema()
-            } else {
-                plan_file::schema()
-            };
-            let text = serde_json::to_string_pretty(&schema).unwrap_or_default();
-            write(&mut out, &format!("{text}\n"))?;
-        }
-        Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "plan", &mut out);
-        }
-        // wrapper.sh's exit codes, not the CLI's.
-        Command::HostWrapper { args } => return Ok(crate::host::native::command::main(&args)),
-    }
-    Ok(exit::OK)
 }

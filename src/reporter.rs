@@ -182,11 +182,7 @@ fn human(event: &Event) -> String {
             code,
             ..
         } => {
-            let zone = availability_zone.as_deref().unwrap_or("any zone");
-            let place = match subnet {
-                Some(subnet) => format!("{zone} (subnet {subnet})"),
-                None => zone.to_string(),
-            };
+            let place = launch_place(availability_zone.as_deref(), subnet.as_deref());
             format!("  failover {step}: {market} {instance_type} in {place} failed ({code}); trying the next")
         }
         Event::StepOutput { step, key, value } => format!("  output   {step}.{key} = {value}"),
@@ -197,20 +193,38 @@ fn human(event: &Event) -> String {
             error,
             help,
             ..
-        } => {
-            match (error, help) {
-                (Some(e), Some(h)) => {
-                    format!("  {status:<8} {step} after {duration_secs:.1}s: {e}\n           = help: {h}")
-                }
-                (Some(e), None) => format!("  {status:<8} {step} after {duration_secs:.1}s: {e}"),
-                (None, _) => format!("  {status:<8} {step} ({duration_secs:.1}s)"),
-            }
-        }
+        } => finished_line(step, status, *duration_secs, error, help),
         Event::Notice { message } => message.clone(),
         Event::RunFinished {
             run,
             status,
             exit_code,
         } => format!("run {run} {status} (exit {exit_code})"),
+    }
+}
+
+/// Where a failed launch was tried: its zone (or any), and its subnet if the plan names subnets.
+fn launch_place(availability_zone: Option<&str>, subnet: Option<&str>) -> String {
+    let zone = availability_zone.unwrap_or("any zone");
+    match subnet {
+        Some(subnet) => format!("{zone} (subnet {subnet})"),
+        None => zone.to_string(),
+    }
+}
+
+/// A step's end: its status and duration, and its error and help apart.
+fn finished_line(
+    step: &str,
+    status: &str,
+    duration_secs: f64,
+    error: &Option<String>,
+    help: &Option<String>,
+) -> String {
+    match (error, help) {
+        (Some(e), Some(h)) => {
+            format!("  {status:<8} {step} after {duration_secs:.1}s: {e}\n           = help: {h}")
+        }
+        (Some(e), None) => format!("  {status:<8} {step} after {duration_secs:.1}s: {e}"),
+        (None, _) => format!("  {status:<8} {step} ({duration_secs:.1}s)"),
     }
 }

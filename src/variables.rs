@@ -80,41 +80,8 @@ pub fn resolve(
         }
     };
     for file in &overrides.var_files {
-        let text = match std::fs::read_to_string(file) {
-            Ok(text) => text,
-            Err(e) => {
-                problems.push(Diagnostic::new(
-                    file,
-                    Location::File,
-                    format!("cannot read var file: {e}"),
-                ));
-                continue;
-            }
-        };
-        sources.insert(file, text.clone());
-        match yaml::parse(&text) {
-            Ok(doc) => match doc.value {
-                yaml::Value::Mapping(map) => {
-                    for (k, v) in &map {
-                        let key = yaml::scalar_text(k);
-                        let location = doc
-                            .spans
-                            .key(&yaml::join_key("", &key))
-                            .map_or(Location::File, Location::Span);
-                        set(&key, yaml::to_json(v), file, location, problems);
-                    }
-                }
-                _ => problems.push(Diagnostic::new(
-                    file,
-                    Location::File,
-                    "a var file must be a mapping of variable names to values",
-                )),
-            },
-            Err(e) => problems.push(Diagnostic::new(
-                file,
-                e.span.map_or(Location::File, Location::Span),
-                e.message,
-            )),
+        for (key, value, location) in read_var_file(file, sources, problems) {
+            set(&key, value, file, location, problems);
         }
     }
     for (key, value) in &overrides.vars {
@@ -135,6 +102,58 @@ pub fn resolve(
         }
     }
     vars
+}
+
+/// The variables a `--var-file` sets, each with where it stands in the file. A file that cannot be read or is
+/// not a mapping is a problem, and sets nothing.
+fn read_var_file(
+    file: &Path,
+    sources: &mut Sources,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<(String, Json, Location)> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) => {
+            problems.push(Diagnostic::new(
+                file,
+                Location::File,
+                format!("cannot read var file: {e}"),
+            ));
+            return Vec::new();
+        }
+    };
+    sources.insert(file, text.clone());
+    match yaml::parse(&text) {
+        Ok(doc) => match doc.value {
+            yaml::Value::Mapping(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let key = yaml::scalar_text(k);
+                    let location = doc
+                        .spans
+                        .key(&yaml::join_key("", &key))
+                        .map_or(Location::File, Location::Span);
+                    (key, yaml::to_json(v), location)
+                })
+                .collect(),
+            _ => {
+                problems.push(Diagnostic::new(
+                    file,
+                    Location::File,
+                    "a var file must be a mapping of variable names to values",
+                ));
+                Vec::new()
+            }
+        },
+        Err(e) => {
+            problems.push(Diagnostic::new(
+                file,
+                e.span.map_or(Location::File, Location::Span),
+                e.message,
+            ));
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,24 +6,23 @@
 //! document cannot both succeed: the loser gets `Error::Conflict` and nothing is overwritten. Retries of
 //! throttling and 5xx errors are the SDK's (see `aws.rs`); nothing here retries a failed write.
 
+mod lock;
+mod lock_holder;
+mod save;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
+pub use lock::S3Lock;
+
 use crate::error::{Error, Result};
-use crate::state::s3_lock_lease::LockDoc;
 use crate::state::RunState;
 
 const STATE_FILE: &str = "state.json";
-const LOCK_FILE: &str = "lock.json";
-/// The plan's lock, beside the run prefixes (not a run: it has no `<run>/state.json`).
-const PLAN_LOCK_FILE: &str = "plan-lock.json";
-/// A lock object can vanish between our failed create and our read of it (its holder released it): try again.
-const LOCK_ATTEMPTS: usize = 3;
 
 pub struct S3Store {
     client: aws_sdk_s3::Client,
@@ -41,24 +40,6 @@ struct Seen {
     etag: String,
     lineage: String,
     serial: u64,
-}
-
-/// Proof that this process created a run's lock object. Release it explicitly: it does not end with the process.
-pub struct S3Lock {
-    client: aws_sdk_s3::Client,
-    bucket: String,
-    key: String,
-    owner: String,
-    /// Renews the lease while the lock is held (see s3_lock_lease).
-    renewal: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for S3Lock {
-    fn drop(&mut self) {
-        if let Some(task) = self.renewal.take() {
-            task.abort();
-        }
-    }
 }
 
 impl S3Store {
@@ -226,330 +207,6 @@ impl S3Store {
             .map_err(|e| self.sdk_error("PutObject", &key, e))?;
         Ok(())
     }
-
-    /// Takes the run's lock without waiting; a held lock names its holder.
-    pub async fn lock(&self, run: &str, plan_file: &Path) -> Result<S3Lock> {
-        self.acquire(self.key(run, LOCK_FILE))
-            .await?
-            .map_err(|holder| Error::Locked {
-                run: run.to_string(),
-                holder,
-                plan: plan_file.display().to_string(),
-            })
-    }
-
-    /// Takes the plan's lock (`<prefix>/<plan>/plan-lock.json`) without waiting: held while an apply picks or
-    /// creates its run, so that concurrent applies cannot each start one. A held lock names its holder.
-    pub async fn lock_plan(&self, plan_file: &Path) -> Result<S3Lock> {
-        self.acquire(self.plan_lock_key())
-            .await?
-            .map_err(|holder| Error::PlanLocked {
-                name: self.plan.clone(),
-                holder,
-                plan: plan_file.display().to_string(),
-            })
-    }
-
-    fn plan_lock_key(&self) -> String {
-        format!("{}{PLAN_LOCK_FILE}", self.base)
-    }
-
-    /// Creates a lock object with If-None-Match: *. Held by another: Ok(Err(holder description)).
-    async fn acquire(&self, key: String) -> Result<std::result::Result<S3Lock, String>> {
-        let owner = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-        let now = SystemTime::now();
-        let doc = LockDoc {
-            owner: owner.clone(),
-            pid: std::process::id(),
-            host: crate::state::store::hostname(),
-            since: humantime::format_rfc3339_seconds(now).to_string(),
-            expires: humantime::format_rfc3339_seconds(now + crate::state::s3_lock_lease::ttl())
-                .to_string(),
-        };
-        let body = serde_json::to_vec_pretty(&doc)
-            .map_err(|e| Error::runtime(format!("cannot encode lock: {e}")))?;
-        let mut holder = None;
-        for _ in 0..LOCK_ATTEMPTS {
-            let put = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .content_type("application/json")
-                .if_none_match("*")
-                .body(ByteStream::from(body.clone()))
-                .send()
-                .await;
-            match put {
-                Ok(out) => return Ok(Ok(self.held_lock(key, owner, &body, out.e_tag()))),
-                Err(e) if is_precondition_failure(&e) => {}
-                Err(e) => return Err(self.sdk_error("PutObject", &key, e)),
-            }
-            // Held. By whom? (If the SDK retried a create that had in fact succeeded, by us.)
-            let Some((bytes, etag)) = self.get(&key).await? else {
-                continue;
-            };
-            match LockDoc::parse(&bytes) {
-                Some(held) if held.owner == owner => {
-                    return Ok(Ok(self.held_lock(key, owner, &body, etag.as_deref())))
-                }
-                // A holder on this very host whose process is gone (kill -9, a crashed CI job) can never
-                // release it: break it, but only the exact object we read (If-Match), then try again.
-                Some(held) if holder_is_dead_here(&held) || held.expired(SystemTime::now()) => {
-                    tracing::warn!(
-                        "breaking the lock {}: its holder (pid {} on {}) is gone, or its lease expired at {} \
-                         and was not renewed",
-                        self.url(&key),
-                        held.pid,
-                        held.host,
-                        held.expires
-                    );
-                    let mut delete = self.client.delete_object().bucket(&self.bucket).key(&key);
-                    if let Some(etag) = &etag {
-                        delete = delete.if_match(etag);
-                    }
-                    delete
-                        .send()
-                        .await
-                        .map_err(|e| self.sdk_error("DeleteObject", &key, e))?;
-                    continue;
-                }
-                Some(held) => holder = Some(describe_holder(&held, SystemTime::now())),
-                None => {
-                    holder = Some(format!(
-                        "an unknown process (the lock object {} is unreadable)",
-                        self.url(&key)
-                    ))
-                }
-            }
-            break;
-        }
-        Ok(Err(holder.unwrap_or_else(|| "an unknown process".into())))
-    }
-
-    /// A lock we hold, with its lease renewed in the background until it is released or dropped.
-    fn held_lock(&self, key: String, owner: String, body: &[u8], etag: Option<&str>) -> S3Lock {
-        let doc = LockDoc::parse(body).unwrap_or_default();
-        let renewal = tokio::runtime::Handle::try_current().ok().map(|_| {
-            crate::state::s3_lock_lease::spawn_renewal(
-                self.client.clone(),
-                self.bucket.clone(),
-                key.clone(),
-                doc,
-                etag.map(str::to_string),
-            )
-        });
-        S3Lock {
-            client: self.client.clone(),
-            bucket: self.bucket.clone(),
-            key,
-            owner,
-            renewal,
-        }
-    }
-
-    /// Breaks a run's lock, whoever holds it. True if a lock object was removed.
-    pub async fn unlock(&self, run: &str) -> Result<bool> {
-        self.break_lock(self.key(run, LOCK_FILE)).await
-    }
-
-    /// Breaks the plan's lock, whoever holds it. True if a lock object was removed.
-    pub async fn unlock_plan(&self) -> Result<bool> {
-        self.break_lock(self.plan_lock_key()).await
-    }
-
-    async fn break_lock(&self, key: String) -> Result<bool> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => return Ok(false),
-            Err(e) => return Err(self.sdk_error("HeadObject", &key, e)),
-        }
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(|e| self.sdk_error("DeleteObject", &key, e))?;
-        Ok(true)
-    }
-
-    /// Writes state (serial + 1) if the stored document is still the one this store last read or wrote (or,
-    /// for a run this store has not seen, the one stored now). Anything else is a conflict: `state` is left
-    /// unchanged and nothing is overwritten.
-    /// Records the document just written, for the next save's condition. Without an ETag, the next save reads
-    /// the document first.
-    fn remember(&self, run: &str, etag: Option<&str>, state: &RunState) {
-        let mut seen = self.seen();
-        match etag {
-            Some(etag) => {
-                seen.insert(
-                    run.to_string(),
-                    Seen {
-                        etag: etag.to_string(),
-                        lineage: state.lineage.clone(),
-                        serial: state.serial,
-                    },
-                );
-            }
-            None => {
-                seen.remove(run);
-            }
-        }
-    }
-
-    /// `Some(etag)` when the object at `key` is exactly `body`.
-    async fn holds(&self, key: &str, body: &[u8]) -> Option<Option<String>> {
-        match self.get(key).await {
-            Ok(Some((bytes, etag))) if bytes == body => Some(etag),
-            _ => None,
-        }
-    }
-
-    pub async fn save(&self, state: &mut RunState) -> Result<()> {
-        let run = state.run_id.clone();
-        let key = self.key(&run, STATE_FILE);
-        let cached = self.seen().get(&run).cloned();
-        let expected = match cached {
-            Some(seen) => Some(seen),
-            None => {
-                // Never seen: read what is there (a corrupt document stops here, untouched).
-                self.load(&run).await?;
-                self.seen().get(&run).cloned()
-            }
-        };
-        let conflict = |state: &RunState| Error::Conflict {
-            run: state.run_id.clone(),
-            expected: state.serial,
-        };
-        if let Some(seen) = &expected {
-            if seen.lineage != state.lineage || seen.serial != state.serial {
-                return Err(conflict(state));
-            }
-        }
-        state.serial += 1;
-        let body = match serde_json::to_vec_pretty(state) {
-            Ok(b) => b,
-            Err(e) => {
-                state.serial -= 1;
-                return Err(Error::runtime(format!("cannot encode state: {e}")));
-            }
-        };
-        let put = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body.clone()));
-        let put = match &expected {
-            Some(seen) => put.if_match(&seen.etag),
-            None => put.if_none_match("*"),
-        };
-        match put.send().await {
-            Ok(out) => {
-                self.remember(&run, out.e_tag(), state);
-                Ok(())
-            }
-            // The SDK retries a write whose answer was lost (a timeout, a 500 after S3 stored it); the retry then
-            // fails its own condition. If what is there is byte for byte what we wrote, the write is ours.
-            Err(e) if is_precondition_failure(&e) => match self.holds(&key, &body).await {
-                Some(etag) => {
-                    self.remember(&run, etag.as_deref(), state);
-                    Ok(())
-                }
-                None => {
-                    state.serial -= 1;
-                    Err(conflict(state))
-                }
-            },
-            Err(e) => {
-                state.serial -= 1;
-                // If-Match on a key that is gone answers 404 NoSuchKey: the document we followed was deleted.
-                let gone = expected.is_some()
-                    && (e.code() == Some("NoSuchKey")
-                        || e.raw_response().is_some_and(|r| r.status().as_u16() == 404));
-                if gone {
-                    Err(conflict(state))
-                } else {
-                    Err(self.sdk_error("PutObject", &key, e))
-                }
-            }
-        }
-    }
-}
-
-impl S3Lock {
-    /// Deletes the lock object if it is still ours. A lock that was broken (and perhaps taken by another
-    /// apply) is left alone, with a warning.
-    pub async fn release(mut self) -> Result<()> {
-        if let Some(task) = self.renewal.take() {
-            task.abort();
-        }
-        let url = format!("s3://{}/{}", self.bucket, self.key);
-        let fail = |op: &str, e: &dyn std::error::Error| {
-            Error::runtime(format!("S3 {op} {url} failed: {}", DisplayErrorContext(e)))
-        };
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                tracing::warn!("lock {url} was already gone (broken with `plan unlock --force`?)");
-                return Ok(());
-            }
-            Err(e) => return Err(fail("GetObject", &e)),
-        };
-        let etag = out.e_tag().map(str::to_string);
-        let bytes = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| fail("GetObject", &e))?
-            .into_bytes();
-        let owner = LockDoc::parse(&bytes).map(|d| d.owner);
-        if owner.as_deref() != Some(self.owner.as_str()) {
-            tracing::warn!(
-                "lock {url} is no longer ours (it was broken and taken again); left alone"
-            );
-            return Ok(());
-        }
-        let mut delete = self
-            .client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&self.key);
-        if let Some(etag) = etag {
-            // Only the object we just read: a lock broken and re-taken in between stays.
-            delete = delete.if_match(etag);
-        }
-        match delete.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_precondition_failure(&e) => {
-                tracing::warn!("lock {url} changed while being released; left alone");
-                Ok(())
-            }
-            Err(e)
-                if e.code() == Some("NoSuchKey")
-                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(fail("DeleteObject", &e)),
-        }
-    }
 }
 
 /// `<prefix>/<plan>/` without a leading slash (and no empty segment for an empty prefix).
@@ -572,53 +229,6 @@ pub(crate) fn is_precondition_failure<E: ProvideErrorMetadata>(e: &SdkError<E>) 
         .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412))
 }
 
-/// `pid P on HOST since T (expires E[, expired])`.
-fn describe_holder(held: &LockDoc, now: SystemTime) -> String {
-    let text = |t: &str| {
-        if t.is_empty() {
-            "?".to_string()
-        } else {
-            t.to_string()
-        }
-    };
-    let expired = humantime::parse_rfc3339(&held.expires).is_ok_and(|t| t <= now);
-    let pid = if held.pid == 0 {
-        "?".to_string()
-    } else {
-        held.pid.to_string()
-    };
-    format!(
-        "pid {pid} on {} since {} (expires {}{})",
-        text(&held.host),
-        text(&held.since),
-        text(&held.expires),
-        if expired { ", expired" } else { "" }
-    )
-}
-
-/// Whether a lock's holder ran on this host and its process no longer exists.
-fn holder_is_dead_here(held: &LockDoc) -> bool {
-    let same_host = held.host == crate::state::store::hostname();
-    let pid = i32::try_from(held.pid).ok();
-    match (same_host, pid) {
-        (true, Some(pid)) if pid > 0 => {
-            matches!(
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-                Err(nix::errno::Errno::ESRCH)
-            ) || is_zombie(pid)
-        }
-        _ => false,
-    }
-}
-
-/// A zombie holds no lock: it has exited, only its parent has not reaped it yet.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,24 +246,5 @@ mod tests {
         assert_eq!(base_prefix("/", "p"), "p/");
         assert_eq!(base_prefix("pfx", "p"), "pfx/p/");
         assert_eq!(base_prefix("/a/b/", "p"), "a/b/p/");
-    }
-
-    #[test]
-    fn holder_says_when_the_lock_expired() {
-        let held = LockDoc::parse(
-            br#"{"owner": "x", "pid": 42, "host": "h",
-                 "since": "2024-01-01T00:00:00Z", "expires": "2024-01-01T01:00:00Z"}"#,
-        )
-        .expect("a lock document");
-        let before = humantime::parse_rfc3339("2024-01-01T00:30:00Z").expect("time");
-        let after = humantime::parse_rfc3339("2024-01-01T02:00:00Z").expect("time");
-        assert_eq!(
-            describe_holder(&held, before),
-            "pid 42 on h since 2024-01-01T00:00:00Z (expires 2024-01-01T01:00:00Z)"
-        );
-        assert_eq!(
-            describe_holder(&held, after),
-            "pid 42 on h since 2024-01-01T00:00:00Z (expires 2024-01-01T01:00:00Z, expired)"
-        );
     }
 }
