@@ -16,8 +16,6 @@ use crate::error::{exit, Error, Result};
 use crate::plan::{Plan, Target};
 use crate::reporter::OutputFormat;
 
-pub use quotas::{quota_for, QuotaCode};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -80,12 +78,6 @@ impl Check {
             status: Status::Warn,
             ..Check::fail(name, detail, fix)
         }
-    }
-
-    /// Marks a check whose failure does not stop a run (reported, exit code unaffected).
-    pub fn optional(mut self) -> Check {
-        self.required = false;
-        self
     }
 
     fn blocks(&self) -> bool {

@@ -10,10 +10,6 @@ use crate::reporter::OutputFormat;
 use crate::run::session::{require, store, RunSelector};
 use crate::state::{self, RunState, StepState, StepStatus};
 
-pub async fn status(plan: &Plan, sel: &RunSelector, output: OutputFormat) -> Result<String> {
-    status_of(plan, sel, output).await.map(|(text, _)| text)
-}
-
 /// The status text, and whether the run is finished (`status --watch` stops then).
 pub async fn status_of(
     plan: &Plan,

@@ -256,11 +256,6 @@ pub fn from_str<T: DeserializeOwned>(source: &str) -> Result<T, YamlError> {
     serde_yaml::from_value(doc.value).map_err(serde_yaml_error)
 }
 
-/// Deserializes `T` from a part of a parsed document.
-pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, serde_yaml::Error> {
-    serde_yaml::from_value(value)
-}
-
 /// Converts a YAML value to JSON for templates and state (YAML-only keys become strings).
 pub fn to_json(value: &Value) -> serde_json::Value {
     match value {

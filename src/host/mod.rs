@@ -4,10 +4,10 @@
 //! The other shell scripts here (volume.sh, ttl.sh) run on hosts too.
 
 pub mod local;
-pub mod native;
+pub(crate) mod native;
 pub mod protocol;
 pub mod ssm;
-pub mod ssm_command_size;
+pub(crate) mod ssm_command_size;
 pub mod ssm_files;
 pub mod ssm_poll;
 

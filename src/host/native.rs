@@ -15,10 +15,10 @@ mod supervisor;
 
 use std::path::PathBuf;
 
-pub use control::{cancel, wait, wait_pace};
-pub use launch::{launch, LaunchRequest, Launched, Spawn};
+pub use control::cancel;
+pub use launch::{launch, LaunchRequest, Launched};
 pub use report::Report;
-pub use status_dir::{State, StatusDir};
+pub use status_dir::StatusDir;
 
 /// The `plan` binary that runs supervisors: `SORTIE_PLAN_EXE` if set, else this executable, except in a
 /// test binary of the library (`target/debug/deps/sortie-*`), where it is the `plan` built beside it.

@@ -5,17 +5,17 @@
 //! running step is watched for stalls (`stall`, and `step_watch` on AWS); its files are shipped (`step_files`),
 //! its log kept (`step_logs`), and secret outputs held in memory only (`secret_outputs`).
 
-pub mod concurrency;
+pub(crate) mod concurrency;
 mod local_wait;
 pub mod reentry;
-pub mod run_key;
+pub(crate) mod run_key;
 mod run_step;
-pub mod secret_outputs;
-pub mod session;
+pub(crate) mod secret_outputs;
+pub(crate) mod session;
 mod ssm_wait;
-pub mod stall;
-pub mod step;
-pub mod step_files;
-pub mod step_logs;
+pub(crate) mod stall;
+pub(crate) mod step;
+pub(crate) mod step_files;
+pub(crate) mod step_logs;
 pub mod step_watch;
 pub mod walker;

@@ -13,7 +13,7 @@ use crate::target::Target;
 
 pub use crate::logs::logs;
 use crate::status::fmt_time;
-pub use crate::status::{runs, status, status_of};
+pub use crate::status::{runs, status_of};
 
 /// Which run a command is about.
 #[derive(Debug, Clone, Default)]

@@ -1,10 +1,10 @@
 //! Run state: one document per run, checkpointed after every transition (see DESIGN.md, "State and re-entry").
 
 pub mod dir_store;
-pub mod handle;
+pub(crate) mod handle;
 pub mod journal;
-pub mod lock_probe;
-pub mod s3_lock_lease;
+pub(crate) mod lock_probe;
+pub(crate) mod s3_lock_lease;
 pub mod s3_store;
 pub mod store;
 

@@ -3,7 +3,7 @@
 //! instances and EBS volumes reached through SSM.
 
 pub mod aws;
-pub mod local;
+pub(crate) mod local;
 
 use indexmap::IndexMap;
 

@@ -15,14 +15,14 @@
 //! failover over types × zones/subnets × markets), `ec2` (instances), `ebs` (volumes), `waits` (polling),
 //! `tags` (what a run or a tag owns), `user_data` (the lifetime guard), `error` (the SDK error converter).
 
-pub mod config;
+pub(crate) mod config;
 mod ebs;
 mod ec2;
-pub mod error;
-pub mod launch;
-pub mod objects;
+pub(crate) mod error;
+pub(crate) mod launch;
+pub(crate) mod objects;
 mod tags;
-pub mod target;
+pub(crate) mod target;
 mod user_data;
 mod waits;
 
