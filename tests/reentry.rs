@@ -607,3 +607,96 @@ fn test_e2e_destroy_stops_a_detached_step_left_running() {
     assert!(hosts.is_empty(), "{hosts:?}");
     assert_eq!(marker_lines(&markers, "s4"), 0);
 }
+
+/// A run started by an older sortie stored each handle as a plain string map (`{"status_dir": …}`). After an
+/// upgrade, apply must still find the detached step through it and re-attach, not start it again.
+#[test]
+fn test_e2e_reentry_reads_the_untagged_handles_of_older_runs() {
+    let (t, _reaper) = sandbox("p.yaml", PLAN);
+    let dir = t.dir.path();
+    let markers = dir.join("markers");
+    std::fs::create_dir(&markers).expect("mkdir");
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "p.yaml", "--output", "json"];
+        args.extend_from_slice(extra);
+        let mut c = plan_cmd(dir, &args);
+        c.env("MARKERS", &markers);
+        run_cmd(c, Duration::from_secs(60))
+    };
+    let first = apply(&["--no-wait"]);
+    assert_eq!(first.code, Some(4), "{}", first.show());
+    let files = state_files(dir, "reentry");
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut doc: Json =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read")).expect("json");
+    let mut rewritten = 0;
+    for st in doc["steps"].as_object_mut().expect("steps").values_mut() {
+        let Some(handle) = st.get_mut("handle").and_then(Json::as_object_mut) else {
+            continue;
+        };
+        if handle.remove("kind").is_some() {
+            rewritten += 1;
+        }
+    }
+    assert!(
+        doc["steps"]["train"]["handle"]["status_dir"].is_string(),
+        "{doc:#}"
+    );
+    assert!(rewritten >= 5, "handles rewritten: {rewritten}\n{doc:#}");
+    std::fs::write(&files[0], serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
+
+    let second = apply(&[]);
+    assert_eq!(second.code, Some(0), "{}", second.show());
+    let evs = events(&second.stdout);
+    assert!(
+        has_event(&evs, "step_reattached", Some("train")),
+        "{}",
+        second.show()
+    );
+    for step in RUN_STEPS {
+        assert_eq!(
+            marker_lines(&markers, step),
+            1,
+            "step {step}\n{}",
+            second.show()
+        );
+    }
+    // Written back in the tagged form.
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    assert!(text.contains("\"kind\": \"local_run\""), "{text}");
+}
+
+/// A handle of a kind no sortie writes is refused with exit 2, naming the state file, and the file is untouched.
+#[test]
+fn test_e2e_reentry_refuses_an_unknown_handle() {
+    let (t, _reaper) = sandbox("p.yaml", PLAN);
+    let dir = t.dir.path();
+    let markers = dir.join("markers");
+    std::fs::create_dir(&markers).expect("mkdir");
+    let apply = |extra: &[&str]| {
+        let mut args = vec!["apply", "p.yaml", "--output", "json"];
+        args.extend_from_slice(extra);
+        let mut c = plan_cmd(dir, &args);
+        c.env("MARKERS", &markers);
+        run_cmd(c, Duration::from_secs(60))
+    };
+    let first = apply(&["--no-wait"]);
+    assert_eq!(first.code, Some(4), "{}", first.show());
+    let files = state_files(dir, "reentry");
+    let mut doc: Json =
+        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read")).expect("json");
+    doc["steps"]["train"]["handle"] = serde_json::json!({ "kind": "rocket", "pad": "39A" });
+    let bad = serde_json::to_vec_pretty(&doc).expect("json");
+    std::fs::write(&files[0], &bad).expect("write");
+
+    let second = apply(&[]);
+    assert_eq!(second.code, Some(2), "{}", second.show());
+    assert!(
+        second.stderr.contains("state.json") && second.stderr.contains("rocket"),
+        "{}",
+        second.show()
+    );
+    assert_eq!(std::fs::read(&files[0]).expect("read"), bad);
+    // The detached step is still the first apply's; let it end before the sandbox goes.
+    wait_finished_on_host(dir, "train");
+}
