@@ -22,8 +22,8 @@ pub(super) struct Pending {
 impl super::Compiler {
     /// The steps that can be typed, in plan order; the others are reported.
     pub(super) fn read_steps(&mut self, steps: Vec<(String, &yaml::Value)>) -> Vec<Pending> {
-        let mut out = Vec::new();
-        let mut aliases: HashMap<String, String> = HashMap::new();
+        let mut out = Vec::with_capacity(steps.len());
+        let mut aliases: HashMap<String, String> = HashMap::with_capacity(steps.len());
         for (id, value) in steps {
             let Some(p) = self.read_step(id, value) else {
                 continue;

@@ -62,13 +62,14 @@ impl Compiler {
                     self.check_refs(me, path, &refs, ctx, uses, None);
                 }
             }
+            // Key paths are spelled out only towards a template: most of a step is plain values.
             Json::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
+                for (i, item) in items.iter().enumerate().filter(|(_, v)| holds_template(v)) {
                     self.template_refs(me, &format!("{path}[{i}]"), item, ctx, uses);
                 }
             }
             Json::Object(map) => {
-                for (k, v) in map {
+                for (k, v) in map.iter().filter(|(_, v)| holds_template(v)) {
                     self.template_refs(me, &yaml::join_key(path, k), v, ctx, uses);
                 }
             }
@@ -126,6 +127,16 @@ impl Compiler {
             Some(found @ Location::Span(_)) => found,
             _ => self.at(origin),
         }
+    }
+}
+
+/// Whether a string somewhere in `json` is a template.
+fn holds_template(json: &Json) -> bool {
+    match json {
+        Json::String(s) => template::is_template(s),
+        Json::Array(items) => items.iter().any(holds_template),
+        Json::Object(map) => map.values().any(holds_template),
+        _ => false,
     }
 }
 

@@ -181,6 +181,10 @@ impl Compiler {
         source: &str,
         file: Option<&Path>,
     ) {
+        // Without template syntax there is no value to place, and nothing to refuse.
+        if !template::is_template(source) {
+            return;
+        }
         if template::references(&self.env, origin, source).is_err() {
             return; // the syntax error is reported where the references are checked
         }
