@@ -3,7 +3,7 @@
 //!   decide what to run — everything `plan apply` does before it starts the first new step;
 //! - checkpoint write latency of the directory store (temp file, fsync, rename, directory fsync), p50 and p99.
 //!
-//! Run: `cargo bench --bench runner`.
+//! Run: `cargo bench --bench runner` (`-- quick` for the small sizes, `-- reentry` for re-entry only).
 
 use std::time::{Duration, Instant};
 
@@ -169,12 +169,16 @@ fn checkpoints(dir: &std::path::Path, n: usize, writes: usize) {
 }
 
 fn main() {
-    // `cargo bench --bench runner -- quick`: the small sizes only.
+    // `cargo bench --bench runner -- quick`: the small sizes only; `-- reentry`: the re-entry figures only.
     let quick = std::env::args().any(|a| a == "quick");
+    let reentry_only = std::env::args().any(|a| a == "reentry");
     let dir = tempfile::tempdir().expect("tempdir");
     let sizes: &[usize] = if quick { &[1000] } else { &[1000, 10_000] };
     for &n in sizes {
         reentry(dir.path(), n, if n > 1000 { 5 } else { 20 });
+    }
+    if reentry_only {
+        return;
     }
     let sizes: &[usize] = if quick { &[200] } else { &[200, 2000, 10_000] };
     for &n in sizes {

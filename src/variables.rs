@@ -55,103 +55,105 @@ pub fn resolve(
     sources: &mut Sources,
     problems: &mut Vec<Diagnostic>,
 ) -> IndexMap<String, Json> {
-    let mut vars = declared.clone();
-    let mut set = |key: &str,
-                   value: Json,
-                   origin: &Path,
-                   location: Location,
-                   problems: &mut Vec<Diagnostic>| {
-        if vars.contains_key(key) {
-            vars.insert(key.to_string(), value);
-        } else {
-            let mut d = Diagnostic::new(
-                origin,
-                location,
-                format!(
-                    "variable `{key}` is not declared in the plan's `vars` ({})",
-                    plan_file.display()
-                ),
-            );
-            d = match did_you_mean(key, declared.keys().map(String::as_str)) {
-                Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                None => d.with_help("declare it under `vars:` with a default"),
-            };
-            problems.push(d);
-        }
+    let mut r = Resolution {
+        plan_file,
+        declared,
+        vars: declared.clone(),
+        problems,
     };
     for file in &overrides.var_files {
-        for (key, value, location) in read_var_file(file, sources, problems) {
-            set(&key, value, file, location, problems);
-        }
+        r.var_file(file, sources);
     }
     for (key, value) in &overrides.vars {
-        set(
+        r.set(
             key,
             Json::String(value.clone()),
             Path::new("--var"),
             Location::KeyPath(key.clone()),
-            problems,
         );
     }
     // The environment may be shared by several plans: undeclared SORTIE_VAR_* are ignored, not errors.
     for (name, value) in &overrides.env {
         if let Some(key) = name.strip_prefix(ENV_PREFIX) {
-            if vars.contains_key(key) {
-                vars.insert(key.to_string(), Json::String(value.clone()));
+            if r.vars.contains_key(key) {
+                r.vars.insert(key.to_string(), Json::String(value.clone()));
             }
         }
     }
-    vars
+    r.vars
 }
 
-/// The variables a `--var-file` sets, each with where it stands in the file. A file that cannot be read or is
-/// not a mapping is a problem, and sets nothing.
-fn read_var_file(
-    file: &Path,
-    sources: &mut Sources,
-    problems: &mut Vec<Diagnostic>,
-) -> Vec<(String, Json, Location)> {
-    let text = match std::fs::read_to_string(file) {
-        Ok(text) => text,
-        Err(e) => {
-            problems.push(Diagnostic::new(
-                file,
-                Location::File,
-                format!("cannot read var file: {e}"),
-            ));
-            return Vec::new();
+/// The variables as resolved so far, and the problems found on the way.
+struct Resolution<'a> {
+    plan_file: &'a Path,
+    declared: &'a IndexMap<String, Json>,
+    vars: IndexMap<String, Json>,
+    problems: &'a mut Vec<Diagnostic>,
+}
+
+impl Resolution<'_> {
+    /// Sets a declared variable; an undeclared one is a problem at `origin`.
+    fn set(&mut self, key: &str, value: Json, origin: &Path, location: Location) {
+        if self.vars.contains_key(key) {
+            self.vars.insert(key.to_string(), value);
+            return;
         }
-    };
-    sources.insert(file, text.clone());
-    match yaml::parse(&text) {
-        Ok(doc) => match doc.value {
-            yaml::Value::Mapping(map) => map
-                .iter()
-                .map(|(k, v)| {
-                    let key = yaml::scalar_text(k);
-                    let location = doc
-                        .spans
-                        .key(&yaml::join_key("", &key))
-                        .map_or(Location::File, Location::Span);
-                    (key, yaml::to_json(v), location)
-                })
-                .collect(),
-            _ => {
-                problems.push(Diagnostic::new(
+        let d = Diagnostic::new(
+            origin,
+            location,
+            format!(
+                "variable `{key}` is not declared in the plan's `vars` ({})",
+                self.plan_file.display()
+            ),
+        );
+        self.problems.push(
+            match did_you_mean(key, self.declared.keys().map(String::as_str)) {
+                Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                None => d.with_help("declare it under `vars:` with a default"),
+            },
+        );
+    }
+
+    /// Sets every variable of a `--var-file`, a YAML mapping.
+    fn var_file(&mut self, file: &Path, sources: &mut Sources) {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                self.problems.push(Diagnostic::new(
                     file,
                     Location::File,
-                    "a var file must be a mapping of variable names to values",
+                    format!("cannot read var file: {e}"),
                 ));
-                Vec::new()
+                return;
             }
-        },
-        Err(e) => {
-            problems.push(Diagnostic::new(
+        };
+        sources.insert(file, text.clone());
+        let doc = match yaml::parse(&text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                self.problems.push(Diagnostic::new(
+                    file,
+                    e.span.map_or(Location::File, Location::Span),
+                    e.message,
+                ));
+                return;
+            }
+        };
+        let yaml::Value::Mapping(map) = &doc.value else {
+            self.problems.push(Diagnostic::new(
                 file,
-                e.span.map_or(Location::File, Location::Span),
-                e.message,
+                Location::File,
+                "a var file must be a mapping of variable names to values",
             ));
-            Vec::new()
+            return;
+        };
+        for (k, v) in map {
+            let key = yaml::scalar_text(k);
+            let location = doc
+                .spans
+                .key(&yaml::join_key("", &key))
+                .map_or(Location::File, Location::Span);
+            self.set(&key, yaml::to_json(v), file, location);
         }
     }
 }

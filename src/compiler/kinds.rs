@@ -1,12 +1,12 @@
 //! The kind-specific part of a step: an instance's placement and lifetimes, a volume and its mount, a teardown.
 
-use std::collections::HashMap;
-
-use super::{Compiler, StepCtx, VOLUME_TYPES};
-use crate::plan::{InstanceSpec, Step, StepKind, Target, TeardownSpec, VolumeSpec};
+use super::step::StepCtx;
+use super::Compiler;
+use crate::plan::{InstanceSpec, StepKind, Target, TeardownSpec, VolumeSpec};
 use crate::plan_file::RawStep;
 use crate::template;
-use crate::yaml;
+
+const VOLUME_TYPES: &[&str] = &["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"];
 
 impl Compiler {
     pub(super) fn instance(
@@ -150,26 +150,29 @@ impl Compiler {
                 if !self.step_ref(me, host, &origin, ctx, field) {
                     return None;
                 }
-                if !ctx.instances.contains(host) {
+                if !ctx.names.instances.contains(host) {
                     self.error_help(
                         self.at(&origin),
                         format!("`{field}` must name an instance step, but `{host}` is not one"),
-                        format!("the instance steps are: {}", ctx.instances.join(", ")),
+                        format!("the instance steps are: {}", ctx.names.instances.join(", ")),
                     );
                     return None;
                 }
                 deps.push((host.clone(), origin));
                 Some(host.clone())
             }
-            None if ctx.instances.len() == 1 => {
-                deps.push((ctx.instances[0].clone(), origin));
-                Some(ctx.instances[0].clone())
+            None if ctx.names.instances.len() == 1 => {
+                deps.push((ctx.names.instances[0].clone(), origin));
+                Some(ctx.names.instances[0].clone())
             }
             None => {
-                let help = if ctx.instances.is_empty() {
+                let help = if ctx.names.instances.is_empty() {
                     "add a step with `kind: instance`".to_string()
                 } else {
-                    format!("set `{field}:` to one of: {}", ctx.instances.join(", "))
+                    format!(
+                        "set `{field}:` to one of: {}",
+                        ctx.names.instances.join(", ")
+                    )
                 };
                 self.error_help(
                     self.key_at(path),
@@ -270,37 +273,6 @@ impl Compiler {
         false
     }
 
-    /// Two volumes mounted at the same point of one instance would hide one another.
-    pub(super) fn duplicate_mounts(&mut self, steps: &[Step]) {
-        let mut seen: HashMap<(&str, String), &str> = HashMap::new();
-        for step in steps {
-            let StepKind::Volume(v) = &step.kind else {
-                continue;
-            };
-            if template::is_template(&v.mount) {
-                continue;
-            }
-            let normal: Vec<&str> = v
-                .mount
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .collect();
-            let key = (v.attach_to.as_str(), normal.join("/"));
-            if let Some(&first) = seen.get(&key) {
-                self.error_help(
-                    self.at(&format!("{}.mount", yaml::join_key("steps", &step.id))),
-                    format!(
-                        "volumes `{first}` and `{}` are both mounted at `{}` on instance `{}`",
-                        step.id, v.mount, v.attach_to
-                    ),
-                    "give each volume of an instance its own mount point",
-                );
-            } else {
-                seen.insert(key, &step.id);
-            }
-        }
-    }
-
     pub(super) fn teardown(
         &mut self,
         me: &str,
@@ -309,12 +281,12 @@ impl Compiler {
         ctx: &StepCtx<'_>,
     ) -> Option<StepKind> {
         let destroys = match &raw.destroys {
-            None => ctx.resources.to_vec(),
+            None => ctx.names.resources.to_vec(),
             Some(list) => {
                 for (i, id) in list.iter().enumerate() {
                     let origin = format!("{path}.destroys[{i}]");
                     if self.step_ref(me, id, &origin, ctx, "destroys")
-                        && !ctx.resources.contains(id)
+                        && !ctx.names.resources.contains(id)
                     {
                         self.error(
                             self.at(&origin),

@@ -1,32 +1,66 @@
 //! A run step: its script (inline or a template file, checked for the shell context of every value it
 //! interpolates), env, heartbeat, lock and files.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use super::{valid_name, Compiler, Pending, StepCtx, SSM_MAX_TIMEOUT};
+use super::pending::Pending;
+use super::step::{StepCtx, Uses};
+use super::{valid_name, Compiler, SSM_MAX_TIMEOUT};
 use crate::diagnostic::{Diagnostic, Location, Span};
 use crate::loader;
 use crate::plan::{HeartbeatSpec, RunSpec, Script, StepKind, Target};
+use crate::plan_file::RawHeartbeat;
 use crate::script_template;
 use crate::template;
 
 impl Compiler {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn run_step(
         &mut self,
         p: &Pending,
         path: &str,
         ctx: &StepCtx<'_>,
         timeout: Option<Duration>,
-        deps: &mut Vec<(String, String)>,
-        used_vars: &mut BTreeSet<String>,
+        uses: &mut Uses,
     ) -> Option<StepKind> {
         let raw = &p.raw;
-        let on = self.host_ref(&p.id, path, "on", raw.on.as_ref(), ctx, deps);
+        let on = self.host_ref(&p.id, path, "on", raw.on.as_ref(), ctx, &mut uses.deps);
         let detach = raw.detach.unwrap_or(false);
-        let script = match (&raw.script, &raw.run) {
+        let script = self.script(p, path, ctx, uses);
+        if let Some(lock) = &raw.lock {
+            if !valid_name(lock) {
+                self.error_help(
+                    self.at(&format!("{path}.lock")),
+                    format!("invalid lock name `{lock}`"),
+                    "use letters, digits, `-`, `_` and `.`",
+                );
+            }
+        }
+        if matches!(ctx.target, Some(Target::Aws { .. })) && !detach {
+            self.attached_timeout(&p.id, path, timeout);
+        }
+        let (files, files_digest) = self.step_files(&p.id, path, raw.files.as_ref());
+        let heartbeat = self.heartbeat(path, raw.heartbeat.clone().unwrap_or_default(), ctx);
+        Some(StepKind::Run(RunSpec {
+            on: on?,
+            script: script?,
+            detach,
+            lock: raw.lock.clone(),
+            heartbeat,
+            files,
+            files_digest,
+        }))
+    }
+
+    /// The script of a run step: inline (`run`) or a template file (`script`), exactly one of them.
+    fn script(
+        &mut self,
+        p: &Pending,
+        path: &str,
+        ctx: &StepCtx<'_>,
+        uses: &mut Uses,
+    ) -> Option<Script> {
+        match (&p.raw.script, &p.raw.run) {
             (Some(_), Some(_)) => {
                 self.error_help(
                     self.key_at(&format!("{path}.run")),
@@ -51,33 +85,26 @@ impl Compiler {
                     source: inline.clone(),
                 })
             }
-            (Some(file), None) => self.script_file(&p.id, path, file, ctx, deps, used_vars),
-        };
-        if let Some(lock) = &raw.lock {
-            if !valid_name(lock) {
-                self.error_help(
-                    self.at(&format!("{path}.lock")),
-                    format!("invalid lock name `{lock}`"),
-                    "use letters, digits, `-`, `_` and `.`",
-                );
-            }
+            (Some(file), None) => self.script_file(&p.id, path, file, ctx, uses),
         }
-        if matches!(ctx.target, Some(Target::Aws { .. })) && !detach {
-            if let Some(t) = timeout.filter(|t| *t > SSM_MAX_TIMEOUT) {
-                self.error_help(
-                    self.at(&format!("{path}.timeout")),
-                    format!(
-                        "step `{}` has a timeout of {} but is attached; SSM commands run at most 48h",
-                        p.id,
-                        humantime::format_duration(t)
-                    ),
-                    "set `detach: true` for steps longer than 48 hours",
-                );
-            }
+    }
+
+    /// An attached step on aws is an SSM command, which runs at most 48 hours.
+    fn attached_timeout(&mut self, id: &str, path: &str, timeout: Option<Duration>) {
+        if let Some(t) = timeout.filter(|t| *t > SSM_MAX_TIMEOUT) {
+            self.error_help(
+                self.at(&format!("{path}.timeout")),
+                format!(
+                    "step `{id}` has a timeout of {} but is attached; SSM commands run at most 48h",
+                    humantime::format_duration(t)
+                ),
+                "set `detach: true` for steps longer than 48 hours",
+            );
         }
-        let (files, files_digest) = self.step_files(&p.id, path, raw.files.as_ref());
-        let hb = raw.heartbeat.clone().unwrap_or_default();
-        let heartbeat = HeartbeatSpec {
+    }
+
+    fn heartbeat(&mut self, path: &str, hb: RawHeartbeat, ctx: &StepCtx<'_>) -> HeartbeatSpec {
+        HeartbeatSpec {
             stale_after: self.duration(
                 &format!("{path}.heartbeat.stale_after"),
                 hb.stale_after.as_deref(),
@@ -90,16 +117,7 @@ impl Compiler {
             ),
             progress: hb.progress,
             metrics: hb.metrics,
-        };
-        Some(StepKind::Run(RunSpec {
-            on: on?,
-            script: script?,
-            detach,
-            lock: raw.lock.clone(),
-            heartbeat,
-            files,
-            files_digest,
-        }))
+        }
     }
 
     pub(super) fn script_file(
@@ -108,8 +126,7 @@ impl Compiler {
         path: &str,
         file: &str,
         ctx: &StepCtx<'_>,
-        deps: &mut Vec<(String, String)>,
-        used_vars: &mut BTreeSet<String>,
+        uses: &mut Uses,
     ) -> Option<Script> {
         let origin = format!("{path}.script");
         let full = self.dir.join(file);
@@ -131,15 +148,7 @@ impl Compiler {
         };
         self.sources.insert(&full, source.clone());
         match template::references(&self.env, file, &source) {
-            Ok(refs) => self.check_refs(
-                me,
-                &origin,
-                &refs,
-                ctx,
-                deps,
-                used_vars,
-                Some((&full, &source)),
-            ),
+            Ok(refs) => self.check_refs(me, &origin, &refs, ctx, uses, Some((&full, &source))),
             Err(e) => {
                 let location = match (e.line(), e.range()) {
                     (Some(line), range) => Location::Span(span_in(&source, line, range)),
@@ -172,6 +181,10 @@ impl Compiler {
         source: &str,
         file: Option<&Path>,
     ) {
+        // Without template syntax there is no value to place, and nothing to refuse.
+        if !template::is_template(source) {
+            return;
+        }
         if template::references(&self.env, origin, source).is_err() {
             return; // the syntax error is reported where the references are checked
         }

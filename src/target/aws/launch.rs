@@ -33,6 +33,16 @@ struct Slot {
     subnet: Option<String>,
 }
 
+/// What every RunInstances request of one launch shares; the type, slot and market vary between attempts.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    spec: &'a InstanceSpec,
+    tags: &'a Tags,
+    image: &'a str,
+    root_device: &'a str,
+    user_data: Option<&'a str>,
+}
+
 /// One failed launch attempt, for the final error.
 struct Attempt {
     instance_type: String,
@@ -55,12 +65,15 @@ impl AwsProvider {
         market: &str,
     ) -> std::result::Result<(), aws_sdk_ec2::error::SdkError<RunInstancesError>> {
         let root_device = self.root_device_name(image).await;
-        self.run_request(
+        let shared = Request {
             spec,
             tags,
             image,
-            &root_device,
-            None,
+            root_device: &root_device,
+            user_data: None,
+        };
+        self.run_request(
+            &shared,
             instance_type,
             // The first subnet, as apply's first attempt: IAM may judge subnets apart.
             &Slot {
@@ -111,6 +124,13 @@ impl AwsProvider {
             Market::SpotThenOnDemand => &["spot", "on-demand"],
         };
 
+        let shared = Request {
+            spec,
+            tags,
+            image: &image,
+            root_device: &root_device,
+            user_data: user_data.as_deref(),
+        };
         let subnets = self.subnet_slots(spec).await;
         let mut slots_of_type: HashMap<&str, Vec<Slot>> = HashMap::new();
         let mut attempts: Vec<Attempt> = Vec::new();
@@ -128,16 +148,7 @@ impl AwsProvider {
                     .cloned()
                     .unwrap_or_default();
                 for slot in slots {
-                    let request = self.run_request(
-                        spec,
-                        tags,
-                        &image,
-                        &root_device,
-                        user_data.as_deref(),
-                        instance_type,
-                        &slot,
-                        market,
-                    );
+                    let request = self.run_request(&shared, instance_type, &slot, market);
                     let result = request
                         .customize()
                         .config_override(
@@ -227,18 +238,20 @@ impl AwsProvider {
         ))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run_request(
         &self,
-        spec: &InstanceSpec,
-        tags: &Tags,
-        image: &str,
-        root_device: &str,
-        user_data: Option<&str>,
+        shared: &Request<'_>,
         instance_type: &str,
         slot: &Slot,
         market: &str,
     ) -> aws_sdk_ec2::operation::run_instances::builders::RunInstancesFluentBuilder {
+        let Request {
+            spec,
+            tags,
+            image,
+            root_device,
+            user_data,
+        } = *shared;
         let root = EbsBlockDevice::builder()
             .encrypted(true)
             .volume_type(VolumeType::Gp3)
