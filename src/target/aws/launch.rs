@@ -52,6 +52,58 @@ struct Attempt {
     message: String,
 }
 
+/// How one slot went.
+enum Tried {
+    Launched(String),
+    NoCapacity(Attempt, Scope),
+}
+
+/// The markets a step's `market` tries, in order.
+fn markets(market: Market) -> &'static [&'static str] {
+    match market {
+        Market::Spot => &["spot"],
+        Market::OnDemand => &["on-demand"],
+        Market::SpotThenOnDemand => &["spot", "on-demand"],
+    }
+}
+
+/// The instance's user data, base64: the `max_lifetime` guard and the `ttl` deadline, armed from now.
+fn user_data(spec: &InstanceSpec) -> Option<String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut script = spec
+        .max_lifetime
+        .map(|lifetime| lifetime_user_data(lifetime, now));
+    if let Some(ttl) = spec.ttl {
+        let text = script.get_or_insert_with(|| "#!/bin/sh\n".to_string());
+        text.push_str(&crate::ttl::user_data(ttl, now + ttl.as_secs()));
+    }
+    script.map(|s| base64(s.as_bytes()))
+}
+
+/// The error when every type, zone and market was tried.
+fn no_capacity(step: &str, attempts: &[Attempt]) -> Error {
+    Error::runtime(format!(
+        "no capacity for instance step {step}: every instance type, availability zone and market was tried:\n{}",
+        attempts
+            .iter()
+            .map(|a| format!(
+                "    - {}: {}: {}",
+                describe_slot(&a.instance_type, &a.slot, a.market),
+                a.code,
+                a.message
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
+    ))
+    .with_help(
+        "add instance types (or availability zones, or subnets in other zones) to the step, use `market: \
+         spot-then-on-demand`, ask AWS for a higher quota if a limit was hit, or apply again later",
+    )
+}
+
 impl AwsProvider {
     /// `plan doctor`: the launch request apply would send (same image, profile, tags, root volume, market), with
     /// `DryRun`, so IAM judges exactly what apply will ask. `Ok` is never expected: AWS answers DryRunOperation
@@ -106,24 +158,7 @@ impl AwsProvider {
             .resolve_image(spec.image.as_deref(), &tags.step)
             .await?;
         let root_device = self.root_device_name(&image).await;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let mut script = spec
-            .max_lifetime
-            .map(|lifetime| lifetime_user_data(lifetime, now));
-        if let Some(ttl) = spec.ttl {
-            let text = script.get_or_insert_with(|| "#!/bin/sh\n".to_string());
-            text.push_str(&crate::ttl::user_data(ttl, now + ttl.as_secs()));
-        }
-        let user_data = script.map(|s| base64(s.as_bytes()));
-        let markets: &[&'static str] = match spec.market {
-            Market::Spot => &["spot"],
-            Market::OnDemand => &["on-demand"],
-            Market::SpotThenOnDemand => &["spot", "on-demand"],
-        };
-
+        let user_data = user_data(spec);
         let shared = Request {
             spec,
             tags,
@@ -134,7 +169,7 @@ impl AwsProvider {
         let subnets = self.subnet_slots(spec).await;
         let mut slots_of_type: HashMap<&str, Vec<Slot>> = HashMap::new();
         let mut attempts: Vec<Attempt> = Vec::new();
-        for &market in markets {
+        for &market in markets(spec.market) {
             for instance_type in &spec.instance_types {
                 if !slots_of_type.contains_key(instance_type.as_str()) {
                     let slots = match &subnets {
@@ -148,69 +183,22 @@ impl AwsProvider {
                     .cloned()
                     .unwrap_or_default();
                 for slot in slots {
-                    let request = self.run_request(&shared, instance_type, &slot, market);
-                    let result = request
-                        .customize()
-                        .config_override(
-                            aws_sdk_ec2::config::Config::builder()
-                                .retry_classifier(NoRetryOnFailover),
-                        )
-                        .send()
-                        .await;
-                    let err = match result {
-                        Ok(out) => {
-                            let id = out
-                                .instances()
-                                .first()
-                                .and_then(|i| i.instance_id())
-                                .ok_or_else(|| {
-                                    Error::runtime("RunInstances answered without an instance")
-                                })?;
-                            tracing::info!(instance = %id, %instance_type, ?slot, market, "launched");
-                            return Ok((id.to_string(), market));
-                        }
-                        Err(err) => err,
+                    let (attempt, scope) = match self
+                        .try_slot(&shared, instance_type, slot, market, &attempts)
+                        .await?
+                    {
+                        Tried::Launched(id) => return Ok((id, market)),
+                        Tried::NoCapacity(attempt, scope) => (attempt, scope),
                     };
-                    let code = err.code().unwrap_or_default().to_string();
-                    let where_ = describe_slot(instance_type, &slot, market);
-                    let Some(scope) = failover_scope(&code, market) else {
-                        let mut help = String::from(
-                            "this is not a capacity error, so no other type or zone was tried; fix the cause and apply again",
-                        );
-                        if code == "InvalidParameterValue" && spec.profile.is_some() {
-                            help.push_str(
-                                " (an instance profile created moments ago can take a few seconds to be usable)",
-                            );
-                        }
-                        if !attempts.is_empty() {
-                            help.push_str(&format!(
-                                "\n  = note: tried before: {}",
-                                attempts_summary(&attempts)
-                            ));
-                        }
-                        return Err(aws_error(
-                            &format!("could not launch {where_}"),
-                            &err,
-                            &help,
-                        ));
-                    };
-                    let message = err.message().unwrap_or_default().to_string();
-                    tracing::warn!(%instance_type, ?slot, market, %code, %message, "no capacity; failing over");
                     on_event(ProvisionEvent::Failover {
-                        instance_type: instance_type.clone(),
-                        availability_zone: slot.zone.clone(),
-                        subnet: slot.subnet.clone(),
+                        instance_type: attempt.instance_type.clone(),
+                        availability_zone: attempt.slot.zone.clone(),
+                        subnet: attempt.slot.subnet.clone(),
                         market: market.to_string(),
-                        code: code.clone(),
-                        message: message.clone(),
+                        code: attempt.code.clone(),
+                        message: attempt.message.clone(),
                     });
-                    attempts.push(Attempt {
-                        instance_type: instance_type.clone(),
-                        slot,
-                        market,
-                        code,
-                        message,
-                    });
+                    attempts.push(attempt);
                     if scope == Scope::Type {
                         // A limit on the type (or the market), not on a zone: other zones would fail the same way.
                         break;
@@ -218,24 +206,72 @@ impl AwsProvider {
                 }
             }
         }
-        Err(Error::runtime(format!(
-            "no capacity for instance step {}: every instance type, availability zone and market was tried:\n{}",
-            tags.step,
-            attempts
-                .iter()
-                .map(|a| format!(
-                    "    - {}: {}: {}",
-                    describe_slot(&a.instance_type, &a.slot, a.market),
-                    a.code,
-                    a.message
-                ))
-                .collect::<Vec<_>>()
-                .join("\n")
-        ))
-        .with_help(
-            "add instance types (or availability zones, or subnets in other zones) to the step, use `market: \
-             spot-then-on-demand`, ask AWS for a higher quota if a limit was hit, or apply again later",
-        ))
+        Err(no_capacity(&tags.step, &attempts))
+    }
+
+    /// One RunInstances in one slot. A capacity error is a failover (with its scope); any other error ends the
+    /// launch, naming what was tried before.
+    async fn try_slot(
+        &self,
+        shared: &Request<'_>,
+        instance_type: &str,
+        slot: Slot,
+        market: &'static str,
+        before: &[Attempt],
+    ) -> Result<Tried> {
+        let result = self
+            .run_request(shared, instance_type, &slot, market)
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Config::builder().retry_classifier(NoRetryOnFailover),
+            )
+            .send()
+            .await;
+        let err = match result {
+            Ok(out) => {
+                let id = out
+                    .instances()
+                    .first()
+                    .and_then(|i| i.instance_id())
+                    .ok_or_else(|| Error::runtime("RunInstances answered without an instance"))?;
+                tracing::info!(instance = %id, %instance_type, ?slot, market, "launched");
+                return Ok(Tried::Launched(id.to_string()));
+            }
+            Err(err) => err,
+        };
+        let code = err.code().unwrap_or_default().to_string();
+        let Some(scope) = failover_scope(&code, market) else {
+            let mut help = String::from(
+                "this is not a capacity error, so no other type or zone was tried; fix the cause and apply again",
+            );
+            if code == "InvalidParameterValue" && shared.spec.profile.is_some() {
+                help.push_str(
+                    " (an instance profile created moments ago can take a few seconds to be usable)",
+                );
+            }
+            if !before.is_empty() {
+                help.push_str(&format!(
+                    "\n  = note: tried before: {}",
+                    attempts_summary(before)
+                ));
+            }
+            let where_ = describe_slot(instance_type, &slot, market);
+            return Err(aws_error(
+                &format!("could not launch {where_}"),
+                &err,
+                &help,
+            ));
+        };
+        let message = err.message().unwrap_or_default().to_string();
+        tracing::warn!(%instance_type, ?slot, market, %code, %message, "no capacity; failing over");
+        let attempt = Attempt {
+            instance_type: instance_type.to_string(),
+            slot,
+            market,
+            code,
+            message,
+        };
+        Ok(Tried::NoCapacity(attempt, scope))
     }
 
     fn run_request(
