@@ -115,7 +115,11 @@ impl Job {
         }
         match host {
             Host::Local(h) => {
-                self.begin(host.handle(id)).await;
+                // The walker records a local step's handle with its start; a re-attached one has it already.
+                let handle = host.handle(id);
+                if self.handle != handle {
+                    self.begin(handle).await;
+                }
                 if !spec.files.is_empty() {
                     let digest = spec.files_digest.as_deref().unwrap_or_default();
                     let all = crate::run::step_files::rescan(id, &spec.files, digest)?;
