@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::plan::{InstanceSpec, Plan, Step, StepKind, Target};
-use crate::run::session::{self, RunSelector};
+use crate::run::run_select::{self, RunSelector};
+use crate::run::session;
 use crate::state::{RunState, StepStatus};
 
 /// The instance step a command is about: `--step`, or the plan's only one.
@@ -117,7 +118,7 @@ pub async fn connect(
     exec: bool,
 ) -> Result<String> {
     let (step, _) = instance_step(plan, step)?;
-    let run = session::require_run(plan, sel).await?;
+    let run = run_select::require_run(plan, sel).await?;
     let host = live_host(plan, &run, step)?;
     let expires = run
         .step(&step.id)
@@ -201,7 +202,7 @@ pub async fn extend(
         ))
         .with_help("add e.g. `ttl: 8h` to the step (it applies to hosts created after that)"));
     }
-    let run = session::require_run(plan, sel).await?;
+    let run = run_select::require_run(plan, sel).await?;
     let host = live_host(plan, &run, step)?;
     let deadline = crate::ttl::now_epoch() + ttl.as_secs();
     match &plan.target {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{exit, Error, Result};
 use crate::plan::{Plan, Target};
-use crate::run::session::{require, store, RunSelector};
+use crate::run::run_select::{require, store, RunSelector};
 use crate::state::store::Store;
 use crate::state::RunState;
 

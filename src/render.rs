@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 use crate::plan::{Plan, RunSpec, StepKind, Target};
-use crate::run::session::{self, RunSelector};
+use crate::run::run_select::{self, RunSelector};
 use crate::run::step;
 use crate::state::RunState;
 use crate::template;
@@ -24,8 +24,8 @@ type Outputs = IndexMap<String, IndexMap<String, String>>;
 /// The run step `step` of `plan`, rendered with the run `sel` picks (the latest when it names none).
 pub async fn render(plan: &Plan, sel: &RunSelector, step: &str) -> Result<Rendered> {
     let spec = run_spec(plan, step)?;
-    let store = session::store(plan).await?;
-    let run = session::existing(&store, sel).await?;
+    let store = run_select::store(plan).await?;
+    let run = run_select::existing(&store, sel).await?;
     if let (Some(id), None) = (&sel.run, &run) {
         return Err(Error::Usage(format!(
             "{}: plan `{}` has no run `{id}`",

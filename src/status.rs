@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::heartbeat::Heartbeat;
 use crate::plan::Plan;
 use crate::reporter::OutputFormat;
-use crate::run::session::{require, store, RunSelector};
+use crate::run::run_select::{require, store, RunSelector};
 use crate::state::{self, RunState, StepState, StepStatus};
 
 /// The status text, and whether the run is finished (`status --watch` stops then).

@@ -9,7 +9,11 @@ pub mod protocol;
 pub mod ssm;
 pub(crate) mod ssm_command_size;
 pub mod ssm_files;
+mod ssm_invocation;
+mod ssm_log;
 pub mod ssm_poll;
+mod ssm_scripts;
+mod ssm_staging;
 
 use crate::error::Result;
 use crate::state::Handle;

@@ -1,34 +1,29 @@
 //! The aws target's executor: a host is an EC2 instance reached through SSM Run Command (AWS-RunShellScript).
-//! Every `run` step goes through the same host wrapper as on the local target; this module ships the wrapper
-//! and the rendered script inside the command, and reads results back from the command's output.
+//! Every `run` step goes through the same host wrapper as on the local target; this module sends the commands
+//! (`ssm_scripts.rs` writes them: the wrapper and the rendered script inside the launch, or fetched from S3 as
+//! `ssm_staging.rs` puts them there) and reads results back from their output (`ssm_invocation.rs`; the log:
+//! `ssm_log.rs`).
 //!
 //! Host paths are prefixed with `${SORTIE_HOST_ROOT:-}` (empty on AWS), the one seam that lets several test
 //! instances share a machine (docs/TEST_ENDPOINT.md).
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use aws_sdk_ssm::error::ProvideErrorMetadata;
-use aws_sdk_ssm::types::CommandInvocationStatus;
-use indexmap::IndexMap;
-use sha2::Digest as _;
-
 use crate::error::{Error, Result};
-use crate::host::local::{HostStatus, LaunchSpec, WRAPPER};
-use crate::host::ssm_command_size::Staging;
+use crate::host::local::{HostStatus, LaunchSpec};
 use crate::host::ssm_files::SHA_MISMATCH;
 pub use crate::host::ssm_files::{Bundle, Delivery};
+pub use crate::host::ssm_invocation::Invocation;
 pub use crate::host::ssm_poll::{Pace, SsmPoll};
+pub use crate::host::ssm_scripts::split_wait_output;
+pub use crate::host::ssm_staging::Staged;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_sdk_ssm::types::CommandInvocationStatus;
 
 /// SSM's largest executionTimeout; a longer wait is split into several commands.
 pub const MAX_EXECUTION: Duration = Duration::from_secs(172_800);
 /// How long SSM lets a launch command run (it only starts the step).
-const LAUNCH_TIMEOUT: Duration = Duration::from_secs(300);
-const OUTPUTS_MARK: &str = "===SORTIE-OUTPUTS===";
-const LOG_MARK: &str = "===SORTIE-LOG===";
-/// A host where nothing was launched yet (the apply died before the launch command) has no wrapper: every step
-/// on it is absent.
-const NO_WRAPPER_YET: &str = "[ -f \"$H/wrapper.sh\" ] || { echo state=absent; exit 0; }\n";
+pub(super) const LAUNCH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where SSM writes command output (the full stdout; GetCommandInvocation truncates at 24,000 characters).
 #[derive(Debug, Clone)]
@@ -44,69 +39,6 @@ pub struct SsmHost {
     pub instance_id: String,
     pub output: Option<OutputLocation>,
     pub poll: SsmPoll,
-}
-
-/// A finished command invocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invocation {
-    pub command_id: String,
-    /// Success, Failed, TimedOut, Cancelled.
-    pub status: String,
-    pub details: String,
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Invocation {
-    pub fn succeeded(&self) -> bool {
-        self.status == "Success"
-    }
-
-    /// One line saying how the command ended, for errors. The SSM agent appends "failed to run commands: exit
-    /// status N" to stderr, which says less than the line before it.
-    pub fn describe(&self) -> String {
-        let tail = self
-            .stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty() && !l.starts_with("failed to run commands"))
-            .unwrap_or("")
-            .trim();
-        let mut s = format!(
-            "SSM command {} {} ({}, exit {})",
-            self.command_id, self.status, self.details, self.code
-        );
-        if !tail.is_empty() {
-            let _ = write!(s, ": {tail}");
-        }
-        s
-    }
-}
-
-/// Shell-quotes one value.
-pub(crate) fn q(value: &str) -> String {
-    shlex::try_quote(value).map_or_else(|_| "''".to_string(), |c| c.into_owned())
-}
-
-/// The host's sortie directory and a step's status directory, as shell expressions.
-const HOME: &str = "\"${SORTIE_HOST_ROOT:-}/var/lib/sortie\"";
-
-pub(crate) fn step_dir(step: &str) -> String {
-    format!(
-        "\"${{SORTIE_HOST_ROOT:-}}/var/lib/sortie/steps\"/{}",
-        q(step)
-    )
-}
-
-/// Shell lines that write `bytes` to `path` (a shell expression) without any quoting hazard.
-fn write_file(out: &mut String, path: &str, bytes: &[u8]) {
-    let encoded = base64_encode(bytes);
-    // A temp name per shell ($$): two steps launched at once on one host both write wrapper.sh.
-    let _ = writeln!(
-        out,
-        "printf '%s' '{encoded}' | base64 -d > {path}.$$.tmp && mv -f {path}.$$.tmp {path}"
-    );
 }
 
 impl SsmHost {
@@ -269,161 +201,6 @@ impl SsmHost {
         self.wait(&id, &mut cancel, &mut pace).await
     }
 
-    /// The command that installs the wrapper and the script, then starts `attempt` of `step` (the wrapper
-    /// refuses duplicates, so sending it twice is harmless).
-    pub fn launch_script(
-        &self,
-        step: &str,
-        attempt: u32,
-        script: &str,
-        env: &[(String, String)],
-        staged: &Staged,
-        files: Option<&Delivery>,
-    ) -> String {
-        let mut s = String::from("set -eu\n");
-        let _ = writeln!(s, "H={HOME}; mkdir -p \"$H/steps\" \"$H/scripts\"");
-        write_file(&mut s, "\"$H/wrapper.sh\"", WRAPPER.as_bytes());
-        let script_path = format!("\"$H/scripts\"/{}", q(&format!("{step}.{attempt}")));
-        let env_path = format!("\"$H/scripts\"/{}", q(&format!("{step}.{attempt}.env")));
-        // The rendered script may hold secrets: 0600 (a subshell, so the step keeps the host's umask).
-        s.push_str("(umask 077\n");
-        match &staged.script_url {
-            Some(url) => {
-                let _ = writeln!(
-                    s,
-                    "curl -fsS --retry 5 --retry-delay 1 -o {script_path} {}",
-                    q(url)
-                );
-            }
-            None => write_file(&mut s, &script_path, script.as_bytes()),
-        }
-        if let Some(url) = &staged.env_url {
-            let _ = writeln!(
-                s,
-                "curl -fsS --retry 5 --retry-delay 1 -o {env_path} {}",
-                q(url)
-            );
-        }
-        s.push_str(")\n");
-        if let Some(files) = files {
-            files.script(&mut s, step, attempt);
-        }
-        if staged.env_url.is_some() {
-            let _ = writeln!(s, ". {env_path}; rm -f {env_path}");
-        } else {
-            s.push_str(&env_exports(env));
-        }
-        let _ = writeln!(s, "export SORTIE_HOME=\"$H\"");
-        let _ = writeln!(
-            s,
-            "sh \"$H/wrapper.sh\" launch {} {attempt} {script_path}",
-            step_dir(step)
-        );
-        s
-    }
-
-    /// Puts what must not travel in the SSM command into S3: a script or env that holds a secret (by value, or
-    /// by an env name such as *_TOKEN), since SSM keeps a command's parameters for 30 days, readable with
-    /// ssm:ListCommands; and, as `staging` asks, what makes the command too big.
-    async fn stage_launch(
-        &self,
-        step: &str,
-        attempt: u32,
-        script: &str,
-        env: &[(String, String)],
-        staging: Staging,
-    ) -> Result<Staged> {
-        let scrubber = crate::scrub::current();
-        let secret = scrubber.text(script) != script
-            || env
-                .iter()
-                .any(|(k, v)| crate::state::is_secret_name(k) || scrubber.text(v) != v.as_str());
-        let secret = secret && self.output.is_some();
-        let mut staged = Staged::default();
-        if staging >= Staging::Script || secret {
-            let key = format!("scripts/{step}.{attempt}");
-            let what = format!("the script of `{step}`");
-            staged.script_url = Some(
-                self.stage(&what, &key, script.as_bytes().to_vec(), false)
-                    .await?,
-            );
-            if secret {
-                staged.secret_keys.push(key);
-            }
-        }
-        if staging >= Staging::ScriptAndEnv || secret {
-            let key = format!("scripts/{step}.{attempt}.env");
-            let what = format!("the environment of `{step}`");
-            let body = env_exports(env).into_bytes();
-            staged.env_url = Some(self.stage(&what, &key, body, false).await?);
-            if secret {
-                staged.secret_keys.push(key);
-            }
-        }
-        Ok(staged)
-    }
-
-    /// The command that waits for `step` on the host, then prints its outputs and its log (the full stdout is
-    /// kept in S3 by SSM, which is where `plan logs` reads the log).
-    pub fn wait_script(step: &str) -> String {
-        let d = step_dir(step);
-        format!(
-            "H={HOME}\n{NO_WRAPPER_YET}sh \"$H/wrapper.sh\" wait {d} 5\nrc=$?\necho {OUTPUTS_MARK}\ncat {d}/outputs 2>/dev/null\necho {LOG_MARK}\ncat {d}/output.log 2>/dev/null\nexit $rc\n"
-        )
-    }
-
-    pub fn status_script(step: &str) -> String {
-        format!(
-            "H={HOME}\n{NO_WRAPPER_YET}sh \"$H/wrapper.sh\" status {}\n",
-            step_dir(step)
-        )
-    }
-
-    pub fn cancel_script(step: &str, grace: Duration) -> String {
-        format!(
-            "H={HOME}\n{NO_WRAPPER_YET}sh \"$H/wrapper.sh\" cancel {} {}\n",
-            step_dir(step),
-            grace.as_secs()
-        )
-    }
-
-    /// The launch command, and what it fetches from S3: secrets always travel through S3, and the script, then
-    /// the environment, too when the command would be over SSM's size limit.
-    async fn sized_launch(
-        &self,
-        step: &str,
-        attempt: u32,
-        script: &str,
-        env: &[(String, String)],
-        delivery: Option<&Delivery>,
-    ) -> Result<(Staged, String)> {
-        let timeout = LAUNCH_TIMEOUT.as_secs();
-        let mut staging = Staging::AsNeeded;
-        loop {
-            let staged = self
-                .stage_launch(step, attempt, script, env, staging)
-                .await?;
-            let command = self.launch_script(step, attempt, script, env, &staged, delivery);
-            if crate::host::ssm_command_size::fits(&command, timeout) {
-                return Ok((staged, command));
-            }
-            for key in &staged.secret_keys {
-                self.unstage(key).await;
-            }
-            staging = match staging.more() {
-                Some(more) => more,
-                None => {
-                    return Err(Error::runtime(format!(
-                        "the launch command of `{step}` is {} bytes even with its script and environment in S3, \
-                         over the {} bytes SSM takes (64 KB, its document included)",
-                        crate::host::ssm_command_size::parameters_size(&command, timeout),
-                        crate::host::ssm_command_size::PARAMETERS_BUDGET
-                    )))
-                }
-            };
-        }
-    }
-
     /// Sends the launch command; big scripts travel through S3 (a presigned GET the host fetches with curl).
     pub async fn launch(
         &self,
@@ -434,27 +211,7 @@ impl SsmHost {
         files: Option<Bundle>,
     ) -> Result<HostStatus> {
         let env = spec.wrapper_env(30);
-        let delivery = match files {
-            Some(bundle) => {
-                let sha256 = crate::run::step_files::hex(&sha2::Sha256::digest(&bundle.archive));
-                // Content-addressed: a retry or a rerun with the same files uploads nothing.
-                let key = format!("files/{sha256}.tar.gz");
-                let url = self
-                    .stage(
-                        &format!("the files of `{step}`"),
-                        &key,
-                        bundle.archive,
-                        true,
-                    )
-                    .await?;
-                Some(Delivery {
-                    url,
-                    sha256,
-                    dests: bundle.dests,
-                })
-            }
-            None => None,
-        };
+        let delivery = self.stage_files(step, files).await?;
         let (staged, command) = self
             .sized_launch(step, attempt, script, &env, delivery.as_ref())
             .await?;
@@ -501,185 +258,6 @@ impl SsmHost {
             .await?;
         Ok(parse_status(&inv.stdout))
     }
-
-    /// The log part of a wait command's output: from S3 when SSM wrote it there (complete), else from
-    /// GetCommandInvocation (at most 24,000 characters).
-    pub async fn fetch_log(&self, command_id: &str) -> Result<String> {
-        let stdout = match &self.output {
-            Some(out) => {
-                let key = format!(
-                    "{}/{command_id}/{}/awsrunShellScript/0.awsrunShellScript/stdout",
-                    out.prefix.trim_end_matches('/'),
-                    self.instance_id
-                );
-                let got = self
-                    .s3
-                    .get_object()
-                    .bucket(&out.bucket)
-                    .key(&key)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        crate::target::aws::error::AwsError::from_sdk(
-                            format!("S3 GetObject s3://{}/{key} (the log)", out.bucket),
-                            &e,
-                        )
-                    })?;
-                let bytes = got
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| Error::runtime(format!("cannot read the log: {e}")))?;
-                String::from_utf8_lossy(&bytes.into_bytes()).into_owned()
-            }
-            None => {
-                let inv = self
-                    .ssm
-                    .get_command_invocation()
-                    .command_id(command_id)
-                    .instance_id(&self.instance_id)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        crate::target::aws::error::AwsError::from_sdk(
-                            format!("SSM GetCommandInvocation {command_id}"),
-                            &e,
-                        )
-                    })?;
-                inv.standard_output_content()
-                    .unwrap_or_default()
-                    .to_string()
-            }
-        };
-        Ok(split_wait_output(&stdout).2)
-    }
-
-    /// Best effort: deletes a staged object.
-    async fn unstage(&self, key: &str) {
-        if let Some(out) = &self.output {
-            let key = format!("{}/{key}", out.prefix.trim_end_matches('/'));
-            let _ = self
-                .s3
-                .delete_object()
-                .bucket(&out.bucket)
-                .key(&key)
-                .send()
-                .await;
-        }
-    }
-
-    /// Uploads `body` under the run's S3 prefix (unless `reuse` and it is there already) and returns a presigned
-    /// GET the host fetches with curl: the host needs no S3 permission.
-    async fn stage(&self, what: &str, key: &str, body: Vec<u8>, reuse: bool) -> Result<String> {
-        let out = self.output.as_ref().ok_or_else(|| {
-            Error::runtime(format!("{what} must travel through S3, and there is no S3 bucket to stage it in (keep state in S3)"))
-        })?;
-        let key = format!("{}/{key}", out.prefix.trim_end_matches('/'));
-        let there = reuse
-            && self
-                .s3
-                .head_object()
-                .bucket(&out.bucket)
-                .key(&key)
-                .send()
-                .await
-                .is_ok();
-        if !there {
-            self.s3
-                .put_object()
-                .bucket(&out.bucket)
-                .key(&key)
-                .body(body.into())
-                .send()
-                .await
-                .map_err(|e| {
-                    crate::target::aws::error::AwsError::from_sdk(
-                        format!("S3 PutObject s3://{}/{key} ({what})", out.bucket),
-                        &e,
-                    )
-                })?;
-        }
-        let presign =
-            aws_sdk_s3::presigning::PresigningConfig::expires_in(Duration::from_secs(3600))
-                .map_err(|e| Error::runtime(format!("cannot presign: {e}")))?;
-        let req = self
-            .s3
-            .get_object()
-            .bucket(&out.bucket)
-            .key(&key)
-            .presigned(presign)
-            .await
-            .map_err(|e| {
-                Error::runtime(format!(
-                    "cannot presign s3://{}/{key}: {}",
-                    out.bucket,
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                ))
-            })?;
-        Ok(req.uri().to_string())
-    }
-}
-
-/// What a launch fetches from S3 instead of carrying it in the SSM command, and the keys to delete after it.
-#[derive(Debug, Default)]
-pub struct Staged {
-    pub script_url: Option<String>,
-    pub env_url: Option<String>,
-    pub secret_keys: Vec<String>,
-}
-
-/// `export K='v'` lines for the step's environment.
-fn env_exports(env: &[(String, String)]) -> String {
-    let mut s = String::new();
-    for (k, v) in env {
-        let _ = writeln!(s, "export {k}={}", q(v));
-    }
-    s
-}
-
-/// Splits a wait command's stdout into the wrapper's status, the step's outputs and its log.
-pub fn split_wait_output(stdout: &str) -> (HostStatus, IndexMap<String, String>, String) {
-    let (head, rest) = stdout.split_once(OUTPUTS_MARK).unwrap_or((stdout, ""));
-    let (outputs, log) = rest.split_once(LOG_MARK).unwrap_or((rest, ""));
-    let outputs = outputs
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-        .filter(|(k, _)| !k.is_empty())
-        .collect();
-    (
-        parse_status(head),
-        outputs,
-        log.trim_start_matches('\n').to_string(),
-    )
 }
 
 pub use crate::host::local::parse_status;
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
-    }
-
-    #[test]
-    fn wait_output_splits_into_status_outputs_and_log() {
-        let out = format!("state=succeeded\nattempt=1\nexit_code=0\n{OUTPUTS_MARK}\na=1\nb=x=y\n{LOG_MARK}\nhello\n");
-        let (status, outputs, log) = split_wait_output(&out);
-        assert_eq!(status.state, crate::host::protocol::HostState::Succeeded);
-        assert_eq!(outputs.get("b").map(String::as_str), Some("x=y"));
-        assert_eq!(log, "hello\n");
-    }
-}

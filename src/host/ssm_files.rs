@@ -1,10 +1,10 @@
 //! A run step's files on the aws target: the archive the host fetches and the shell lines that check it and put
-//! it in place (docs/HOST_PROTOCOL.md, "A step's files"). Staging in S3 is `SsmHost::stage`, shared with big
-//! scripts.
+//! it in place (docs/HOST_PROTOCOL.md, "A step's files"). Staging in S3 is `SsmHost::stage` (ssm_staging.rs),
+//! shared with big scripts.
 
 use std::fmt::Write as _;
 
-use crate::host::ssm::{q, step_dir};
+use crate::host::ssm_scripts::{q, step_dir};
 
 /// What the host prints when the archive is not the one sortie staged; sortie then deletes the staged object.
 pub const SHA_MISMATCH: &str = "does not match its sha256";

@@ -60,7 +60,7 @@ pub async fn admit(plan: &Plan, store: &Store) -> Result<Admission> {
     for run in others {
         let id = run.run_id.clone();
         let lock = store.lock(&id, &plan.file).await?;
-        let result = crate::run::session::destroy_locked(
+        let result = crate::run::destroy::destroy_locked(
             plan,
             store,
             run,

@@ -17,7 +17,7 @@ pub enum Decision {
 /// Without `from`, a host that is gone makes its steps run again: an instance whose resources were torn down (a
 /// failed run's `when: always` teardown) is re-created when a step on it must run, and the steps that ran on it
 /// run again after it, because what they left on its disk went with it. With `from`, the user named where to
-/// start, and `session::check_resumable` refuses a start that would need a torn-down host.
+/// start, and `pick::check_resumable` refuses a start that would need a torn-down host.
 pub fn decide(plan: &Plan, state: &RunState, from: Option<usize>) -> Vec<(Decision, String)> {
     let mut gone: Vec<Option<String>> = vec![None; plan.steps.len()];
     loop {

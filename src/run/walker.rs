@@ -15,7 +15,7 @@ use crate::host::Host;
 use crate::plan::{Plan, StepKind};
 use crate::plan_file::When;
 use crate::reporter::Reporter;
-use crate::run::step::{Job, Msg, Outcome, RunContext};
+use crate::run::step::{Job, Msg, RunContext};
 use crate::state::store::Store;
 use crate::state::{self, RunState, RunStatus, StepStatus};
 use crate::target::Target;
@@ -25,6 +25,8 @@ pub use crate::run::reentry::{decide, Decision};
 mod finish;
 mod frontier;
 mod host_loss;
+mod outcome;
+mod retry;
 mod stop;
 
 use frontier::Frontier;
@@ -429,172 +431,6 @@ impl Walker<'_> {
             }
             Msg::Event(event) => self.reporter.emit(&event),
             Msg::Done { step, outcome } => self.done(step, outcome).await?,
-        }
-        Ok(())
-    }
-
-    /// Whether step `i`'s attempt that just ended may be followed by another: retries left, and the run neither
-    /// stopping nor over its budget.
-    fn may_retry(&self, i: usize) -> bool {
-        self.state.step(self.id(i)).attempt <= self.plan.steps[i].retries
-            && self.stopping == 0
-            && self.over_budget.is_none()
-    }
-
-    async fn done(&mut self, i: usize, outcome: Outcome) -> Result<()> {
-        if let Outcome::Failed { error, .. } = &outcome {
-            // Announced at once, even when a retry follows: a stalled 15-hour step is what an operator must
-            // hear of.
-            if crate::run::stall::is_stall(error) {
-                let what = crate::notify::Happening::Stalled {
-                    step: self.id(i),
-                    error,
-                };
-                // Sent beside the walk: a webhook or SNS that is slow to answer must not hold up the run.
-                if let Some(message) = crate::notify::outgoing(self.plan, &self.state.run_id, what)
-                {
-                    self.notifications.push(tokio::spawn(message.deliver()));
-                }
-            }
-        }
-        self.running.remove(&i);
-        self.tasks.remove(&i);
-        // A step whose host went away fails this attempt; it runs again on a new host when it may.
-        let host_lost = matches!(outcome, Outcome::HostLost { .. });
-        let (outcome, final_failure) = match outcome {
-            Outcome::HostLost { instance_id, error } => {
-                let (error, again) = self.host_lost(i, &instance_id, error).await?;
-                (Outcome::Failed { error, help: None }, !again)
-            }
-            other => (other, false),
-        };
-        let step = self.plan.steps[i].clone();
-        let may_retry = self.may_retry(i);
-        let st = self.state.step_mut(&step.id);
-        let duration = st.started_at.map_or(0.0, |t| state::now() - t);
-        let attempt = st.attempt;
-        let mut events = Vec::new();
-        let finished =
-            |status: &str, error: Option<String>, help: Option<String>| Event::StepFinished {
-                step: step.id.clone(),
-                status: status.into(),
-                attempt,
-                duration_secs: duration,
-                error,
-                help,
-            };
-        match outcome {
-            Outcome::Succeeded { outputs, resources } => {
-                st.status = StepStatus::Succeeded;
-                st.finished_at = Some(state::now());
-                st.error = None;
-                st.help = None;
-                for (k, v) in &outputs {
-                    events.push(Event::StepOutput {
-                        step: step.id.clone(),
-                        key: k.clone(),
-                        value: v.clone(),
-                    });
-                }
-                // State is shared (S3, CI artifacts): secret-looking outputs are never stored. Pass secrets
-                // through the host's environment or SSM parameters instead.
-                st.outputs = outputs
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let v = if state::is_secret_name(&k) {
-                            crate::scrub::add_secret(&v);
-                            self.secret_outputs
-                                .entry(step.id.clone())
-                                .or_default()
-                                .insert(k.clone(), v);
-                            crate::scrub::REDACTED.to_string()
-                        } else {
-                            v
-                        };
-                        (k, v)
-                    })
-                    .collect();
-                if !resources.is_empty() {
-                    st.resources = resources;
-                }
-                events.push(finished("succeeded", None, None));
-            }
-            Outcome::Destroyed { steps } => {
-                st.status = StepStatus::Succeeded;
-                st.finished_at = Some(state::now());
-                events.push(finished("succeeded", None, None));
-                let at = state::now();
-                for s in steps {
-                    for r in &mut self.state.step_mut(&s).resources {
-                        if !r.destroyed {
-                            r.destroyed = true;
-                            r.destroyed_at = Some(at);
-                        }
-                    }
-                }
-            }
-            Outcome::Failed { error, help } if !final_failure && may_retry => {
-                // Exponential backoff with full jitter: base * 2^(attempt-1), scaled by a random factor in [0.5, 1).
-                let delay =
-                    crate::backoff::Backoff::new(step.backoff, 2.0, Duration::from_secs(600))
-                        .jittered(attempt.saturating_sub(1))
-                        .as_secs_f64();
-                st.status = StepStatus::Pending;
-                st.error = Some(error.clone());
-                st.help = help;
-                self.retry_at.insert(
-                    i,
-                    tokio::time::Instant::now() + Duration::from_secs_f64(delay),
-                );
-                events.push(Event::StepRetry {
-                    step: step.id.clone(),
-                    attempt: attempt + 1,
-                    delay_secs: delay,
-                    error,
-                });
-            }
-            // (A lost host is a Failed by now.)
-            // (A lost host is a Failed by now; the match must still name it.)
-            Outcome::Failed { error, help } => {
-                st.status = StepStatus::Failed;
-                st.finished_at = Some(state::now());
-                st.error = Some(error.clone());
-                st.help = help.clone();
-                events.push(finished("failed", Some(error), help));
-            }
-            Outcome::HostLost { error, .. } => {
-                st.status = StepStatus::Failed;
-                st.finished_at = Some(state::now());
-                st.error = Some(error.clone());
-                events.push(finished("failed", Some(error), None));
-            }
-            Outcome::Cancelled => {
-                st.status = StepStatus::Cancelled;
-                st.finished_at = Some(state::now());
-                st.error = Some(match &self.over_budget {
-                    Some(why) => format!("cancelled: {why}"),
-                    None => "cancelled".into(),
-                });
-                events.push(finished("cancelled", None, None));
-            }
-            Outcome::LeftRunning => {
-                self.left_running = true;
-                events.push(Event::Notice {
-                    message: format!("  detached {} keeps running on its host", step.id),
-                });
-            }
-        }
-        if host_lost {
-            // Steps on the lost host went back to pending: recount (rare, and bounded per apply).
-            self.frontier.rescan(self.plan, &self.state, &self.reattach);
-        } else if self.status(i).is_final() {
-            self.frontier.ended(self.plan, &self.state, i);
-        } else if self.status(i) == StepStatus::Pending {
-            self.frontier.retrying(i);
-        }
-        self.checkpoint().await?;
-        for e in events {
-            self.reporter.emit(&e);
         }
         Ok(())
     }

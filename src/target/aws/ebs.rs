@@ -22,26 +22,26 @@ impl AwsProvider {
         tags: &Tags,
     ) -> Result<VolumeOutputs> {
         let volume_id = match self.volume_by_token(&tags.token).await? {
-            Some(found) => {
-                let id = found.volume_id().unwrap_or_default().to_string();
-                let found_az = found.availability_zone().unwrap_or_default();
-                if found_az != az {
-                    return Err(Error::runtime(format!(
-                        "volume {id} (tagged with this step's token {}) is in {found_az}, but instance \
-                         {instance_id} is in {az}",
-                        tags.token
-                    ))
-                    .with_help(format!(
-                        "delete or move the volume (snapshot it and restore the snapshot in {az}), then apply again"
-                    )));
-                }
-                tracing::info!(volume = %id, token = %tags.token, "adopting the volume tagged with this step's token");
-                id
-            }
+            Some(found) => adopted(&found, instance_id, az, &tags.token)?,
             None => self.new_volume(spec, az, tags).await?,
         };
         let volume = self.wait_volume_ready(&volume_id).await?;
+        // Held until the attachment shows on the instance: two volume steps of one instance in this apply would
+        // otherwise both see the same free device name.
+        let _attaching = ATTACH.lock().await;
+        let device = self.attach_to(&volume, &volume_id, instance_id).await?;
+        self.wait_volume_attached(&volume_id, instance_id).await?;
+        Ok(VolumeOutputs { volume_id, device })
+    }
 
+    /// The device `volume` is attached at on the instance: its attachment there, or a new one at a free device
+    /// (once it has left an instance that is going away).
+    async fn attach_to(
+        &self,
+        volume: &Volume,
+        volume_id: &str,
+        instance_id: &str,
+    ) -> Result<String> {
         let mine = volume.attachments().iter().find(|a| {
             a.instance_id() == Some(instance_id)
                 && matches!(
@@ -49,40 +49,36 @@ impl AwsProvider {
                     Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Attaching)
                 )
         });
-        // Held until the attachment shows on the instance: two volume steps of one instance in this apply would
-        // otherwise both see the same free device name.
-        let _attaching = ATTACH.lock().await;
-        let device = match mine {
-            Some(attachment) => attachment.device().unwrap_or_default().to_string(),
-            None => {
-                if let Some(other) = volume.attachments().iter().find(|a| {
-                    matches!(
-                        a.state(),
-                        Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Attaching)
-                    )
-                }) {
-                    let other = other.instance_id().unwrap_or("?").to_string();
-                    // A volume that outlived its host (re-provisioned): EC2 detaches it as the old one terminates.
-                    if !self.is_terminating(&other).await? {
-                        return Err(Error::runtime(format!(
-                            "volume {volume_id} is attached to instance {other}, not to {instance_id}"
-                        ))
-                        .with_help(
-                            "detach it from there (or terminate that instance), then apply again",
-                        ));
-                    }
-                    self.wait_volume_detached(&volume_id).await?;
-                }
-                self.attach_free(&volume_id, instance_id).await?
+        if let Some(attachment) = mine {
+            return Ok(attachment.device().unwrap_or_default().to_string());
+        }
+        if let Some(other) = volume.attachments().iter().find(|a| {
+            matches!(
+                a.state(),
+                Some(VolumeAttachmentState::Attached | VolumeAttachmentState::Attaching)
+            )
+        }) {
+            let other = other.instance_id().unwrap_or("?").to_string();
+            // A volume that outlived its host (re-provisioned): EC2 detaches it as the old one terminates.
+            if !self.is_terminating(&other).await? {
+                return Err(Error::runtime(format!(
+                    "volume {volume_id} is attached to instance {other}, not to {instance_id}"
+                ))
+                .with_help("detach it from there (or terminate that instance), then apply again"));
             }
-        };
+            self.wait_volume_detached(volume_id).await?;
+        }
+        self.attach_free(volume_id, instance_id).await
+    }
 
+    /// Waits until the volume is in use and attached to the instance.
+    async fn wait_volume_attached(&self, volume_id: &str, instance_id: &str) -> Result<()> {
         self.wait_for(
             &format!("volume {volume_id} to be attached to {instance_id}"),
             self.poll.state_timeout,
             "check the volume and the instance in the EC2 console; apply again adopts the volume",
             || async {
-                let Some(v) = self.describe_volume(&volume_id).await? else {
+                let Some(v) = self.describe_volume(volume_id).await? else {
                     return Err(Error::runtime(format!(
                         "volume {volume_id} disappeared while it was being attached to {instance_id}"
                     )));
@@ -97,8 +93,7 @@ impl AwsProvider {
                 })
             },
         )
-        .await?;
-        Ok(VolumeOutputs { volume_id, device })
+        .await
     }
 
     /// Detaches a volume (if attached), waits until it is available, deletes it and waits until it is gone.
@@ -273,7 +268,6 @@ impl AwsProvider {
         }
     }
 
-    /// Until the volume is available (or already in use: an adopted one).
     /// Whether an instance is gone or going (terminated, shutting down, or unknown to EC2).
     pub(super) async fn is_terminating(&self, instance_id: &str) -> Result<bool> {
         Ok(match self.describe_instance(instance_id).await? {
@@ -305,6 +299,7 @@ impl AwsProvider {
         .await
     }
 
+    /// Until the volume is available (or already in use: an adopted one).
     pub(super) async fn wait_volume_ready(&self, volume_id: &str) -> Result<Volume> {
         self.wait_for(
             &format!("volume {volume_id} to be available"),
@@ -401,6 +396,23 @@ impl AwsProvider {
             .with_help("detach volumes it no longer needs")
         })
     }
+}
+
+/// The id of the volume found by this step's token, which must be in the instance's zone `az`.
+fn adopted(found: &Volume, instance_id: &str, az: &str, token: &str) -> Result<String> {
+    let id = found.volume_id().unwrap_or_default().to_string();
+    let found_az = found.availability_zone().unwrap_or_default();
+    if found_az != az {
+        return Err(Error::runtime(format!(
+            "volume {id} (tagged with this step's token {token}) is in {found_az}, but instance \
+             {instance_id} is in {az}"
+        ))
+        .with_help(format!(
+            "delete or move the volume (snapshot it and restore the snapshot in {az}), then apply again"
+        )));
+    }
+    tracing::info!(volume = %id, token = %token, "adopting the volume tagged with this step's token");
+    Ok(id)
 }
 
 fn volume_state_str(volume: &Volume) -> String {
