@@ -34,7 +34,7 @@ pub(crate) fn step_dir(step: &str) -> String {
 
 /// Shell lines that write `bytes` to `path` (a shell expression) without any quoting hazard.
 fn write_file(out: &mut String, path: &str, bytes: &[u8]) {
-    let encoded = base64_encode(bytes);
+    let encoded = crate::target::aws::base64(bytes);
     // A temp name per shell ($$): two steps launched at once on one host both write wrapper.sh.
     let _ = writeln!(
         out,
@@ -147,23 +147,9 @@ pub fn split_wait_output(stdout: &str) -> (HostStatus, IndexMap<String, String>,
     )
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"f"), "Zg==");
-        assert_eq!(base64_encode(b"fo"), "Zm8=");
-        assert_eq!(base64_encode(b"foo"), "Zm9v");
-        assert_eq!(base64_encode(b"foob"), "Zm9vYg==");
-    }
 
     #[test]
     fn wait_output_splits_into_status_outputs_and_log() {
