@@ -17,8 +17,9 @@
 #   No argument: runner compile inproc. --quick: 200 steps, one pair per figure, compile at 1,000, in-process
 #   at the small sizes; under 2 minutes once built, for use during development.
 #
-# PLAN names the binary to time (default: a release build, made here). RUNS sets the pairs per 200-step
-# figure (default 3; larger plans get one). Needs python3 (benches/measure.py) and make.
+# PLAN names the binary to time (default: a release build, made here). SIZES (e.g. "200") limits the runner
+# to those sizes. RUNS sets the pairs per 200-step figure (default 3; larger plans get one). Needs python3
+# (benches/measure.py) and make.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 quick=0
@@ -93,6 +94,7 @@ pair_rows() {
 bench_runner() {
     local sizes=(200 2000 10000) snk dir shape n pairs
     [[ $quick = 0 ]] || sizes=(200)
+    [[ -z "${SIZES:-}" ]] || read -r -a sizes <<<"$SIZES"
     snk=$(snakemake_bin)
     cpu_file=$(mktemp)
     echo "### Runner: steps of \`true\` (sortie wall/CPU/RSS: median of the pairs; ratio: median of sortie ÷ peer per pair)"
