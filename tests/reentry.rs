@@ -427,13 +427,7 @@ fn test_e2e_reentry_after_no_wait_reattaches_the_detached_step() {
     let dir = t.dir.path();
     let markers = dir.join("markers");
     std::fs::create_dir(&markers).expect("mkdir");
-    let apply = |extra: &[&str]| {
-        let mut args = vec!["apply", "p.yaml", "--output", "json"];
-        args.extend_from_slice(extra);
-        let mut c = plan_cmd(dir, &args);
-        c.env("MARKERS", &markers);
-        run_cmd(c, Duration::from_secs(60))
-    };
+    let apply = |extra: &[&str]| apply_with(dir, extra);
     let first = apply(&["--no-wait"]);
     assert_eq!(first.code, Some(4), "{}", first.show());
     let evs = events(&first.stdout);
@@ -608,27 +602,34 @@ fn test_e2e_destroy_stops_a_detached_step_left_running() {
     assert_eq!(marker_lines(&markers, "s4"), 0);
 }
 
+/// `plan apply p.yaml --output json` in `dir` with `extra`, markers in `dir/markers`.
+fn apply_with(dir: &Path, extra: &[&str]) -> Ran {
+    let mut args = vec!["apply", "p.yaml", "--output", "json"];
+    args.extend_from_slice(extra);
+    let mut c = plan_cmd(dir, &args);
+    c.env("MARKERS", dir.join("markers"));
+    run_cmd(c, Duration::from_secs(60))
+}
+
+/// Applies PLAN with `--no-wait` (the detached `train` is left running) and returns its state file and document.
+fn left_running(dir: &Path) -> (std::path::PathBuf, Json) {
+    std::fs::create_dir(dir.join("markers")).expect("mkdir");
+    let first = apply_with(dir, &["--no-wait"]);
+    assert_eq!(first.code, Some(4), "{}", first.show());
+    let files = state_files(dir, "reentry");
+    assert_eq!(files.len(), 1, "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).expect("read");
+    let doc = serde_json::from_str(&text).expect("json");
+    (files[0].clone(), doc)
+}
+
 /// A run started by an older sortie stored each handle as a plain string map (`{"status_dir": …}`). After an
 /// upgrade, apply must still find the detached step through it and re-attach, not start it again.
 #[test]
 fn test_e2e_reentry_reads_the_untagged_handles_of_older_runs() {
     let (t, _reaper) = sandbox("p.yaml", PLAN);
     let dir = t.dir.path();
-    let markers = dir.join("markers");
-    std::fs::create_dir(&markers).expect("mkdir");
-    let apply = |extra: &[&str]| {
-        let mut args = vec!["apply", "p.yaml", "--output", "json"];
-        args.extend_from_slice(extra);
-        let mut c = plan_cmd(dir, &args);
-        c.env("MARKERS", &markers);
-        run_cmd(c, Duration::from_secs(60))
-    };
-    let first = apply(&["--no-wait"]);
-    assert_eq!(first.code, Some(4), "{}", first.show());
-    let files = state_files(dir, "reentry");
-    assert_eq!(files.len(), 1, "{files:?}");
-    let mut doc: Json =
-        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read")).expect("json");
+    let (file, mut doc) = left_running(dir);
     let mut rewritten = 0;
     for st in doc["steps"].as_object_mut().expect("steps").values_mut() {
         let Some(handle) = st.get_mut("handle").and_then(Json::as_object_mut) else {
@@ -643,9 +644,9 @@ fn test_e2e_reentry_reads_the_untagged_handles_of_older_runs() {
         "{doc:#}"
     );
     assert!(rewritten >= 5, "handles rewritten: {rewritten}\n{doc:#}");
-    std::fs::write(&files[0], serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
+    std::fs::write(&file, serde_json::to_vec_pretty(&doc).expect("json")).expect("write");
 
-    let second = apply(&[]);
+    let second = apply_with(dir, &[]);
     assert_eq!(second.code, Some(0), "{}", second.show());
     let evs = events(&second.stdout);
     assert!(
@@ -655,14 +656,14 @@ fn test_e2e_reentry_reads_the_untagged_handles_of_older_runs() {
     );
     for step in RUN_STEPS {
         assert_eq!(
-            marker_lines(&markers, step),
+            marker_lines(&dir.join("markers"), step),
             1,
             "step {step}\n{}",
             second.show()
         );
     }
     // Written back in the tagged form.
-    let text = std::fs::read_to_string(&files[0]).expect("read");
+    let text = std::fs::read_to_string(&file).expect("read");
     assert!(text.contains("\"kind\": \"local_run\""), "{text}");
 }
 
@@ -671,32 +672,19 @@ fn test_e2e_reentry_reads_the_untagged_handles_of_older_runs() {
 fn test_e2e_reentry_refuses_an_unknown_handle() {
     let (t, _reaper) = sandbox("p.yaml", PLAN);
     let dir = t.dir.path();
-    let markers = dir.join("markers");
-    std::fs::create_dir(&markers).expect("mkdir");
-    let apply = |extra: &[&str]| {
-        let mut args = vec!["apply", "p.yaml", "--output", "json"];
-        args.extend_from_slice(extra);
-        let mut c = plan_cmd(dir, &args);
-        c.env("MARKERS", &markers);
-        run_cmd(c, Duration::from_secs(60))
-    };
-    let first = apply(&["--no-wait"]);
-    assert_eq!(first.code, Some(4), "{}", first.show());
-    let files = state_files(dir, "reentry");
-    let mut doc: Json =
-        serde_json::from_str(&std::fs::read_to_string(&files[0]).expect("read")).expect("json");
+    let (file, mut doc) = left_running(dir);
     doc["steps"]["train"]["handle"] = serde_json::json!({ "kind": "rocket", "pad": "39A" });
     let bad = serde_json::to_vec_pretty(&doc).expect("json");
-    std::fs::write(&files[0], &bad).expect("write");
+    std::fs::write(&file, &bad).expect("write");
 
-    let second = apply(&[]);
+    let second = apply_with(dir, &[]);
     assert_eq!(second.code, Some(2), "{}", second.show());
     assert!(
         second.stderr.contains("state.json") && second.stderr.contains("rocket"),
         "{}",
         second.show()
     );
-    assert_eq!(std::fs::read(&files[0]).expect("read"), bad);
+    assert_eq!(std::fs::read(&file).expect("read"), bad);
     // The detached step is still the first apply's; let it end before the sandbox goes.
     wait_finished_on_host(dir, "train");
 }
