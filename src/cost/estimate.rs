@@ -1,6 +1,6 @@
 //! The estimate of a new run: an upper bound, from the longest chain of step timeouts on each instance.
 
-use super::pricing::{dearest, ebs, gib, push_root, region_note};
+use super::pricing::{dearest, push_root, push_volume, region_note};
 use super::Cost;
 use crate::plan::{Plan, StepKind, Target};
 use crate::prices::{self, PriceTable};
@@ -29,13 +29,7 @@ fn estimate_with(plan: &Plan, table: &PriceTable) -> Option<Cost> {
             }
             StepKind::Volume(v) => {
                 let hours = instance_hours(plan, &v.attach_to, &mut Cost::new());
-                let usd = ebs(table, &v.volume_type, v.size_bytes, hours, &mut cost);
-                cost.push(
-                    &step.id,
-                    format!("volume {} GiB {}", gib(v.size_bytes), v.volume_type),
-                    hours,
-                    usd,
-                );
+                push_volume(&mut cost, table, &step.id, v, hours);
                 extras_note(v, &mut cost);
                 if v.keep {
                     cost.note(format!(

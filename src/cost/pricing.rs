@@ -89,3 +89,20 @@ pub(super) fn push_root(
         );
     }
 }
+
+/// A data volume's line, priced by its type and size for `hours`.
+pub(super) fn push_volume(
+    cost: &mut Cost,
+    table: &PriceTable,
+    step: &str,
+    v: &crate::plan::VolumeSpec,
+    hours: f64,
+) {
+    let usd = ebs(table, &v.volume_type, v.size_bytes, hours, cost);
+    cost.push(
+        step,
+        format!("volume {} GiB {}", gib(v.size_bytes), v.volume_type),
+        hours,
+        usd,
+    );
+}

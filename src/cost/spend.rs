@@ -1,6 +1,6 @@
 //! What a run has spent: its resources priced from their creation to their teardown (or now).
 
-use super::pricing::{dearest, ebs, gib, push_root, region_note};
+use super::pricing::{dearest, push_root, push_volume, region_note};
 use super::Cost;
 use crate::plan::{Plan, StepKind, Target};
 use crate::prices::{self, PriceTable};
@@ -43,13 +43,7 @@ fn spent_with(plan: &Plan, run: &RunState, now: f64, table: &PriceTable) -> Opti
                 push_root(&mut cost, table, &step.id, spec.root_size_bytes, hours);
             }
             StepKind::Volume(v) => {
-                let usd = ebs(table, &v.volume_type, v.size_bytes, hours, &mut cost);
-                cost.push(
-                    &step.id,
-                    format!("volume {} GiB {}", gib(v.size_bytes), v.volume_type),
-                    hours,
-                    usd,
-                );
+                push_volume(&mut cost, table, &step.id, v, hours);
             }
             _ => {}
         }
